@@ -1,0 +1,1 @@
+"""Compliance data of medplat (catalogs, mappings, residency), shipped as package data."""

@@ -1,0 +1,126 @@
+"""`EdgeSite`: one hospital's k3s site — device adapters, anonymization, store-and-forward.
+
+The namespace enforces Pod Security Admission `restricted`; a default-deny NetworkPolicy
+covers ingress and egress, and each workload gets only the allows its spec declares.
+The EU zone's endpoint, CA, this site's mTLS client credential and the site policy come
+from the EU PHI stack through a StackReference.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from medplat.components.base import LabelledComponent
+from medplat.components.labels import Labels
+from medplat.components.workload import PeerContext, Workload, WorkloadArgs
+from medplat.components.workload_spec import WorkloadSpec
+
+PSA_RESTRICTED = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+} | {f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")}
+
+
+@dataclass
+class EdgeSiteArgs:
+    site: str
+    hospital: str
+    cloud_stack: str
+    device_cidrs: list[str]
+    workloads: list[WorkloadSpec]
+    images: dict[str, str]  # workload name -> pinned image reference
+    buffer_size: str = "50Gi"
+    storage_class: str = "local-path"
+    extra_workloads: list[WorkloadSpec] = field(default_factory=list)
+
+
+def restricted_namespace(
+    component: LabelledComponent, name: str, opts: pulumi.ResourceOptions | None = None,
+) -> k8s.core.v1.Namespace:
+    """A namespace that enforces PSA `restricted` and denies all traffic unless allowed."""
+    namespace = component.child(
+        k8s.core.v1.Namespace, "namespace", opts=opts, metadata={"name": name, "labels": dict(PSA_RESTRICTED)},
+    )
+    ns = namespace.metadata.name
+    component.child(
+        k8s.networking.v1.NetworkPolicy, "default-deny", opts=opts,
+        metadata={"namespace": ns, "name": "default-deny-all"},
+        spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    )
+    component.child(
+        k8s.networking.v1.NetworkPolicy, "allow-dns", opts=opts,
+        metadata={"namespace": ns, "name": "allow-dns-egress"},
+        spec={
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+            }],
+        },
+    )
+    return namespace
+
+
+class EdgeSite(LabelledComponent):
+    def __init__(self, name: str, args: EdgeSiteArgs, labels: Labels, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("medplat:components:EdgeSite", name, labels, opts)
+        specs = [*args.workloads, *args.extra_workloads]
+        # The StackReference is no Kubernetes object: it must not inherit the k3s provider.
+        self.cloud = pulumi.StackReference(
+            f"{name}-cloud", stack_name=args.cloud_stack, opts=pulumi.ResourceOptions(parent=self),
+        )
+        credential = self.cloud.require_output("siteCredentials").apply(lambda creds: creds[args.site])
+        site_policy = self.cloud.require_output("sitePolicies").apply(lambda pol: pol[args.site])
+
+        self.namespace = restricted_namespace(self, f"medplat-{args.site}")
+        ns = self.namespace.metadata.name
+        mtls = self.child(
+            k8s.core.v1.Secret, "mtls-client",
+            data_class="key-material",
+            metadata={"namespace": ns, "name": "mtls-client"},
+            type="kubernetes.io/tls",
+            string_data={
+                "tls.crt": credential.apply(lambda c: c["certPem"]),
+                "tls.key": pulumi.Output.secret(credential.apply(lambda c: c["keyPem"])),
+                "ca.crt": self.cloud.require_output("caCertPem"),
+            },
+        )
+        policy_map = self.child(
+            k8s.core.v1.ConfigMap, "site-policy",
+            metadata={"namespace": ns, "name": "site-policy"},
+            data={
+                "site-policy.json": site_policy.apply(lambda p: json.dumps(p, sort_keys=True, indent=2)),
+                "cloud-endpoint": self.cloud.require_output("ingestEndpoint"),
+            },
+        )
+        ingress_cidr = self.cloud.require_output("ingressCidr")
+        peers = PeerContext(
+            cidrs={"@devices": list(args.device_cidrs)},
+            workload_ports={s.name: [p.port for p in s.ports] for s in specs},
+        )
+        self.workloads: dict[str, Workload] = {}
+        for spec in specs:
+            volume_sizes = {v.name: args.buffer_size for v in spec.volumes} if "store-and-forward" in spec.roles else {}
+            cloud_peers = PeerContext(
+                cidrs={**peers.cidrs, "@cloud": [ingress_cidr]}, workload_ports=peers.workload_ports,
+            )
+            self.workloads[spec.name] = Workload(
+                f"{name}-{spec.name}",
+                WorkloadArgs(
+                    spec=spec, image=args.images[spec.name], namespace=ns, peers=cloud_peers,
+                    secret_names={"mtls-client": mtls.metadata.name},
+                    config_map_names={"site-policy": policy_map.metadata.name},
+                    storage_class=args.storage_class, volume_sizes=volume_sizes,
+                ),
+                labels=self.labels,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.finish({
+            "namespace": ns,
+            "workloads": sorted(self.workloads),
+            "cloudEndpoint": self.cloud.require_output("ingestEndpoint"),
+        })

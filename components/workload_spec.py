@@ -1,0 +1,156 @@
+"""The declarative Workload spec: the extension point integrators fill in to add a service.
+
+A spec says what a service is (image, ports, health, resources, data it reads and writes,
+zones it may run in); the `Workload` component decides how it runs (hardened Kubernetes
+objects). Specs live in `workloads/<name>/workload.yaml`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DataClass = Literal["phi", "pseudonymized", "deidentified", "key-material", "operational"]
+Zone = Literal["eu-phi", "analytics", "edge"]
+Role = Literal[
+    "adapter", "alarm-router", "analytics", "anonymizer", "audit", "broker", "consent",
+    "fleet", "ingest", "pseudonymizer", "store-and-forward",
+]
+# `@group` peers are resolved by the deploying site: device VLANs, the cloud ingress,
+# the edge sites' egress ranges, or every workload of the same namespace.
+PEER_GROUPS = ("@devices", "@cloud", "@edge-sites", "@database", "@site-workloads")
+
+NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+DIGEST_REF = re.compile(r"^[a-z0-9.\-/:]+@sha256:[0-9a-f]{64}$")
+REPOSITORY = re.compile(r"^[a-z0-9.\-]+(:[0-9]+)?(/[a-z0-9._\-]+)+$")
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Port(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")
+    port: int = Field(ge=1024, le=65535, description="container port; >= 1024 so it binds as non-root")
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    node_port: int | None = Field(default=None, alias="nodePort", ge=30000, le=32767)
+
+
+class Health(_Strict):
+    path: str = Field(pattern=r"^/")
+    port: str
+
+
+class Quantities(_Strict):
+    cpu: str
+    memory: str
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity")
+        return value
+
+
+class Resources(_Strict):
+    requests: Quantities
+    limits: Quantities
+
+
+class SecretMount(_Strict):
+    name: Literal["mtls-client", "mtls-server"] = Field(description="credential issued by PlatformPki")
+    mount_path: str = Field(alias="mountPath", pattern=r"^/")
+
+
+class Volume(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    mount_path: str = Field(alias="mountPath", pattern=r"^/")
+    size: str = Field(description="persistent volume claim size, e.g. 10Gi")
+
+
+class DataClasses(_Strict):
+    reads: list[DataClass] = Field(default_factory=list)
+    writes: list[DataClass] = Field(default_factory=list)
+
+
+class Network(_Strict):
+    ingress_from: list[str] = Field(default_factory=list, alias="ingressFrom")
+    egress_to: list[str] = Field(default_factory=list, alias="egressTo")
+
+
+class WorkloadSpec(_Strict):
+    name: str
+    description: str = Field(min_length=10)
+    image: str = Field(description="repository (digest from images.lock.yaml) or repository@sha256:digest")
+    roles: list[Role] = Field(default_factory=list)
+    zones: list[Zone] = Field(min_length=1)
+    ports: list[Port] = Field(default_factory=list)
+    health: Health
+    resources: Resources
+    replicas: int = Field(default=1, ge=1, le=20)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[SecretMount] = Field(default_factory=list)
+    volumes: list[Volume] = Field(default_factory=list)
+    config_maps: list[str] = Field(default_factory=list, alias="configMaps")
+    data_classes: DataClasses = Field(alias="dataClasses")
+    network: Network = Field(default_factory=Network)
+    run_as_user: int = Field(default=10001, alias="runAsUser", ge=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError("must be a DNS label: lower-case letters, digits and '-', at most 40 characters")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if "@" in value:
+            if not DIGEST_REF.match(value):
+                raise ValueError("a pinned image must be repository@sha256:<64 hex digits>")
+        elif ":" in value.rsplit("/", 1)[-1]:
+            raise ValueError("tags are not allowed: pin the image by digest (repository@sha256:...)")
+        elif not REPOSITORY.match(value):
+            raise ValueError(f"{value!r} is not an image repository")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+                raise ValueError(f"environment variable name {key!r} is not UPPER_SNAKE_CASE")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "WorkloadSpec":
+        names = {p.name for p in self.ports}
+        if self.health.port not in names:
+            raise ValueError(f"health.port {self.health.port!r} is not one of the ports {sorted(names)}")
+        for peer in [*self.network.ingress_from, *self.network.egress_to]:
+            if peer.startswith("@") and peer not in PEER_GROUPS:
+                raise ValueError(f"unknown peer group {peer!r}; expected one of {', '.join(PEER_GROUPS)}")
+        return self
+
+    @property
+    def env_prefix(self) -> str:
+        return "MEDPLAT_" + self.name.upper().replace("-", "_") + "_"
+
+    def pinned_image(self, lock: dict[str, str]) -> str:
+        if "@" in self.image:
+            return self.image
+        digest = lock.get(self.name)
+        if digest is None:
+            raise ValueError(f"workload {self.name!r}: image {self.image} has no digest in images.lock.yaml")
+        return f"{self.image}@{digest}"
+
+
+def load_spec(path: Path) -> WorkloadSpec:
+    with open(path, encoding="utf-8") as handle:
+        return WorkloadSpec.model_validate(yaml.safe_load(handle))

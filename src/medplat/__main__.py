@@ -1,0 +1,3 @@
+from medplat.cli import app
+
+app()

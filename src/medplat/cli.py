@@ -1,0 +1,121 @@
+"""The `medplat` command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medplat import __version__
+from medplat.config import ConfigError
+from medplat.inventory import InventoryError, from_stack_export
+from medplat.paths import StackNotFound, default_stacks_dir
+from medplat.synth import SynthError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="medplat: compliant hybrid edge + cloud platform for connected medical devices.")
+console = Console()
+errors = Console(stderr=True)
+USER_ERRORS = (ConfigError, StackNotFound, SynthError, InventoryError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    errors.print(f"medplat: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"medplat {__version__}")
+        raise typer.Exit(0)
+
+
+def _select(stack: Optional[str], all_stacks: bool, names: list[str]) -> list[str]:
+    if all_stacks == bool(stack):
+        fail("name one STACK or pass --all")
+    return names if all_stacks else [stack]  # type: ignore[list-item]
+
+
+@app.command()
+def synth(
+    stack: Optional[str] = typer.Argument(None, help="Stack name, e.g. edge-dresden (stacks/Pulumi.<stack>.yaml)."),
+    all_stacks: bool = typer.Option(False, "--all", help="Synthesize every stack in the stacks folder."),
+    out: Path = typer.Option(Path("build/inventory"), "--out", "-o", help="Folder for <stack>.inventory.json."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir", help="Default: ./stacks of the project."),
+    from_export: Optional[Path] = typer.Option(None, "--from-export",
+                                               help="Read a real `pulumi stack export` file instead."),
+) -> None:
+    """Write the inventory of the planned platform (offline; nothing is deployed)."""
+    from medplat.stackset import StackSet
+    from medplat.workloads import placeholder_digests
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{out}: cannot create output folder: {exc.strerror}")
+    if from_export is not None:
+        if stack or all_stacks:
+            fail("--from-export takes no STACK or --all: the export names its stack")
+        try:
+            inventory = from_stack_export(from_export)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+        _write(out, inventory.stack or from_export.stem, inventory.dumps())
+        _summary([inventory.to_json()])
+        return
+
+    stackset = StackSet(stacks_dir or default_stacks_dir())
+    try:
+        chosen = _select(stack, all_stacks, stackset.names())
+        documents = []
+        with console.status("synthesizing under the Pulumi mock runtime…"):
+            for name in chosen:
+                result = stackset.synth(name)
+                _write(out, name, result.inventory.dumps())
+                documents.append(result.inventory.to_json())
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    _summary(documents)
+    placeholders = sorted(placeholder_digests())
+    if placeholders:
+        console.print(f"[yellow]note:[/] images not yet published (placeholder digests in "
+                      f"workloads/images.lock.yaml): {', '.join(placeholders)}")
+    console.print(f"inventories written to {out}/")
+
+
+def _write(out: Path, stack: str, text: str) -> None:
+    target = out / f"{stack}.inventory.json"
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(target)  # atomic: a reader never sees half an inventory
+
+
+def _summary(documents: list[dict]) -> None:
+    statuses = {d["status"] for d in documents}
+    banner = " and ".join(sorted(s.upper() for s in statuses))
+    table = Table(title=f"medplat inventory — {banner}", title_justify="left")
+    for column in ("stack", "zone", "region", "resources", "by data class"):
+        table.add_column(column)
+    for d in documents:
+        summary = d["summary"]
+        classes = ", ".join(f"{k} {v}" for k, v in summary["byDataClass"].items())
+        table.add_row(d["stack"], str(d["zone"]), ", ".join(summary["regions"]) or "-",
+                      str(summary["resources"]), classes)
+    console.print(table)
+    for d in documents:
+        if d["status"] == "planned":
+            console.print("[bold]PLANNED[/]: synthesized offline under the Pulumi mock runtime — "
+                          "nothing was deployed.")
+            break
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,108 @@
+"""The one Pulumi program: builds the zone named by the stack's `medplat:zone`.
+
+`pulumi up` runs it through `__main__.py`; `medplat synth` runs the very same function
+under the SDK's mock runtime.
+"""
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import pulumi_openstack as openstack
+
+from medplat import config as stack_config
+from medplat.components import (
+    DeidAnalyticsZone, DeidAnalyticsZoneArgs, EdgeSite, EdgeSiteArgs, EuPhiZone, EuPhiZoneArgs, Labels,
+)
+from medplat.components.eu_phi_zone import EdgeSiteIngress
+from medplat.components.workload_spec import WorkloadSpec
+from medplat.workloads import catalog, image_lock
+
+
+def resolve_workloads(names: list[str], zone: str, source: str) -> tuple[list[WorkloadSpec], dict[str, str]]:
+    specs = catalog()
+    chosen: list[WorkloadSpec] = []
+    for name in names:
+        spec = specs.get(name)
+        if spec is None:
+            raise stack_config.ConfigError(
+                f"{source}: workloads: unknown workload {name!r}; known: {', '.join(sorted(specs))}")
+        if zone not in spec.zones:
+            raise stack_config.ConfigError(
+                f"{source}: workloads: {name!r} may run only in {', '.join(spec.zones)}, not in {zone!r}")
+        chosen.append(spec)
+    lock = image_lock()
+    return chosen, {spec.name: spec.pinned_image(lock) for spec in chosen}
+
+
+def build(cfg: stack_config.StackConfig, source: str = "stack config") -> None:
+    labels = Labels(zone=cfg.zone, site=cfg.site, data_class="operational", owner=cfg.owner)
+    if cfg.zone == "eu-phi":
+        _eu_phi(cfg, labels, source)
+    elif cfg.zone == "analytics":
+        _analytics(cfg, labels, source)
+    else:
+        _edge(cfg, labels, source)
+
+
+def _eu_phi(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
+    phi = cfg.eu_phi
+    assert phi is not None
+    specs, images = resolve_workloads(phi.workloads, "eu-phi", f"{source}: medplat:euPhi")
+    provider = openstack.Provider("openstack-eu", auth_url=cfg.auth_url, region=cfg.region)
+    zone = EuPhiZone("eu-phi", EuPhiZoneArgs(
+        organization=phi.organization, country=phi.country, region=str(cfg.region),
+        network_cidr=str(phi.network_cidr), external_network_id=phi.external_network_id,
+        encrypted_volume_type=phi.encrypted_volume_type,
+        edge_sites=[EdgeSiteIngress(s.site, str(s.egress_cidr)) for s in phi.edge_sites],
+        compute_image=phi.compute.image, compute_flavor=phi.compute.flavor,
+        master_flavor=phi.compute.master_flavor, masters=phi.compute.masters, nodes=phi.compute.nodes,
+        db_flavor=phi.database.flavor, db_size_gb=phi.database.size_gb, db_version=phi.database.datastore_version,
+        backup_volume_gb=phi.backup_volume_gb, workloads=specs, images=images,
+        egress_data_classes=list(phi.egress_data_classes),
+        dns_nameservers=[str(ip) for ip in phi.dns_nameservers],
+    ), labels=labels, opts=pulumi.ResourceOptions(providers={"openstack": provider}))
+    for key, value in zone.outputs.items():
+        pulumi.export(key, value)
+
+
+def _analytics(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
+    analytics = cfg.analytics
+    assert analytics is not None
+    specs, images = resolve_workloads(analytics.workloads, "analytics", f"{source}: medplat:analytics")
+    provider = aws.Provider("aws-eu", region=cfg.region)
+    zone = DeidAnalyticsZone("analytics", DeidAnalyticsZoneArgs(
+        region=str(cfg.region), vpc_cidr=str(analytics.vpc_cidr),
+        availability_zones=list(analytics.availability_zones),
+        log_retention_days=analytics.log_retention_days,
+        evidence_retention_days=analytics.evidence_retention_days,
+        certificate_arn=analytics.certificate_arn,
+        writer_principal_arns=list(analytics.writer_principal_arns),
+        workloads=specs, images=images,
+    ), labels=labels, opts=pulumi.ResourceOptions(providers={"aws": provider}))
+    for key, value in zone.outputs.items():
+        pulumi.export(key, value)
+
+
+def _edge(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
+    edge = cfg.edge
+    assert edge is not None
+    specs, images = resolve_workloads(edge.workloads, "edge", f"{source}: medplat:edge")
+    kubeconfig = pulumi.Config("kubernetes").require_secret("kubeconfig")
+    provider = k8s.Provider(f"k3s-{edge.site}", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    site = EdgeSite(f"edge-{edge.site}", EdgeSiteArgs(
+        site=edge.site, hospital=edge.hospital, cloud_stack=edge.cloud_stack,
+        device_cidrs=[str(c) for c in edge.device_cidrs], workloads=specs, images=images,
+        buffer_size=edge.buffer_size, storage_class=edge.storage_class,
+    ), labels=labels, opts=pulumi.ResourceOptions(providers={"kubernetes": provider}))
+    pulumi.export("namespace", site.namespace.metadata.name)
+    pulumi.export("workloads", sorted(site.workloads))
+    pulumi.export("cloudEndpoint", site.cloud.require_output("ingestEndpoint"))
+
+
+def main() -> None:
+    """Entry point for `pulumi up`: validate the engine's config, then build."""
+    try:
+        build(stack_config.from_runtime())
+    except stack_config.ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None

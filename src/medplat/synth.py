@@ -1,0 +1,230 @@
+"""Offline synthesis: run the real program under `pulumi.runtime.set_mocks`.
+
+No Pulumi CLI, no cloud credentials, nothing deployed. A recording MockMonitor sees every
+registration with its parent, provider and dependencies; the mocks echo inputs back and
+add clearly fake, deterministic placeholders for values only a cloud could compute.
+StackReferences are answered with the referenced stack's synthesized outputs.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor, MockResourceArgs, Mocks
+
+from medplat import config as stack_config
+from medplat import program
+from medplat.inventory import Inventory, Resource, attribute, provider_urn
+from medplat.paths import stack_file
+
+PROJECT = "medplat"
+PLANNED_ACCOUNT = "000000000000"
+SECRET_PLACEHOLDER = "[secret: not decrypted offline]"
+
+
+class SynthError(Exception):
+    """One-line synthesis failure."""
+
+
+def _placeholder_ip(seed: str) -> str:
+    # RFC 5737 TEST-NET-2: can never be a real deployed address.
+    return f"198.51.100.{int(hashlib.sha256(seed.encode()).hexdigest(), 16) % 200 + 20}"
+
+
+class PlannedMocks(Mocks):
+    def __init__(self, stack_outputs: dict[str, dict[str, Any]], region: str | None) -> None:
+        self.stack_outputs = stack_outputs
+        self.region = region or "planned-region"
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
+        state = dict(args.inputs)
+        if args.typ == "pulumi:pulumi:StackReference":
+            name = str(args.inputs.get("name", args.name))
+            if name not in self.stack_outputs:
+                raise SynthError(f"StackReference {name!r}: no synthesized stack of that name")
+            return name, {"name": name, "outputs": self.stack_outputs[name], "secretOutputNames": []}
+        resource_id = f"planned-{args.name}"
+        token = args.typ
+        if token.startswith("aws:"):
+            service = token.split(":")[1].split("/")[0]
+            state.setdefault("arn", f"arn:aws:{service}:{self.region}:{PLANNED_ACCOUNT}:{args.name}")
+            if token == "aws:kms/key:Key":
+                state.setdefault("keyId", resource_id)
+            if token == "aws:lb/loadBalancer:LoadBalancer":
+                state.setdefault("dnsName", f"{args.name}.planned.invalid")
+            if token == "aws:s3/bucket:Bucket":
+                state.setdefault("bucket", f"{state.get('bucketPrefix', 'bucket-')}planned")
+                resource_id = state["bucket"]
+        elif token == "openstack:networking/floatingIp:FloatingIp":
+            state.setdefault("address", _placeholder_ip(args.name))
+        elif token == "openstack:containerinfra/cluster:Cluster":
+            state.setdefault("nodeAddresses", [f"10.20.0.{10 + i}" for i in range(int(state.get("nodeCount", 1)))])
+            state.setdefault("kubeconfig", {"raw_config": "planned-kubeconfig"})
+        elif token == "openstack:loadbalancer/loadBalancer:LoadBalancer":
+            state.setdefault("vipPortId", f"planned-{args.name}-vip-port")
+        elif token == "openstack:keymanager/orderV1:OrderV1":
+            state.setdefault("orderRef", f"https://barbican.planned.invalid/v1/orders/{args.name}")
+        elif token == "openstack:objectstorage/container:Container":
+            state.setdefault("name", args.name)
+        elif token.startswith("tls:"):
+            state.setdefault("privateKeyPem", f"planned private key of {args.name}")
+            state.setdefault("certPem", f"planned certificate of {args.name}")
+            state.setdefault("certRequestPem", f"planned CSR of {args.name}")
+        elif token.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
+            state["metadata"] = {**state["metadata"], "name": state["metadata"].get("name", args.name)}
+        return resource_id, state
+
+    def call(self, args) -> dict:
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": PLANNED_ACCOUNT, "arn": f"arn:aws:iam::{PLANNED_ACCOUNT}:root",
+                    "id": PLANNED_ACCOUNT, "userId": "planned"}
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
+        raise SynthError(f"the program called {args.token}, which offline synthesis cannot answer")
+
+
+class RecordingMonitor(MockMonitor):
+    """MockMonitor that keeps every registration's parent, provider and dependencies."""
+
+    def __init__(self, mocks: Mocks) -> None:
+        super().__init__(mocks)
+        self.records: dict[str, Resource] = {}
+        self.component_outputs: dict[str, dict[str, Any]] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.records[response.urn] = Resource(
+                urn=response.urn, type=request.type, name=request.name, custom=bool(request.custom),
+                parent=_parent(request.parent),
+                provider=provider_urn(request.provider),
+                inputs=_plain(rpc.deserialize_properties(request.object)),
+                dependencies=list(request.dependencies),
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+            )
+        return response
+
+    def ReadResource(self, request):  # noqa: N802
+        response = super().ReadResource(request)
+        urn = response.urn
+        self.records[urn] = Resource(
+            urn=urn, type=request.type, name=request.name, custom=True,
+            parent=_parent(request.parent),
+            provider=provider_urn(request.provider),
+            inputs=_plain(rpc.deserialize_properties(request.properties)),
+            dependencies=list(request.dependencies),
+        )
+        return response
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802
+        self.component_outputs[request.urn] = _plain(rpc.deserialize_properties(request.outputs))
+        return super().RegisterResourceOutputs(request)
+
+
+def _parent(urn: str) -> str | None:
+    """The parent URN, or None when the parent is the root stack."""
+    if not urn or urn.split("::")[2].split("$")[-1] == "pulumi:pulumi:Stack":
+        return None
+    return urn
+
+
+def _plain(value: Any) -> Any:
+    """Deserialized RPC values -> JSON data; secrets keep Pulumi's secret signature."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return {rpc._special_sig_key: rpc._special_secret_sig, "value": "[secret]"}
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # protobuf numbers are doubles; keep integers integers
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass
+class SynthResult:
+    inventory: Inventory
+    outputs: dict[str, Any]  # unmasked, for resolving StackReferences of later stacks
+    config: stack_config.StackConfig
+
+
+def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any]] | None = None) -> SynthResult:
+    """Run the program for `stack` offline; `references` maps StackReference names to outputs."""
+    path = stack_file(stacks_dir, stack)
+    raw = stack_config.read_stack_file(path)
+    cfg = stack_config.validate(raw, _display(path))
+    # A brand-new context: the SDK keeps its settings, root stack and config in ContextVars.
+    return contextvars.Context().run(_run, stack, cfg, raw, path, references or {})
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _run(stack: str, cfg, raw: dict[str, Any], path: Path, references: dict[str, dict[str, Any]]) -> SynthResult:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        mocks = PlannedMocks(references, cfg.region)
+        monitor = RecordingMonitor(mocks)
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        flat = {k: (SECRET_PLACEHOLDER if isinstance(v, stack_config.SecretValue) else v) for k, v in raw.items()}
+        secret_keys = [k for k, v in raw.items() if isinstance(v, stack_config.SecretValue)]
+        pulumi.runtime.set_all_config({k: v if isinstance(v, str) else _json(v) for k, v in flat.items()},
+                                      secret_keys)
+        try:
+            program.build(cfg, _display(path))
+            loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
+            outputs = loop.run_until_complete(_stack_outputs())
+        except pulumi.RunError as exc:
+            raise SynthError(f"{stack}: {exc}") from None
+        resources = list(monitor.records.values())
+        for resource in resources:
+            resource.outputs = monitor.component_outputs.get(resource.urn, {}) if not resource.custom else {}
+        attribute(resources, fallback_region=f"on-premises-{cfg.edge.country}" if cfg.edge else None)
+        inventory = Inventory(project=PROJECT, stack=stack, status="planned",
+                              source=f"medplat synth of {path.name} under the Pulumi SDK mock runtime",
+                              resources=resources, outputs=_plain_outputs(outputs), zone=cfg.zone)
+        return SynthResult(inventory=inventory, outputs=_unwrap(outputs), config=cfg)
+    finally:
+        # A failed program leaves registrations in flight: cancel them quietly.
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _json(value: Any) -> str:
+    import json
+    return json.dumps(value)
+
+
+async def _stack_outputs() -> dict[str, tuple[Any, bool]]:
+    root = pulumi.runtime.settings.get_root_resource()
+    resolved: dict[str, tuple[Any, bool]] = {}
+    for name, value in sorted(getattr(root, "outputs", {}).items()):
+        output = pulumi.Output.from_input(value)
+        resolved[name] = (await output.future(with_unknowns=False), await output.is_secret())
+    return resolved
+
+
+def _plain_outputs(outputs: dict[str, tuple[Any, bool]]) -> dict[str, Any]:
+    return {name: ("[secret]" if secret else _plain(value)) for name, (value, secret) in outputs.items()}
+
+
+def _unwrap(outputs: dict[str, tuple[Any, bool]]) -> dict[str, Any]:
+    return {name: value for name, (value, _secret) in outputs.items()}

@@ -1,0 +1,1 @@
+"""Example stack configurations (`Pulumi.<stack>.yaml`), shipped so a wheel can synthesize them."""

@@ -1,0 +1,41 @@
+"""Workload specs shipped with medplat: one folder per workload, its spec in `workload.yaml`."""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from medplat.components.workload_spec import WorkloadSpec
+
+LOCK_FILE = "images.lock.yaml"
+
+
+@lru_cache(maxsize=1)
+def catalog() -> dict[str, WorkloadSpec]:
+    """Every shipped workload spec by name (folder name == spec name)."""
+    root = resources.files(__name__)
+    specs: dict[str, WorkloadSpec] = {}
+    for folder in sorted(root.iterdir(), key=lambda p: p.name):
+        spec_file = folder / "workload.yaml"
+        if not spec_file.is_file():
+            continue
+        spec = WorkloadSpec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")))
+        if spec.name != folder.name:
+            raise ValueError(f"workloads/{folder.name}/workload.yaml names itself {spec.name!r}")
+        specs[spec.name] = spec
+    return specs
+
+
+@lru_cache(maxsize=1)
+def image_lock() -> dict[str, str]:
+    """Workload name -> image digest, written by the release pipeline."""
+    data = yaml.safe_load((resources.files(__name__) / LOCK_FILE).read_text(encoding="utf-8")) or {}
+    return {name: entry["digest"] for name, entry in (data.get("images") or {}).items()}
+
+
+@lru_cache(maxsize=1)
+def placeholder_digests() -> frozenset[str]:
+    """Workloads whose lock entry is a placeholder (image not yet published)."""
+    data = yaml.safe_load((resources.files(__name__) / LOCK_FILE).read_text(encoding="utf-8")) or {}
+    return frozenset(name for name, entry in (data.get("images") or {}).items() if entry.get("placeholder"))
