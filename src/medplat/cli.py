@@ -83,8 +83,8 @@ def synth(
     placeholders = sorted(placeholder_digests())
     if placeholders:
         console.print(f"[yellow]note:[/] images not yet published (placeholder digests in "
-                      f"workloads/images.lock.yaml): {', '.join(placeholders)}")
-    console.print(f"inventories written to {out}/")
+                      f"workloads/images.lock.yaml): {', '.join(placeholders)}", soft_wrap=True)
+    console.print(f"inventories written to {out}/", soft_wrap=True)
 
 
 def _write(out: Path, stack: str, text: str) -> None:
@@ -109,7 +109,7 @@ def _summary(documents: list[dict]) -> None:
     for d in documents:
         if d["status"] == "planned":
             console.print("[bold]PLANNED[/]: synthesized offline under the Pulumi mock runtime — "
-                          "nothing was deployed.")
+                          "nothing was deployed.", soft_wrap=True)
             break
 
 

@@ -133,6 +133,9 @@ class EdgeConfig(_Model):
     workloads: list[str] = Field(min_length=1)
     buffer_size: str = Field(default="50Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
     storage_class: str = "local-path"
+    extra_workloads: list[str] = Field(
+        default_factory=list,
+        description="third-party workload.yaml files (relative to the project), images pinned by digest")
 
     _country = field_validator("country")(classmethod(lambda cls, v: _eu_country(v)))
 

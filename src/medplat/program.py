@@ -5,7 +5,11 @@ under the SDK's mock runtime.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
+import yaml
+from pydantic import ValidationError
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_openstack as openstack
@@ -15,7 +19,7 @@ from medplat.components import (
     DeidAnalyticsZone, DeidAnalyticsZoneArgs, EdgeSite, EdgeSiteArgs, EuPhiZone, EuPhiZoneArgs, Labels,
 )
 from medplat.components.eu_phi_zone import EdgeSiteIngress
-from medplat.components.workload_spec import WorkloadSpec
+from medplat.components.workload_spec import WorkloadSpec, load_spec
 from medplat.workloads import catalog, image_lock
 
 
@@ -35,14 +39,38 @@ def resolve_workloads(names: list[str], zone: str, source: str) -> tuple[list[Wo
     return chosen, {spec.name: spec.pinned_image(lock) for spec in chosen}
 
 
-def build(cfg: stack_config.StackConfig, source: str = "stack config") -> None:
+def extra_workloads(paths: list[str], project_dir: Path, source: str) -> list[WorkloadSpec]:
+    """Third-party specs named in the stack: validated like ours, images pinned in the spec."""
+    specs = []
+    for relative in paths:
+        path = project_dir / relative
+        where = f"{source}: extraWorkloads: {relative}"
+        try:
+            spec = load_spec(path)
+        except OSError as exc:
+            raise stack_config.ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError:
+            raise stack_config.ConfigError(f"{where}: not valid YAML") from None
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or "spec"
+            raise stack_config.ConfigError(f"{where}: {field}: {error['msg'].removeprefix('Value error, ')}") from None
+        if "@" not in spec.image:
+            raise stack_config.ConfigError(f"{where}: image: a third-party image must be pinned by digest")
+        if spec.name in catalog():
+            raise stack_config.ConfigError(f"{where}: name {spec.name!r} is already a medplat workload")
+        specs.append(spec)
+    return specs
+
+
+def build(cfg: stack_config.StackConfig, source: str = "stack config", project_dir: Path | None = None) -> None:
     labels = Labels(zone=cfg.zone, site=cfg.site, data_class="operational", owner=cfg.owner)
     if cfg.zone == "eu-phi":
         _eu_phi(cfg, labels, source)
     elif cfg.zone == "analytics":
         _analytics(cfg, labels, source)
     else:
-        _edge(cfg, labels, source)
+        _edge(cfg, labels, source, project_dir or Path.cwd())
 
 
 def _eu_phi(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
@@ -84,16 +112,18 @@ def _analytics(cfg: stack_config.StackConfig, labels: Labels, source: str) -> No
         pulumi.export(key, value)
 
 
-def _edge(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
+def _edge(cfg: stack_config.StackConfig, labels: Labels, source: str, project_dir: Path) -> None:
     edge = cfg.edge
     assert edge is not None
     specs, images = resolve_workloads(edge.workloads, "edge", f"{source}: medplat:edge")
+    extra = extra_workloads(edge.extra_workloads, project_dir, f"{source}: medplat:edge")
+    images.update({spec.name: spec.image for spec in extra})
     kubeconfig = pulumi.Config("kubernetes").require_secret("kubeconfig")
     provider = k8s.Provider(f"k3s-{edge.site}", kubeconfig=kubeconfig, enable_server_side_apply=True)
     site = EdgeSite(f"edge-{edge.site}", EdgeSiteArgs(
         site=edge.site, hospital=edge.hospital, cloud_stack=edge.cloud_stack,
         device_cidrs=[str(c) for c in edge.device_cidrs], workloads=specs, images=images,
-        buffer_size=edge.buffer_size, storage_class=edge.storage_class,
+        buffer_size=edge.buffer_size, storage_class=edge.storage_class, extra_workloads=extra,
     ), labels=labels, opts=pulumi.ResourceOptions(providers={"kubernetes": provider}))
     pulumi.export("namespace", site.namespace.metadata.name)
     pulumi.export("workloads", sorted(site.workloads))

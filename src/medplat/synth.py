@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pulumi
 from pulumi.runtime import rpc
@@ -160,9 +161,27 @@ def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any
     """Run the program for `stack` offline; `references` maps StackReference names to outputs."""
     path = stack_file(stacks_dir, stack)
     raw = stack_config.read_stack_file(path)
-    cfg = stack_config.validate(raw, _display(path))
+    source = _display(path)
+    cfg = stack_config.validate(raw, source)
+    planned = run_under_mocks(stack, lambda: program.build(cfg, source, path.parent.parent), raw, references or {}, cfg.region)
+    attribute(planned.resources, fallback_region=f"on-premises-{cfg.edge.country}" if cfg.edge else None)
+    inventory = Inventory(project=PROJECT, stack=stack, status="planned",
+                          source=f"medplat synth of {path.name} under the Pulumi SDK mock runtime",
+                          resources=planned.resources, outputs=_plain_outputs(planned.outputs), zone=cfg.zone)
+    return SynthResult(inventory=inventory, outputs=_unwrap(planned.outputs), config=cfg)
+
+
+@dataclass
+class PlannedRun:
+    resources: list[Resource]
+    outputs: dict[str, tuple[Any, bool]]  # name -> (value, is_secret)
+
+
+def run_under_mocks(stack: str, build: Callable[[], None], raw_config: dict[str, Any],
+                    references: dict[str, dict[str, Any]], region: str | None) -> PlannedRun:
+    """Run `build` (a Pulumi program) under the mock runtime and record what it registers."""
     # A brand-new context: the SDK keeps its settings, root stack and config in ContextVars.
-    return contextvars.Context().run(_run, stack, cfg, raw, path, references or {})
+    return contextvars.Context().run(_run, stack, build, raw_config, references, region)
 
 
 def _display(path: Path) -> str:
@@ -172,19 +191,20 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _run(stack: str, cfg, raw: dict[str, Any], path: Path, references: dict[str, dict[str, Any]]) -> SynthResult:
+def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
+         references: dict[str, dict[str, Any]], region: str | None) -> PlannedRun:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        mocks = PlannedMocks(references, cfg.region)
+        mocks = PlannedMocks(references, region)
         monitor = RecordingMonitor(mocks)
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
         flat = {k: (SECRET_PLACEHOLDER if isinstance(v, stack_config.SecretValue) else v) for k, v in raw.items()}
         secret_keys = [k for k, v in raw.items() if isinstance(v, stack_config.SecretValue)]
-        pulumi.runtime.set_all_config({k: v if isinstance(v, str) else _json(v) for k, v in flat.items()},
+        pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()},
                                       secret_keys)
         try:
-            program.build(cfg, _display(path))
+            build()
             loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
             outputs = loop.run_until_complete(_stack_outputs())
         except pulumi.RunError as exc:
@@ -192,25 +212,18 @@ def _run(stack: str, cfg, raw: dict[str, Any], path: Path, references: dict[str,
         resources = list(monitor.records.values())
         for resource in resources:
             resource.outputs = monitor.component_outputs.get(resource.urn, {}) if not resource.custom else {}
-        attribute(resources, fallback_region=f"on-premises-{cfg.edge.country}" if cfg.edge else None)
-        inventory = Inventory(project=PROJECT, stack=stack, status="planned",
-                              source=f"medplat synth of {path.name} under the Pulumi SDK mock runtime",
-                              resources=resources, outputs=_plain_outputs(outputs), zone=cfg.zone)
-        return SynthResult(inventory=inventory, outputs=_unwrap(outputs), config=cfg)
+        return PlannedRun(resources=resources, outputs=outputs)
+    except BaseException:
+        # A program that failed part-way leaves registrations in flight; drain them so
+        # their executor threads finish before this loop goes away.
+        try:
+            loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
+        except Exception:  # noqa: BLE001 - the original error is what matters
+            pass
+        raise
     finally:
-        # A failed program leaves registrations in flight: cancel them quietly.
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
         asyncio.set_event_loop(None)
-
-
-def _json(value: Any) -> str:
-    import json
-    return json.dumps(value)
 
 
 async def _stack_outputs() -> dict[str, tuple[Any, bool]]:

@@ -1,0 +1,85 @@
+"""EdgeSite under the mock runtime: PSA restricted, default deny, hardened workloads."""
+from __future__ import annotations
+
+import re
+
+from conftest import of_type
+
+HARDENED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def test_namespace_enforces_pod_security_restricted(inventories):
+    for stack in ("edge-dresden", "edge-leipzig"):
+        (namespace,) = of_type(inventories[stack], "kubernetes:core/v1:Namespace")
+        labels = namespace["inputs"]["metadata"]["labels"]
+        for mode in ("enforce", "audit", "warn"):
+            assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+
+
+def test_default_deny_covers_ingress_and_egress(inventories):
+    policies = {r["inputs"]["metadata"]["name"]: r["inputs"]["spec"]
+                for r in of_type(inventories["edge-dresden"], "kubernetes:networking.k8s.io/v1:NetworkPolicy")}
+    deny = policies["default-deny-all"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    # The forwarder may reach the cloud only on 443 and the broker/audit log by pod selector.
+    forwarder = policies["edge-forwarder-allow"]
+    cloud = [rule for rule in forwarder["egress"] if "ipBlock" in rule["to"][0]]
+    assert cloud and all(rule["ports"] == [{"port": 443, "protocol": "TCP"}] for rule in cloud)
+    assert forwarder["ingress"] == []
+    # HL7 devices reach only the MLLP listener, from the configured device VLAN.
+    hl7 = policies["hl7-retrofit-allow"]
+    assert {peer["ipBlock"]["cidr"] for rule in hl7["ingress"] for peer in rule["from"]} == {"10.61.0.0/24", "10.61.8.0/24"}
+
+
+def test_every_pod_is_hardened(inventories):
+    for stack in ("edge-dresden", "eu-phi"):
+        deployments = of_type(inventories[stack], "kubernetes:apps/v1:Deployment")
+        assert deployments
+        for deployment in deployments:
+            pod = deployment["inputs"]["spec"]["template"]["spec"]
+            assert pod["automountServiceAccountToken"] is False
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod.get("hostNetwork") in (None, False)
+            for container in pod["containers"]:
+                for key, value in HARDENED_CONTAINER.items():
+                    assert container["securityContext"][key] == value, (deployment["name"], key)
+                assert re.search(r"@sha256:[0-9a-f]{64}$", container["image"]), container["image"]
+                assert container["resources"]["limits"]["cpu"] and container["resources"]["limits"]["memory"]
+                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+                assert container["readinessProbe"]
+
+
+def test_service_accounts_do_not_automount_tokens(inventories):
+    accounts = of_type(inventories["edge-leipzig"], "kubernetes:core/v1:ServiceAccount")
+    assert len(accounts) == 6
+    assert all(a["inputs"]["automountServiceAccountToken"] is False for a in accounts)
+
+
+def test_store_and_forward_buffer_uses_the_site_size(inventories):
+    sizes = {}
+    for stack in ("edge-dresden", "edge-leipzig"):
+        claims = [c for c in of_type(inventories[stack], "kubernetes:core/v1:PersistentVolumeClaim")
+                  if c["inputs"]["metadata"]["name"] == "edge-forwarder-outbox"]
+        (claim,) = claims
+        sizes[stack] = claim["inputs"]["spec"]["resources"]["requests"]["storage"]
+        assert claim["inputs"]["spec"]["storageClassName"] == "local-path"
+    assert sizes == {"edge-dresden": "100Gi", "edge-leipzig": "50Gi"}
+
+
+def test_cloud_credentials_and_policy_come_from_the_eu_stack(inventories):
+    inv = inventories["edge-dresden"]
+    (reference,) = of_type(inv, "pulumi:pulumi:StackReference")
+    assert reference["inputs"]["name"] == "saxony-hospital-group/medplat/eu-phi"
+    secrets = {s["inputs"]["metadata"]["name"]: s for s in of_type(inv, "kubernetes:core/v1:Secret")}
+    assert secrets["mtls-client"]["inputs"]["stringData"] == "[secret]"
+    assert reference["urn"] in secrets["mtls-client"]["dependencies"]
+    (config_map,) = of_type(inv, "kubernetes:core/v1:ConfigMap")
+    assert '"refusedDataClasses": [\n    "key-material"\n  ]' in config_map["inputs"]["data"]["site-policy.json"]
+    assert config_map["inputs"]["data"]["cloud-endpoint"].startswith("https://")
