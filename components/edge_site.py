@@ -73,8 +73,12 @@ class EdgeSite(LabelledComponent):
         self.cloud = pulumi.StackReference(
             f"{name}-cloud", stack_name=args.cloud_stack, opts=pulumi.ResourceOptions(parent=self),
         )
-        credential = self.cloud.require_output("siteCredentials").apply(lambda creds: creds[args.site])
-        site_policy = self.cloud.require_output("sitePolicies").apply(lambda pol: pol[args.site])
+        # Take this site's slice of the EU stack's outputs once: the outputs grow with the
+        # number of sites, and every lookup would otherwise walk all of them again.
+        cloud = self.cloud.outputs.apply(lambda outputs: _site_slice(outputs, args.site, args.cloud_stack))
+        credential = cloud.apply(lambda c: c["credential"])
+        site_policy = cloud.apply(lambda c: c["policy"])
+        ingest_endpoint = cloud.apply(lambda c: c["ingestEndpoint"])
 
         self.namespace = restricted_namespace(self, f"medplat-{args.site}")
         ns = self.namespace.metadata.name
@@ -86,7 +90,7 @@ class EdgeSite(LabelledComponent):
             string_data={
                 "tls.crt": credential.apply(lambda c: c["certPem"]),
                 "tls.key": pulumi.Output.secret(credential.apply(lambda c: c["keyPem"])),
-                "ca.crt": self.cloud.require_output("caCertPem"),
+                "ca.crt": cloud.apply(lambda c: c["caCertPem"]),
             },
         )
         policy_map = self.child(
@@ -94,10 +98,10 @@ class EdgeSite(LabelledComponent):
             metadata={"namespace": ns, "name": "site-policy"},
             data={
                 "site-policy.json": site_policy.apply(lambda p: json.dumps(p, sort_keys=True, indent=2)),
-                "cloud-endpoint": self.cloud.require_output("ingestEndpoint"),
+                "cloud-endpoint": ingest_endpoint,
             },
         )
-        ingress_cidr = self.cloud.require_output("ingressCidr")
+        ingress_cidr = cloud.apply(lambda c: c["ingressCidr"])
         peers = PeerContext(
             cidrs={"@devices": list(args.device_cidrs)},
             workload_ports={s.name: [p.port for p in s.ports] for s in specs},
@@ -119,8 +123,25 @@ class EdgeSite(LabelledComponent):
                 labels=self.labels,
                 opts=pulumi.ResourceOptions(parent=self),
             )
+        self.cloud_endpoint = ingest_endpoint
         self.finish({
             "namespace": ns,
             "workloads": sorted(self.workloads),
-            "cloudEndpoint": self.cloud.require_output("ingestEndpoint"),
+            "cloudEndpoint": ingest_endpoint,
         })
+
+
+CLOUD_OUTPUTS = ("caCertPem", "ingestEndpoint", "ingressCidr", "siteCredentials", "sitePolicies")
+
+
+def _site_slice(outputs: dict, site: str, cloud_stack: str) -> dict:
+    missing = [key for key in CLOUD_OUTPUTS if key not in outputs]
+    if missing:
+        raise ValueError(f"stack {cloud_stack!r} has no output {', '.join(missing)}: is it an EU PHI zone stack?")
+    if site not in outputs["siteCredentials"] or site not in outputs["sitePolicies"]:
+        raise ValueError(f"stack {cloud_stack!r} does not admit site {site!r}: add it to medplat:euPhi.edgeSites")
+    return {
+        "credential": outputs["siteCredentials"][site],
+        "policy": outputs["sitePolicies"][site],
+        **{key: outputs[key] for key in ("caCertPem", "ingestEndpoint", "ingressCidr")},
+    }

@@ -73,3 +73,12 @@ def test_yaml_syntax_error_names_the_line(stacks_copy, tmp_path):
     path.write_text(path.read_text() + "  broken: [unclosed\n")
     result = synth(stacks_copy, "analytics", tmp_path)
     assert result.exit_code == 2 and "not valid YAML" in result.stderr and "line" in result.stderr
+
+
+def test_edge_site_not_admitted_by_the_eu_zone(stacks_copy, tmp_path):
+    edit_stack(stacks_copy, "eu-phi", lambda c: c["medplat:euPhi"].update(
+        edgeSites=[{"site": "leipzig", "egressCidr": "203.0.113.32/29"}]))
+    result = synth(stacks_copy, "edge-dresden", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == ("medplat: error: edge-dresden: stack 'saxony-hospital-group/medplat/eu-phi' "
+                                     "does not admit site 'dresden': add it to medplat:euPhi.edgeSites")

@@ -191,12 +191,12 @@ def from_stack_export(path: Path) -> Inventory:
         urn, type_ = raw.get("urn", ""), raw.get("type", "")
         if type_ == "pulumi:pulumi:Stack":
             stack_outputs = raw.get("outputs") or {}
-            parts = urn.split("::")
-            stack, project = (parts[1], parts[2]) if len(parts) > 3 else ("", "")
+            parts = urn.split("::")  # urn:pulumi:<stack>::<project>::<type>::<name>
+            stack, project = (parts[0].rsplit(":", 1)[-1], parts[1]) if len(parts) == 4 else ("", "")
             continue
         resources.append(Resource(
             urn=urn, type=type_, name=urn.rsplit("::", 1)[-1], custom=bool(raw.get("custom")),
-            parent=raw.get("parent") if not str(raw.get("parent", "")).endswith(f"::{project}-{stack}") else None,
+            parent=raw.get("parent"),
             provider=provider_urn(raw.get("provider")),
             inputs=raw.get("inputs") or {},
             dependencies=list(raw.get("dependencies") or []),

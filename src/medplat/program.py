@@ -127,7 +127,7 @@ def _edge(cfg: stack_config.StackConfig, labels: Labels, source: str, project_di
     ), labels=labels, opts=pulumi.ResourceOptions(providers={"kubernetes": provider}))
     pulumi.export("namespace", site.namespace.metadata.name)
     pulumi.export("workloads", sorted(site.workloads))
-    pulumi.export("cloudEndpoint", site.cloud.require_output("ingestEndpoint"))
+    pulumi.export("cloudEndpoint", site.cloud_endpoint)
 
 
 def main() -> None:

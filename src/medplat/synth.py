@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -198,6 +199,12 @@ def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
     try:
         mocks = PlannedMocks(references, region)
         monitor = RecordingMonitor(mocks)
+        # The SDK tracks unfinished Outputs in a set that, unless replaced, is one object
+        # shared by every context; a failed run's leftovers would make the next run wait
+        # forever. Give this run its own.
+        settings = pulumi.runtime.settings.SETTINGS
+        settings.outputs = set()
+        settings.lock = threading.Lock()
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
         flat = {k: (SECRET_PLACEHOLDER if isinstance(v, stack_config.SecretValue) else v) for k, v in raw.items()}
         secret_keys = [k for k, v in raw.items() if isinstance(v, stack_config.SecretValue)]
@@ -207,23 +214,33 @@ def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
             build()
             loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
             outputs = loop.run_until_complete(_stack_outputs())
-        except pulumi.RunError as exc:
-            raise SynthError(f"{stack}: {exc}") from None
+        except (pulumi.RunError, ValueError) as exc:
+            # Components raise ValueError for a stack whose choices cannot be built; the SDK
+            # wraps errors raised inside apply(), so report the innermost one.
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            message = str(root).strip().splitlines()[-1].removeprefix("ValueError has risen: ")
+            raise SynthError(f"{stack}: {message}") from None
         resources = list(monitor.records.values())
         for resource in resources:
             resource.outputs = monitor.component_outputs.get(resource.urn, {}) if not resource.custom else {}
         return PlannedRun(resources=resources, outputs=outputs)
     except BaseException:
-        # A program that failed part-way leaves registrations in flight; drain them so
-        # their executor threads finish before this loop goes away.
-        try:
-            loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
-        except Exception:  # noqa: BLE001 - the original error is what matters
-            pass
+        _cancel_in_flight(loop)
         raise
     finally:
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def _cancel_in_flight(loop: asyncio.AbstractEventLoop) -> None:
+    """A failed program leaves Outputs waiting for resources that will never resolve."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 async def _stack_outputs() -> dict[str, tuple[Any, bool]]:
