@@ -16,7 +16,7 @@ import pulumi_aws as aws
 
 from medplat.components.base import LabelledComponent
 from medplat.components.labels import Labels
-from medplat.components.secure_bucket import SecureBucket, SecureBucketArgs
+from medplat.components.secure_bucket import LOG_TARGET_PURPOSE, SecureBucket, SecureBucketArgs
 from medplat.components.workload_spec import WorkloadSpec
 
 INTERFACE_ENDPOINTS = ("kms", "logs", "ecr.api", "ecr.dkr", "sts")
@@ -108,7 +108,7 @@ class DeidAnalyticsZone(LabelledComponent):
                                 labels=self.labels.with_class(data_class),
                                 opts=pulumi.ResourceOptions(parent=self))
 
-        access_logs = bucket("access-logs", "operational", kms_key_arn=None, is_log_target=True,
+        access_logs = bucket(LOG_TARGET_PURPOSE, "operational", kms_key_arn=None, is_log_target=True,
                              policy_statements=lambda arn: _log_delivery_statements(arn, account))
         log_target = access_logs.bucket.id
         deid = bucket("deidentified", "deidentified", kms_key_arn=key.arn, access_log_bucket=log_target)

@@ -111,6 +111,7 @@ class EdgeSite(LabelledComponent):
             volume_sizes = {v.name: args.buffer_size for v in spec.volumes} if "store-and-forward" in spec.roles else {}
             cloud_peers = PeerContext(
                 cidrs={**peers.cidrs, "@cloud": [ingress_cidr]}, workload_ports=peers.workload_ports,
+                zones={"@cloud": "eu-phi", "@devices": "edge"},
             )
             self.workloads[spec.name] = Workload(
                 f"{name}-{spec.name}",

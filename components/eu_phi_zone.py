@@ -182,6 +182,7 @@ class EuPhiZone(LabelledComponent):
         peers = PeerContext(
             cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr]},
             workload_ports={s.name: [p.port for p in s.ports] for s in args.workloads},
+            zones={"@edge-sites": "edge", "@database": "eu-phi"},
         )
         self.workloads = {
             spec.name: Workload(

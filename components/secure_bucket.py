@@ -17,6 +17,10 @@ from medplat.components.base import LabelledComponent
 from medplat.components.labels import Labels
 
 
+PURPOSE_TAG = "medplat:purpose"
+LOG_TARGET_PURPOSE = "access-logs"
+
+
 @dataclass
 class SecureBucketArgs:
     purpose: str
@@ -40,6 +44,8 @@ class SecureBucket(LabelledComponent):
             bucket_prefix=f"medplat-{args.purpose}-"[:37],
             force_destroy=False,
             object_lock_enabled=bool(args.object_lock_days),
+            # Policies read the purpose: access-log targets may use SSE-S3, audit/evidence need object lock.
+            tags={PURPOSE_TAG: args.purpose},
         )
         bucket_id = self.bucket.id
         self.child(aws.s3.BucketOwnershipControls, "ownership", bucket=bucket_id,

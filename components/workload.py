@@ -29,6 +29,7 @@ class PeerContext:
 
     cidrs: dict[str, list[str]] = field(default_factory=dict)  # "@devices" -> CIDRs, ...
     workload_ports: dict[str, list[int]] = field(default_factory=dict)  # workload -> its ports
+    zones: dict[str, str] = field(default_factory=dict)  # "@cloud" -> the zone behind that group
 
 
 @dataclass
@@ -41,6 +42,25 @@ class WorkloadArgs:
     config_map_names: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     storage_class: str | None = None
     volume_sizes: dict[str, str] = field(default_factory=dict)
+
+
+# Annotations that let policies (and auditors) follow data through a deployment without
+# the spec file: what it reads and writes, its roles, and where it may send data.
+ANNOTATION_PREFIX = "medplat.io/"
+
+
+def flow_annotations(spec: WorkloadSpec, peers: PeerContext) -> dict[str, str]:
+    return {
+        ANNOTATION_PREFIX + "workload": spec.name,
+        ANNOTATION_PREFIX + "roles": ",".join(spec.roles),
+        ANNOTATION_PREFIX + "reads": ",".join(spec.data_classes.reads),
+        ANNOTATION_PREFIX + "writes": ",".join(spec.data_classes.writes),
+        ANNOTATION_PREFIX + "egress": ",".join(
+            peer for peer in spec.network.egress_to
+            if peer.startswith("@") or peer in peers.workload_ports),
+        ANNOTATION_PREFIX + "egress-zones": ",".join(
+            f"{group}={zone}" for group, zone in sorted(peers.zones.items())),
+    }
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -78,7 +98,7 @@ class Workload(LabelledComponent):
         pod_labels = {**selector_labels(spec.name), **self.labels.as_k8s()}
         self.deployment = self.child(
             k8s.apps.v1.Deployment, "deployment",
-            metadata={**meta, "name": spec.name},
+            metadata={**meta, "name": spec.name, "annotations": flow_annotations(spec, args.peers)},
             spec={
                 "replicas": spec.replicas,
                 # A ReadWriteOnce volume cannot be attached to two pods during a rollout.

@@ -90,7 +90,7 @@ def test_kms_rotation_cloudtrail_validation_athena_and_ecr(inventories):
     assert result["encryptionConfiguration"]["encryptionOption"] == "SSE_KMS"
     assert workgroup["inputs"]["configuration"]["enforceWorkgroupConfiguration"] is True
     repos = of_type(inv, "aws:ecr/repository:Repository")
-    assert len(repos) == 2
+    assert len(repos) == 1
     for repo in repos:
         assert repo["inputs"]["imageTagMutability"] == "IMMUTABLE"
         assert repo["inputs"]["imageScanningConfiguration"]["scanOnPush"] is True
