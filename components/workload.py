@@ -58,6 +58,7 @@ def flow_annotations(spec: WorkloadSpec, peers: PeerContext) -> dict[str, str]:
         ANNOTATION_PREFIX + "egress": ",".join(
             peer for peer in spec.network.egress_to
             if peer.startswith("@") or peer in peers.workload_ports),
+        ANNOTATION_PREFIX + "ingress": ",".join(spec.network.ingress_from),
         ANNOTATION_PREFIX + "egress-zones": ",".join(
             f"{group}={zone}" for group, zone in sorted(peers.zones.items())),
     }

@@ -1,0 +1,15 @@
+"""Entry point for `pulumi preview --policy-pack policies/pack`.
+
+Building the PolicyPack starts the analyzer's gRPC server and blocks, so this file does
+only that; the policies themselves import cleanly from `medplat.policies`.
+"""
+from pulumi_policy import EnforcementLevel, PolicyPack
+
+from medplat.policies.registry import PACK_NAME, all_policies
+
+PolicyPack(
+    name=PACK_NAME,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    policies=list(all_policies()),
+    description="medplat: MDR / GDPR / NIS2 / ISO 27001 guardrails for the EU PHI, analytics and edge zones",
+)
