@@ -55,9 +55,10 @@ def flow_annotations(spec: WorkloadSpec, peers: PeerContext) -> dict[str, str]:
         ANNOTATION_PREFIX + "roles": ",".join(spec.roles),
         ANNOTATION_PREFIX + "reads": ",".join(spec.data_classes.reads),
         ANNOTATION_PREFIX + "writes": ",".join(spec.data_classes.writes),
+        # Only peers this site actually lets it reach (the NetworkPolicy has a rule for them).
         ANNOTATION_PREFIX + "egress": ",".join(
             peer for peer in spec.network.egress_to
-            if peer.startswith("@") or peer in peers.workload_ports),
+            if peers.cidrs.get(peer) or peer in peers.workload_ports or peer == "@site-workloads"),
         ANNOTATION_PREFIX + "ingress": ",".join(spec.network.ingress_from),
         ANNOTATION_PREFIX + "egress-zones": ",".join(
             f"{group}={zone}" for group, zone in sorted(peers.zones.items())),

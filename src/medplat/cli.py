@@ -113,6 +113,86 @@ def _summary(documents: list[dict]) -> None:
             break
 
 
+policy_app = typer.Typer(no_args_is_help=True, help="The CI policy gate (CrossGuard pack, offline, plus checkov).")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(
+    stack: Optional[str] = typer.Argument(None, help="Stack to synthesize and check."),
+    all_stacks: bool = typer.Option(False, "--all", help="Check every stack (and flows between them)."),
+    inventory: Optional[list[Path]] = typer.Option(None, "--inventory", "-i",
+        help="Check a medplat inventory, `pulumi stack export` or `pulumi preview --json` file instead."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
+    out: Path = typer.Option(Path("build/policy"), "--out", "-o", help="Folder for report.json/.sarif/.xml."),
+    checkov: bool = typer.Option(True, "--checkov/--no-checkov", help="Also run checkov (isolated tool)."),
+    today: Optional[str] = typer.Option(None, "--today", help="Date for waiver expiry (YYYY-MM-DD).",
+                                        hidden=True),
+) -> None:
+    """Run every policy; exit 1 on any mandatory violation that is not validly waived."""
+    import datetime
+
+    from medplat import gate, reports
+    from medplat.stackset import StackSet
+
+    try:
+        day = datetime.date.fromisoformat(today) if today else datetime.date.today()
+    except ValueError:
+        fail(f"--today: {today!r} is not a YYYY-MM-DD date")
+    try:
+        if inventory:
+            if stack or all_stacks:
+                fail("--inventory takes no STACK or --all")
+            entries = [gate.from_file(path) for path in inventory]
+        else:
+            stackset = StackSet(stacks_dir or default_stacks_dir())
+            entries = gate.synthesized(stackset, _select(stack, all_stacks, stackset.names()))
+        checkov_findings, checkov_summary = [], {}
+        if checkov:
+            from medplat import checkov as checkov_runner
+            checkov_findings, checkov_summary = checkov_runner.run_for(entries, out / "checkov")
+        result = gate.check_inventories(entries, day, checkov_findings, checkov_summary)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or 'output'}: {exc.strerror}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
+                       ("report.junit.xml", reports.to_junit(result))):
+        _atomic_write(out / name, text)
+    _gate_table(result)
+    console.print(f"reports: {out}/report.json, report.sarif, report.junit.xml", soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(target)
+
+
+def _gate_table(result) -> None:
+    summary = result.summary()
+    table = Table(title="medplat policy check", title_justify="left", show_lines=False)
+    for column in ("result", "severity", "policy", "stack", "resource", "message"):
+        table.add_column(column, overflow="fold")
+    for finding in result.findings:
+        mark = {"fail": "FAIL" if finding.blocking else "warn", "waived": "waived"}[finding.status]
+        table.add_row(mark, finding.severity, finding.policy, finding.stack, finding.name or finding.urn,
+                      finding.message)
+    if result.findings:
+        console.print(table)
+    status = "[red]FAIL[/]" if result.exit_code else "[green]PASS[/]"
+    stacks = ", ".join(f"{s['stack']} ({s['status']})" for s in result.stacks)
+    console.print(f"{status}: {summary['mandatoryFailures']} mandatory violation(s), {summary['advisory']} "
+                  f"advisory, {summary['waived']} waived; {summary['policies']} policies over {stacks}",
+                  soft_wrap=True)
+    if result.checkov:
+        for zone, figures in sorted(result.checkov.get("zones", {}).items()):
+            console.print(f"checkov {zone}: {figures['checks']} distinct checks, {figures['passed']} passed, "
+                          f"{figures['failed']} failed, {figures['waived']} waived", soft_wrap=True)
+
+
 def run() -> None:
     app()
 

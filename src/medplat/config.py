@@ -6,6 +6,7 @@ the file and the key, e.g. `stacks/Pulumi.edge-x.yaml: medplat:edge.egressCidr: 
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
@@ -140,6 +141,16 @@ class EdgeConfig(_Model):
     _country = field_validator("country")(classmethod(lambda cls, v: _eu_country(v)))
 
 
+class Waiver(_Model):
+    """An accepted violation: always visible in reports, never silent, never open-ended."""
+
+    policy: str = Field(min_length=3, description="policy id or checkov check id (CKV_...)")
+    resource: str = Field(min_length=1, description="resource URN, resource name, or a glob over them")
+    reason: str = Field(min_length=10)
+    approver: str = Field(min_length=3)
+    expires: datetime.date
+
+
 class StackConfig(_Model):
     """The `medplat:*` keys of one stack, plus the provider keys the program reads."""
 
@@ -150,6 +161,7 @@ class StackConfig(_Model):
     eu_phi: EuPhiConfig | None = None
     analytics: AnalyticsConfig | None = None
     edge: EdgeConfig | None = None
+    waivers: list[Waiver] = Field(default_factory=list)
     # Provider settings (validated here, passed to the provider by the program).
     region: str | None = Field(default=None, exclude=True)
     auth_url: str | None = Field(default=None, exclude=True)

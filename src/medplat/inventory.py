@@ -171,23 +171,54 @@ class Inventory:
         return json.dumps(self.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def from_stack_export(path: Path) -> Inventory:
-    """Read a real `pulumi stack export` (deployment version 3) into an inventory."""
+def _load_json(path: Path) -> Any:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read: {exc.strerror}") from None
     except ValueError as exc:
         raise InventoryError(f"{path}: not JSON: {exc}") from None
+
+
+def from_stack_export(path: Path) -> Inventory:
+    """Read a real `pulumi stack export` (deployment version 3) into an inventory."""
+    document = _load_json(path)
     deployment = document.get("deployment") if isinstance(document, dict) else None
     if not isinstance(deployment, dict) or not isinstance(deployment.get("resources"), list):
         raise InventoryError(f"{path}: not a `pulumi stack export` file (no deployment.resources)")
     if document.get("version") not in (3, 4):
         raise InventoryError(f"{path}: unsupported deployment version {document.get('version')!r}")
+    return _from_state(deployment["resources"], "deployed", f"pulumi stack export: {path.name}")
+
+
+def from_preview(path: Path) -> Inventory:
+    """Read `pulumi preview --json` output: the planned new state of every step."""
+    document = _load_json(path)
+    steps = document.get("steps") if isinstance(document, dict) else None
+    if not isinstance(steps, list):
+        raise InventoryError(f"{path}: not `pulumi preview --json` output (no steps)")
+    states = [step["newState"] for step in steps
+              if isinstance(step, dict) and step.get("op") not in ("delete", "discard") and step.get("newState")]
+    return _from_state(states, "planned", f"pulumi preview --json: {path.name}")
+
+
+def load_any(path: Path) -> Inventory | dict[str, Any]:
+    """A medplat inventory, a stack export or a preview, recognized by shape."""
+    document = _load_json(path)
+    if isinstance(document, dict) and document.get("schema") == SCHEMA:
+        return document
+    if isinstance(document, dict) and "deployment" in document:
+        return from_stack_export(path)
+    if isinstance(document, dict) and "steps" in document:
+        return from_preview(path)
+    raise InventoryError(f"{path}: neither a medplat inventory, a `pulumi stack export` nor `pulumi preview --json`")
+
+
+def _from_state(raw_resources: list[dict[str, Any]], status: str, source: str) -> Inventory:
     resources: list[Resource] = []
     stack_outputs: dict[str, Any] = {}
     project = stack = ""
-    for raw in deployment["resources"]:
+    for raw in raw_resources:
         urn, type_ = raw.get("urn", ""), raw.get("type", "")
         if type_ == "pulumi:pulumi:Stack":
             stack_outputs = raw.get("outputs") or {}
@@ -203,11 +234,17 @@ def from_stack_export(path: Path) -> Inventory:
             property_dependencies=dict(raw.get("propertyDependencies") or {}),
             outputs={} if raw.get("custom") else (raw.get("outputs") or {}),
         ))
-    stack_urns = {r.get("urn") for r in deployment["resources"] if r.get("type") == "pulumi:pulumi:Stack"}
+    stack_urns = {r.get("urn") for r in raw_resources if r.get("type") == "pulumi:pulumi:Stack"}
     for resource in resources:
-        if resource.parent in stack_urns:
+        if resource.parent in stack_urns or (resource.parent or "").split("::")[2:3] == ["pulumi:pulumi:Stack"]:
             resource.parent = None
     attribute(resources)
     zones = {r.labels.get("medplat:zone") for r in resources if r.labels.get("medplat:zone")}
-    return Inventory(project=project, stack=stack, status="deployed", source=f"pulumi stack export: {path.name}",
+    if not stack:  # a preview of a new stack may have no Stack step with outputs: read any URN
+        for raw in raw_resources:
+            if str(raw.get("urn", "")).startswith("urn:pulumi:"):
+                parts = raw["urn"].split("::")
+                stack, project = parts[0].rsplit(":", 1)[-1], parts[1]
+                break
+    return Inventory(project=project, stack=stack, status=status, source=source,
                      resources=resources, outputs=stack_outputs, zone=zones.pop() if len(zones) == 1 else None)

@@ -158,13 +158,24 @@ class SynthResult:
     config: stack_config.StackConfig
 
 
-def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any]] | None = None) -> SynthResult:
-    """Run the program for `stack` offline; `references` maps StackReference names to outputs."""
+def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any]] | None = None,
+               extra: Callable[[], None] | None = None) -> SynthResult:
+    """Run the program for `stack` offline; `references` maps StackReference names to outputs.
+
+    `extra`, if given, runs after the program inside the same deployment: a way to try
+    additional resources (an integrator's, or a deliberately broken one in tests).
+    """
     path = stack_file(stacks_dir, stack)
     raw = stack_config.read_stack_file(path)
     source = _display(path)
     cfg = stack_config.validate(raw, source)
-    planned = run_under_mocks(stack, lambda: program.build(cfg, source, path.parent.parent), raw, references or {}, cfg.region)
+
+    def build() -> None:
+        program.build(cfg, source, path.parent.parent)
+        if extra is not None:
+            extra()
+
+    planned = run_under_mocks(stack, build, raw, references or {}, cfg.region)
     attribute(planned.resources, fallback_region=f"on-premises-{cfg.edge.country}" if cfg.edge else None)
     inventory = Inventory(project=PROJECT, stack=stack, status="planned",
                           source=f"medplat synth of {path.name} under the Pulumi SDK mock runtime",

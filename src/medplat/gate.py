@@ -1,0 +1,76 @@
+"""The CI policy gate: policies (and checkov) over synthesized or real stacks, one result."""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+from medplat.config import Waiver
+from medplat.inventory import Inventory, load_any
+from medplat.policycheck import Finding, apply_waivers, run_pack, sort_findings
+from medplat.reports import GateResult
+from medplat.stackset import StackSet
+
+CROSS_STACK_POLICIES = ("dataflow-residency",)
+
+
+def policy_rules() -> list[dict[str, Any]]:
+    from medplat.policies.registry import all_policies
+
+    return [{
+        "id": p.name, "description": p.description, "severity": p.severity.value,
+        "enforcement": p.enforcement_level.value, "controls": list(p.controls),
+        "rationale": p.meta.rationale, "remediation": p.meta.remediation, "source": "crossguard",
+    } for p in all_policies()]
+
+
+def _stack_entry(inventory: dict[str, Any], config_file: str | None) -> dict[str, Any]:
+    return {"stack": inventory["stack"], "status": inventory["status"], "source": inventory["source"],
+            "zone": inventory.get("zone"), "resources": len(inventory["resources"]), "configFile": config_file}
+
+
+def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[Waiver]]],
+                      today: datetime.date, checkov_findings: list[Finding] | None = None,
+                      checkov_summary: dict[str, Any] | None = None) -> GateResult:
+    from medplat.policies.registry import all_policies, by_id
+
+    findings: list[Finding] = []
+    for inventory, _config_file, _waivers in inventories:
+        findings += run_pack(inventory, all_policies())
+    if len(inventories) > 1:
+        # Flows cross stacks (edge -> EU zone): prove residency over the union as well.
+        union = {"stack": "all", "resources": [r for inv, _, _ in inventories for r in inv["resources"]]}
+        seen = {(f.policy, f.urn, f.message) for f in findings}
+        for finding in run_pack(union, [by_id()[p] for p in CROSS_STACK_POLICIES]):
+            if (finding.policy, finding.urn, finding.message) not in seen:
+                findings.append(finding)
+    findings += checkov_findings or []
+    waivers = {inv["stack"]: list(w) for inv, _, w in inventories}
+    findings = sort_findings(apply_waivers(findings, waivers, today))
+    rules = policy_rules()
+    rules += [{"id": "waiver-valid", "description": "Waivers name a policy, resource, reason (>= 10 characters), "
+               "approver and an expiry date that has not passed.", "severity": "high", "enforcement": "mandatory",
+               "controls": ["ISO27001-A.8.32"], "rationale": "Accepted risk must stay visible and time-boxed.",
+               "remediation": "Renew the waiver with a new approval, or fix the violation.", "source": "medplat"}]
+    rules += (checkov_summary or {}).get("rules", [])
+    waiver_records = [{"stack": stack, "policy": w.policy, "resource": w.resource, "reason": w.reason,
+                       "approver": w.approver, "expires": w.expires.isoformat(),
+                       "expired": w.expires < today} for stack, ws in waivers.items() for w in ws]
+    summary = {k: v for k, v in (checkov_summary or {}).items() if k != "rules"}
+    return GateResult(stacks=[_stack_entry(inv, cfg) for inv, cfg, _ in inventories], policies=rules,
+                      findings=findings, waivers=waiver_records, checkov=summary)
+
+
+def synthesized(stackset: StackSet, names: list[str]) -> list[tuple[dict[str, Any], str | None, list[Waiver]]]:
+    entries = []
+    for name in names:
+        result = stackset.synth(name)
+        config_file = f"stacks/Pulumi.{name}.yaml"
+        entries.append((result.inventory.to_json(), config_file, list(result.config.waivers)))
+    return entries
+
+
+def from_file(path: Path) -> tuple[dict[str, Any], str | None, list[Waiver]]:
+    loaded = load_any(path)
+    inventory = loaded.to_json() if isinstance(loaded, Inventory) else loaded
+    return inventory, None, []
