@@ -50,3 +50,25 @@ def edit_stack(stacks_dir: Path, stack: str, edit) -> Path:
     edit(document["config"])
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+SARIF_PACKAGE = "@microsoft/jest-sarif@1.0.0-beta.0"  # carries the official SARIF 2.1.0 schema
+SARIF_MEMBER = "package/lib/schemas/sarif-2.1.0-rtm.5.json"
+
+
+@pytest.fixture(scope="session")
+def sarif_schema() -> dict:
+    """The OASIS SARIF 2.1.0 JSON schema, fetched once from the npm registry and cached."""
+    import json
+    import subprocess
+    import tarfile
+
+    cache = Path.home() / ".cache" / "medplat" / "schemas"
+    target = cache / "sarif-2.1.0-rtm.5.json"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        packed = subprocess.run(["npm", "pack", SARIF_PACKAGE, "--silent", "--pack-destination", str(cache)],
+                                check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        with tarfile.open(cache / packed) as archive:
+            target.write_bytes(archive.extractfile(SARIF_MEMBER).read())
+    return json.loads(target.read_text())

@@ -180,8 +180,13 @@ def _gate_table(result) -> None:
         mark = {"fail": "FAIL" if finding.blocking else "warn", "waived": "waived"}[finding.status]
         table.add_row(mark, finding.severity, finding.policy, finding.stack, finding.name or finding.urn,
                       finding.message)
-    if result.findings:
+    if result.findings and console.is_terminal:
         console.print(table)
+    elif result.findings:  # CI logs: one greppable line per finding
+        for finding in result.findings:
+            mark = {"fail": "FAIL" if finding.blocking else "WARN", "waived": "WAIVED"}[finding.status]
+            console.print(f"{mark} {finding.severity} {finding.policy} {finding.stack} "
+                          f"{finding.name or finding.urn}: {finding.message}", markup=False, soft_wrap=True)
     status = "[red]FAIL[/]" if result.exit_code else "[green]PASS[/]"
     stacks = ", ".join(f"{s['stack']} ({s['status']})" for s in result.stacks)
     console.print(f"{status}: {summary['mandatoryFailures']} mandatory violation(s), {summary['advisory']} "
