@@ -119,8 +119,18 @@ class DeidAnalyticsZone(LabelledComponent):
         evidence = bucket("evidence", "operational", kms_key_arn=key.arn, access_log_bucket=log_target,
                           object_lock_days=args.evidence_retention_days)
 
-        # --- CloudTrail ------------------------------------------------------------------------
+        # --- CloudTrail (to the object-locked bucket, and to CloudWatch for alerting) -----------
+        trail_group = self.child(aws.cloudwatch.LogGroup, "trail-logs", data_class="operational",
+                                 retention_in_days=args.log_retention_days, kms_key_id=key.arn)
+        trail_role = self.child(aws.iam.Role, "trail-logs-role", data_class="operational",
+                                assume_role_policy=json.dumps(_trust("cloudtrail.amazonaws.com")))
+        self.child(aws.iam.RolePolicy, "trail-logs-write", data_class="operational", role=trail_role.id,
+                   policy=pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": [{
+                       "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                       "Resource": pulumi.Output.concat(trail_group.arn, ":*")}]}))
         trail = self.child(aws.cloudtrail.Trail, "trail", data_class="operational", name=f"medplat-{name}",
+                           cloud_watch_logs_group_arn=pulumi.Output.concat(trail_group.arn, ":*"),
+                           cloud_watch_logs_role_arn=trail_role.arn,
                            s3_bucket_name=audit.bucket.id, s3_key_prefix="cloudtrail",
                            enable_log_file_validation=True, is_multi_region_trail=True,
                            include_global_service_events=True, kms_key_id=key.arn, enable_logging=True,

@@ -69,6 +69,15 @@ class SecureBucket(LabelledComponent):
             self.child(aws.s3.BucketObjectLockConfiguration, "object-lock", bucket=bucket_id,
                        object_lock_enabled="Enabled",
                        rule={"default_retention": {"mode": "COMPLIANCE", "days": args.object_lock_days}})
+        # Incomplete multipart uploads are invisible garbage; old versions are kept for a year
+        # (or past the lock period), then expire, so versioning does not grow without bound.
+        self.child(aws.s3.BucketLifecycleConfiguration, "lifecycle", bucket=bucket_id, rules=[{
+            "id": "medplat-housekeeping",
+            "status": "Enabled",
+            "filter": {"prefix": ""},
+            "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+            "noncurrent_version_expiration": {"noncurrent_days": max(365, (args.object_lock_days or 0) + 1)},
+        }])
         self.child(aws.s3.BucketPolicy, "policy", bucket=bucket_id, policy=pulumi.Output.json_dumps({
             "Version": "2012-10-17",
             "Statement": [

@@ -72,3 +72,14 @@ def sarif_schema() -> dict:
         with tarfile.open(cache / packed) as archive:
             target.write_bytes(archive.extractfile(SARIF_MEMBER).read())
     return json.loads(target.read_text())
+
+
+@pytest.fixture(scope="session")
+def checkov_tool() -> Path:
+    """checkov in its own venv (installed on first use, as `medplat tools install checkov` does)."""
+    from medplat import checkov
+
+    try:
+        return checkov.executable()
+    except checkov.CheckovMissing:
+        return checkov.install()

@@ -165,6 +165,22 @@ def policy_check(
     raise typer.Exit(result.exit_code)
 
 
+tools_app = typer.Typer(no_args_is_help=True, help="Isolated tools medplat runs as subprocesses.")
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("install")
+def tools_install(tool: str = typer.Argument(..., help="Tool to install: checkov.")) -> None:
+    """Install a tool into its own virtual environment (never into medplat's)."""
+    from medplat import checkov as checkov_runner
+
+    if tool != "checkov":
+        fail(f"unknown tool {tool!r}; known: checkov")
+    with console.status(f"installing checkov {checkov_runner.CHECKOV_VERSION} into its own venv…"):
+        path = checkov_runner.install()
+    console.print(f"checkov {checkov_runner.CHECKOV_VERSION}: {path}", soft_wrap=True)
+
+
 def _atomic_write(target: Path, text: str) -> None:
     partial = target.with_name(target.name + ".partial")
     partial.write_text(text, encoding="utf-8")
@@ -190,7 +206,7 @@ def _gate_table(result) -> None:
     status = "[red]FAIL[/]" if result.exit_code else "[green]PASS[/]"
     stacks = ", ".join(f"{s['stack']} ({s['status']})" for s in result.stacks)
     console.print(f"{status}: {summary['mandatoryFailures']} mandatory violation(s), {summary['advisory']} "
-                  f"advisory, {summary['waived']} waived; {summary['policies']} policies over {stacks}",
+                  f"advisory, {summary['waived']} waived; {summary['policies']} rules over {stacks}",
                   soft_wrap=True)
     if result.checkov:
         for zone, figures in sorted(result.checkov.get("zones", {}).items()):

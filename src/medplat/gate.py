@@ -56,7 +56,8 @@ def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[W
     waiver_records = [{"stack": stack, "policy": w.policy, "resource": w.resource, "reason": w.reason,
                        "approver": w.approver, "expires": w.expires.isoformat(),
                        "expired": w.expires < today} for stack, ws in waivers.items() for w in ws]
-    summary = {k: v for k, v in (checkov_summary or {}).items() if k != "rules"}
+    summary = _checkov_summary(checkov_summary or {}, findings,
+                               {inv["stack"]: inv.get("zone") for inv, _, _ in inventories})
     return GateResult(stacks=[_stack_entry(inv, cfg) for inv, cfg, _ in inventories], policies=rules,
                       findings=findings, waivers=waiver_records, checkov=summary)
 
@@ -74,3 +75,21 @@ def from_file(path: Path) -> tuple[dict[str, Any], str | None, list[Waiver]]:
     loaded = load_any(path)
     inventory = loaded.to_json() if isinstance(loaded, Inventory) else loaded
     return inventory, None, []
+
+
+def _checkov_summary(raw: dict[str, Any], findings: list[Finding], zones: dict[str, str | None]) -> dict[str, Any]:
+    """Per zone: distinct checks run, results passed, failed (unwaived) and waived."""
+    summary = {k: v for k, v in raw.items() if k != "rules"}
+    per_zone = {zone: {k: v for k, v in figures.items() if k != "ids"}
+                for zone, figures in (raw.get("zones") or {}).items()}
+    for figures in per_zone.values():
+        figures["failed"], figures["waived"] = 0, 0
+    for finding in findings:
+        if finding.source != "checkov":
+            continue
+        zone = zones.get(finding.stack) or "images"
+        figures = per_zone.setdefault(zone, {"checks": 0, "passed": 0, "failed": 0, "waived": 0})
+        figures["waived" if finding.status == "waived" else "failed"] += 1
+    if raw:
+        summary["zones"] = per_zone
+    return summary

@@ -219,7 +219,7 @@ def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
         flat = {k: (SECRET_PLACEHOLDER if isinstance(v, stack_config.SecretValue) else v) for k, v in raw.items()}
         secret_keys = [k for k, v in raw.items() if isinstance(v, stack_config.SecretValue)]
-        pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()},
+        pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in flat.items()},
                                       secret_keys)
         try:
             build()
