@@ -229,8 +229,10 @@ def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
             # Components raise ValueError for a stack whose choices cannot be built; the SDK
             # wraps errors raised inside apply(), so report the innermost one.
             root: BaseException = exc
-            while root.__cause__ is not None:
+            seen = {id(exc)}
+            while root.__cause__ is not None and id(root.__cause__) not in seen:  # the SDK can chain a cycle
                 root = root.__cause__
+                seen.add(id(root))
             message = str(root).strip().splitlines()[-1].removeprefix("ValueError has risen: ")
             raise SynthError(f"{stack}: {message}") from None
         resources = list(monitor.records.values())
