@@ -35,3 +35,9 @@ def catalog() -> dict[str, Control]:
 def policy_controls() -> dict[str, list[str]]:
     text = (resources.files(__package__) / "mappings" / "policies.yaml").read_text(encoding="utf-8")
     return {policy: list(controls) for policy, controls in (yaml.safe_load(text) or {}).items()}
+
+
+@lru_cache(maxsize=1)
+def resource_controls() -> dict[str, list[str]]:
+    text = (resources.files(__package__) / "mappings" / "resources.yaml").read_text(encoding="utf-8")
+    return {kind: list(controls) for kind, controls in (yaml.safe_load(text) or {}).items()}

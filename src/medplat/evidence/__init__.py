@@ -1,0 +1,1 @@
+"""Compliance evidence: control matrix, SBOMs, OSCAL results, HTML report, signed bundles."""
