@@ -12,7 +12,7 @@ from rich.table import Table
 from medplat import __version__
 from medplat.config import ConfigError
 from medplat.inventory import InventoryError, from_stack_export
-from medplat.paths import StackNotFound, default_stacks_dir
+from medplat.paths import StackNotFound, default_stacks_dir, project_root
 from medplat.synth import SynthError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -130,15 +130,32 @@ def policy_check(
                                         hidden=True),
 ) -> None:
     """Run every policy; exit 1 on any mandatory violation that is not validly waived."""
+    from medplat import reports
+
+    entries, result = _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, _day(today))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
+                       ("report.junit.xml", reports.to_junit(result))):
+        _atomic_write(out / name, text)
+    _gate_table(result)
+    console.print(f"reports: {out}/report.json, report.sarif, report.junit.xml", soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _day(today: Optional[str]):
     import datetime
 
-    from medplat import gate, reports
-    from medplat.stackset import StackSet
-
     try:
-        day = datetime.date.fromisoformat(today) if today else datetime.date.today()
+        return datetime.date.fromisoformat(today) if today else datetime.date.today()
     except ValueError:
         fail(f"--today: {today!r} is not a YYYY-MM-DD date")
+
+
+def _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, day):
+    """Synthesize (or read) the stacks, run the pack and checkov; one-line errors."""
+    from medplat import gate
+    from medplat.stackset import StackSet
+
     try:
         if inventory:
             if stack or all_stacks:
@@ -151,18 +168,113 @@ def policy_check(
         if checkov:
             from medplat import checkov as checkov_runner
             checkov_findings, checkov_summary = checkov_runner.run_for(entries, out / "checkov")
-        result = gate.check_inventories(entries, day, checkov_findings, checkov_summary)
+        return entries, gate.check_inventories(entries, day, checkov_findings, checkov_summary)
     except USER_ERRORS as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or 'output'}: {exc.strerror}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
-                       ("report.junit.xml", reports.to_junit(result))):
-        _atomic_write(out / name, text)
-    _gate_table(result)
-    console.print(f"reports: {out}/report.json, report.sarif, report.junit.xml", soft_wrap=True)
-    raise typer.Exit(result.exit_code)
+
+
+evidence_app = typer.Typer(no_args_is_help=True, help="Signed compliance evidence bundles.")
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("keygen")
+def evidence_keygen(path: Path = typer.Argument(Path("medplat-evidence.key"), help="Private key file to write.")) -> None:
+    """Generate an Ed25519 signing key (PEM) and its public key (<path>.pub)."""
+    from medplat.evidence import signing
+
+    try:
+        public = signing.keygen(path)
+    except signing.SigningError as exc:
+        fail(str(exc))
+    console.print(f"private key: {path} (keep it secret)\npublic key:  {public}", soft_wrap=True)
+
+
+@evidence_app.command("export")
+def evidence_export(
+    stack: Optional[str] = typer.Argument(None, help="Stack to export."),
+    all_stacks: bool = typer.Option(False, "--all", help="Export every stack."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder, or a .zip file."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 private key (PEM); or $MEDPLAT_EVIDENCE_KEY."),
+    inventory: Optional[list[Path]] = typer.Option(None, "--inventory", "-i",
+        help="Use real `pulumi stack export` (deployed) or preview/inventory files instead of synthesizing."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
+    checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+    today: Optional[str] = typer.Option(None, "--today", hidden=True),
+) -> None:
+    """Write a signed evidence bundle; reproducible with SOURCE_DATE_EPOCH."""
+    import tempfile
+
+    from medplat.evidence import bundle, signing
+
+    try:
+        private = signing.load_private(key)
+    except signing.SigningError as exc:
+        fail(str(exc))
+    if output.exists() and (output.is_file() or any(output.iterdir())):
+        fail(f"{output}: already exists; choose a new bundle path")
+    with tempfile.TemporaryDirectory() as scratch:
+        entries, result = _run_gate(stack, all_stacks, inventory, stacks_dir, Path(scratch), checkov, _day(today))
+        inventories = [inv for inv, _, _ in entries]
+        root = project_root() or Path.cwd()
+        try:
+            with console.status("building evidence (SBOMs, OSCAL, report)…"):
+                files = bundle.build_files(inventories, result, root)
+                sealed = bundle.seal(files, inventories, result, private, root)
+                bundle.write(sealed, output)
+        except (bundle.BundleError, signing.SigningError) as exc:
+            fail(str(exc))
+    label = bundle.label_of(inventories).upper()
+    console.print(f"{label} evidence bundle: {output} ({len(sealed)} files, signed); gate "
+                  f"{result.summary()['result'].upper()}", soft_wrap=True)
+    report = output / "report.html" if output.suffix != ".zip" else f"{output}!/report.html"
+    console.print(f"HTML report: {report}", soft_wrap=True)
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
+    public_key: Path = typer.Option(..., "--public-key", help="Ed25519 public key (PEM)."),
+) -> None:
+    """Exit 0 only if the signature and every file's hash match."""
+    from medplat.evidence import bundle, signing
+
+    try:
+        outcome = bundle.verify(bundle_path, public_key)
+    except (bundle.BundleError, signing.SigningError) as exc:
+        fail(str(exc))
+    if outcome.ok:
+        console.print(f"verified: {outcome.files} files, signature and all SHA-256 digests match", soft_wrap=True)
+        return
+    for problem in outcome.problems:
+        errors.print(f"medplat: verify: {problem}", markup=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@evidence_app.command("diff")
+def evidence_diff(old: Path = typer.Argument(...), new: Path = typer.Argument(...)) -> None:
+    """Controls, checks and resources whose status changed between two bundles."""
+    from medplat.evidence import bundle
+
+    try:
+        lines = bundle.diff(old, new)
+    except bundle.BundleError as exc:
+        fail(str(exc))
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+    if not lines:
+        console.print("no changes in controls, checks or resources")
+
+
+@evidence_app.command("coverage")
+def evidence_coverage(stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir")) -> None:
+    """Print the automated-check coverage table (markdown) for the required controls."""
+    from medplat.evidence import matrix
+
+    entries, result = _run_gate(None, True, None, stacks_dir, Path("build/policy"), False, _day(None))
+    rows = matrix.control_matrix([inv for inv, _, _ in entries], result)
+    print(matrix.coverage_markdown(matrix.coverage(rows)), end="")
 
 
 tools_app = typer.Typer(no_args_is_help=True, help="Isolated tools medplat runs as subprocesses.")

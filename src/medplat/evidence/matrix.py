@@ -82,9 +82,9 @@ def coverage(rows: list[dict[str, Any]], controls: list[str] = REQUIRED_COVERAGE
 
 
 def coverage_markdown(table: list[dict[str, Any]]) -> str:
-    lines = ["| control | automated policies | checkov checks | stacks with mapped resources | status |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| control | automated policies (CrossGuard) | stacks with mapped resources | status |",
+             "| --- | --- | --- | --- |"]
     for row in table:
-        lines.append(f"| {row['control']} | {', '.join(row['policies']) or '-'} | {row['checkov']} | "
+        lines.append(f"| {row['control']} | {', '.join(row['policies']) or '-'} | "
                      f"{', '.join(row['zones']) or '-'} | {row['status']} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,267 @@
+"""Evidence bundles: export (folder or zip), verify, diff.
+
+A bundle holds scope, inventories, the control matrix, the policy/checkov results,
+waivers, SBOMs, OSCAL assessment results and an HTML report; `manifest.json` records the
+SHA-256 of every file, tool versions, git commit and stacks, and `manifest.intoto.json` is a
+DSSE envelope over an in-toto Statement v1 whose subjects are all of those files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from medplat import __version__
+from medplat.evidence import html_report, matrix, oscal, sbom, signing
+from medplat.evidence.clock import bundle_time, iso
+from medplat.reports import GateResult, to_json, to_junit, to_sarif
+
+ENVELOPE = "manifest.intoto.json"
+MANIFEST = "manifest.json"
+TOOLS = ("pulumi", "pulumi-policy", "pulumi-aws", "pulumi-openstack", "pulumi-kubernetes", "pulumi-tls",
+         "cyclonedx-python-lib", "cyclonedx-bom", "compliance-trestle", "securesystemslib")
+
+
+class BundleError(Exception):
+    pass
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _git_commit(root: Path) -> str:
+    completed = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return completed.stdout.strip() if completed.returncode == 0 else "unknown"
+
+
+def _versions(checkov_version: str | None) -> dict[str, str]:
+    versions = {"medplat": __version__}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["checkov"] = checkov_version or "not run"
+    return dict(sorted(versions.items()))
+
+
+def label_of(inventories: list[dict[str, Any]]) -> str:
+    statuses = {inv["status"] for inv in inventories}
+    return statuses.pop() if len(statuses) == 1 else "mixed"
+
+
+def scope(inventories: list[dict[str, Any]]) -> dict[str, Any]:
+    flows = []
+    for inv in inventories:
+        for resource in inv["resources"]:
+            notes = (resource["inputs"].get("metadata") or {}).get("annotations") or {} \
+                if resource["type"] == "kubernetes:apps/v1:Deployment" else {}
+            if "medplat.io/workload" not in notes:
+                continue
+            for peer in filter(None, notes.get("medplat.io/egress", "").split(",")):
+                flows.append({"stack": inv["stack"], "from": notes["medplat.io/workload"], "to": peer,
+                              "dataClasses": sorted(filter(None, notes.get("medplat.io/writes", "").split(",")))})
+    custom = [r for inv in inventories for r in inv["resources"] if r["custom"]]
+    return {
+        "evidenceLabel": label_of(inventories),
+        "stacks": [{"stack": inv["stack"], "zone": inv.get("zone"), "status": inv["status"], "source": inv["source"],
+                    "resources": len(inv["resources"]),
+                    "regions": sorted({r["region"] for r in inv["resources"] if r.get("region")})}
+                   for inv in inventories],
+        "sites": sorted({r["labels"].get("medplat:site") for r in custom if r["labels"].get("medplat:site")}),
+        "zones": sorted({r["labels"].get("medplat:zone") for r in custom if r["labels"].get("medplat:zone")}),
+        "regions": sorted({r["region"] for r in custom if r.get("region")}),
+        "dataClasses": sorted({r["labels"].get("medplat:data-class") for r in custom
+                               if r["labels"].get("medplat:data-class")}),
+        "dataFlows": sorted(flows, key=lambda f: (f["stack"], f["from"], f["to"])),
+    }
+
+
+def build_files(inventories: list[dict[str, Any]], result: GateResult, project_root: Path) -> dict[str, bytes]:
+    """Every bundle file except the manifest and its signature."""
+    from medplat.workloads import catalog, image_lock, placeholder_digests
+
+    moment = bundle_time()
+    label = label_of(inventories)
+    rows = matrix.control_matrix(inventories, result)
+    files: dict[str, str] = {
+        "scope.json": _dump(scope(inventories)),
+        "control-matrix.json": _dump({"evidenceLabel": label, "controls": rows}),
+        "control-matrix.csv": matrix.matrix_csv(rows),
+        "policy/report.json": to_json(result),
+        "policy/report.sarif": to_sarif(result),
+        "policy/report.junit.xml": to_junit(result),
+        "waivers.json": _dump({"waivers": result.waivers}),
+        "oscal/assessment-results.json": oscal.assessment_results(rows, result.stacks, moment, label),
+        "report.html": html_report.render(rows, scope(inventories), result.summary(), iso(moment)),
+    }
+    for inv in inventories:
+        files[f"inventory/{inv['stack']}.json"] = _dump(inv)
+    template = (resources.files("medplat.compliance") / "templates" / "manual-evidence.md").read_text("utf-8")
+    sites = ", ".join(scope(inventories)["sites"])
+    for row in rows:
+        if row["status"] == "manual":
+            files[f"manual-evidence/{row['control']}.md"] = template.format(
+                control=row["control"], title=row["title"], framework=row["framework"],
+                evidence=row["evidence"], sites=sites)
+    deployed = {r["inputs"]["metadata"]["annotations"]["medplat.io/workload"]
+                for inv in inventories for r in inv["resources"]
+                if r["type"] == "kubernetes:apps/v1:Deployment"
+                and "medplat.io/workload" in ((r["inputs"].get("metadata") or {}).get("annotations") or {})}
+    specs = [spec for name, spec in catalog().items() if name in deployed or _in_analytics(name, inventories)]
+    images = {spec.name: spec.pinned_image(image_lock()) for spec in specs}
+    files["sbom/platform.cdx.json"] = sbom.platform_sbom(specs, images, moment)
+    for spec in specs:
+        lock = project_root / "workloads" / spec.name / "requirements.lock"
+        files[f"sbom/workloads/{spec.name}.cdx.json"] = sbom.workload_sbom(
+            spec, images[spec.name], lock, spec.name in placeholder_digests(), moment)
+    return {name: text.encode("utf-8") for name, text in files.items()}
+
+
+def _in_analytics(name: str, inventories) -> bool:
+    return any(r["type"] == "aws:ecs/taskDefinition:TaskDefinition" and r["inputs"].get("family") == f"medplat-{name}"
+               for inv in inventories for r in inv["resources"])
+
+
+def seal(files: dict[str, bytes], inventories, result: GateResult, key, project_root: Path) -> dict[str, bytes]:
+    """Add manifest.json and the signed in-toto statement."""
+    moment = bundle_time()
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    manifest = {
+        "schema": "medplat.evidence-manifest/v1",
+        "createdAt": iso(moment),
+        "evidenceLabel": label_of(inventories),
+        "stacks": [s["stack"] for s in result.stacks],
+        "gate": result.summary(),
+        "gitCommit": _git_commit(project_root),
+        "tools": _versions((result.checkov or {}).get("version")),
+        "files": digests,
+    }
+    sealed = dict(files)
+    sealed[MANIFEST] = _dump(manifest).encode()
+    subjects = {name: hashlib.sha256(data).hexdigest() for name, data in sealed.items()}
+    predicate = {"manifest": MANIFEST, "evidenceLabel": manifest["evidenceLabel"], "stacks": manifest["stacks"],
+                 "createdAt": manifest["createdAt"], "gitCommit": manifest["gitCommit"]}
+    sealed[ENVELOPE] = signing.sign(signing.statement(subjects, predicate), key).encode()
+    return sealed
+
+
+def write(files: dict[str, bytes], target: Path) -> None:
+    """A folder, or a reproducible zip when the name ends in .zip; never half-written."""
+    moment = bundle_time()
+    if target.exists() and target.is_dir() and any(target.iterdir()):
+        raise BundleError(f"{target}: exists and is not empty")
+    partial = target.with_name(target.name + ".partial")
+    if target.suffix == ".zip":
+        stamp = max(moment.timetuple()[:6], (1980, 1, 1, 0, 0, 0))
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in sorted(files):
+                info = zipfile.ZipInfo(name, date_time=stamp)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, files[name])
+        partial.replace(target)
+        return
+    import shutil
+    if partial.exists():
+        shutil.rmtree(partial)
+    for name, data in files.items():
+        path = partial / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    if target.exists():
+        target.rmdir()
+    partial.replace(target)
+
+
+def read(bundle: Path) -> dict[str, bytes]:
+    if not bundle.exists():
+        raise BundleError(f"{bundle}: no such bundle")
+    if bundle.is_file():
+        try:
+            with zipfile.ZipFile(bundle) as archive:
+                return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+        except zipfile.BadZipFile:
+            raise BundleError(f"{bundle}: not a zip file or bundle folder") from None
+    return {str(p.relative_to(bundle)): p.read_bytes() for p in sorted(bundle.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Verification:
+    ok: bool
+    problems: list[str]
+    files: int
+
+
+def verify(bundle: Path, public_key_path: Path) -> Verification:
+    files = read(bundle)
+    key = signing.load_public(public_key_path)
+    if ENVELOPE not in files:
+        return Verification(False, [f"removed: {ENVELOPE} (the signature)"], len(files))
+    try:
+        statement = signing.verify(files[ENVELOPE].decode(), key)
+    except signing.SigningError as exc:
+        return Verification(False, [f"signature: {exc}"], len(files))
+    subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+    problems = []
+    for name in sorted(set(files) - {ENVELOPE}):
+        if name not in subjects:
+            problems.append(f"added: {name}")
+        elif hashlib.sha256(files[name]).hexdigest() != subjects[name]:
+            problems.append(f"modified: {name}")
+    for name in sorted(set(subjects) - set(files)):
+        problems.append(f"removed: {name}")
+    return Verification(not problems, problems, len(files))
+
+
+def diff(old: Path, new: Path) -> list[str]:
+    """Controls and resources whose status changed between two bundles."""
+    before, after = read(old), read(new)
+    lines = []
+
+    def controls(files):
+        document = json.loads(files.get("control-matrix.json", b'{"controls": []}'))
+        return {row["control"]: row["status"] for row in document["controls"]}
+
+    old_controls, new_controls = controls(before), controls(after)
+    for control in sorted(set(old_controls) | set(new_controls)):
+        a, b = old_controls.get(control, "absent"), new_controls.get(control, "absent")
+        if a != b:
+            lines.append(f"control {control}: {a} -> {b}")
+
+    def resources(files):
+        found = {}
+        for name, data in files.items():
+            if name.startswith("inventory/") and name.endswith(".json"):
+                for resource in json.loads(data)["resources"]:
+                    body = json.dumps({k: resource[k] for k in ("type", "inputs", "labels")}, sort_keys=True)
+                    found[resource["urn"]] = hashlib.sha256(body.encode()).hexdigest()
+        return found
+
+    old_resources, new_resources = resources(before), resources(after)
+    for urn in sorted(set(old_resources) | set(new_resources)):
+        if urn not in new_resources:
+            lines.append(f"resource removed: {urn}")
+        elif urn not in old_resources:
+            lines.append(f"resource added: {urn}")
+        elif old_resources[urn] != new_resources[urn]:
+            lines.append(f"resource changed: {urn}")
+
+    def findings(files):
+        report = json.loads(files.get("policy/report.json", b'{"findings": []}'))
+        return {(f["policy"], f["urn"] or f["name"]): f["status"] for f in report["findings"]}
+
+    old_findings, new_findings = findings(before), findings(after)
+    for key in sorted(set(old_findings) | set(new_findings)):
+        a, b = old_findings.get(key, "pass"), new_findings.get(key, "pass")
+        if a != b:
+            lines.append(f"check {key[0]} on {key[1]}: {a} -> {b}")
+    return lines
+
+

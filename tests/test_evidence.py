@@ -1,0 +1,218 @@
+"""Evidence bundles: contents, signature, tamper detection, reproducibility, validation."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from trestle.oscal.assessment_results import AssessmentResults
+from typer.testing import CliRunner
+
+import policy_cases as cases
+from conftest import REPO, STACKS
+from medplat.cli import app
+from medplat.evidence import matrix
+from medplat.stackset import StackSet
+from medplat.synth import synthesize
+
+runner = CliRunner()
+EPOCH = "1790000000"  # 2026-09-21T14:13:20Z
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    assert runner.invoke(app, ["evidence", "keygen", str(folder / "evidence.key")]).exit_code == 0
+    other = folder / "other.key"
+    assert runner.invoke(app, ["evidence", "keygen", str(other)]).exit_code == 0
+    return folder / "evidence.key", folder / "evidence.pub", folder / "other.pub"
+
+
+def export(target, key, *args, epoch=EPOCH, monkeypatch=None):
+    import os
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = epoch
+    try:
+        return runner.invoke(app, ["evidence", "export", *args, "-o", str(target), "--key", str(key),
+                                   "--no-checkov", "--today", "2026-11-23"])
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH")
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, keys):
+    target = tmp_path_factory.mktemp("bundle") / "evidence"
+    result = export(target, keys[0], "--all", "--stacks-dir", str(STACKS))
+    assert result.exit_code == 0, result.output
+    assert "PLANNED evidence bundle" in result.stdout and "report.html" in result.stdout
+    return target
+
+
+def verify(path, public):
+    return runner.invoke(app, ["evidence", "verify", str(path), "--public-key", str(public)])
+
+
+def test_bundle_contents(bundle):
+    names = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
+    for expected in ("scope.json", "control-matrix.json", "control-matrix.csv", "policy/report.json",
+                     "policy/report.sarif", "waivers.json", "sbom/platform.cdx.json", "oscal/assessment-results.json",
+                     "report.html", "manifest.json", "manifest.intoto.json", "inventory/edge-dresden.json",
+                     "sbom/workloads/edge-forwarder.cdx.json", "manual-evidence/GDPR-35.md"):
+        assert expected in names, expected
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["evidenceLabel"] == "planned" and manifest["createdAt"] == "2026-09-21T14:13:20Z"
+    assert set(manifest["files"]) == names - {"manifest.json", "manifest.intoto.json"}
+    assert re.fullmatch(r"[0-9a-f]{40}", manifest["gitCommit"]), manifest["gitCommit"]
+    assert manifest["tools"]["pulumi"] and manifest["tools"]["compliance-trestle"]
+    scope = json.loads((bundle / "scope.json").read_text())
+    assert scope["sites"] == ["analytics", "dresden", "eu-phi", "leipzig"]
+    assert {"phi", "deidentified", "key-material"} <= set(scope["dataClasses"])
+    assert any(f["from"] == "edge-forwarder" and f["to"] == "@cloud" for f in scope["dataFlows"])
+
+
+def test_signed_bundle_verifies(bundle, keys):
+    result = verify(bundle, keys[1])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.stdout
+
+
+def test_flipping_one_byte_in_any_file_is_detected(bundle, keys, tmp_path):
+    files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
+    for relative in files:
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundle, copy)
+        target = copy / relative
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+        result = verify(copy, keys[1])
+        assert result.exit_code == 1, relative
+        if str(relative) == "manifest.intoto.json":
+            assert "signature" in result.stderr
+        else:
+            assert f"modified: {relative}" in result.stderr, (relative, result.stderr)
+
+
+def test_deleted_added_and_other_key_are_detected(bundle, keys, tmp_path):
+    copy = tmp_path / "deleted"
+    shutil.copytree(bundle, copy)
+    (copy / "waivers.json").unlink()
+    result = verify(copy, keys[1])
+    assert result.exit_code == 1 and "removed: waivers.json" in result.stderr
+
+    copy = tmp_path / "added"
+    shutil.copytree(bundle, copy)
+    (copy / "extra.txt").write_text("not evidence")
+    result = verify(copy, keys[1])
+    assert result.exit_code == 1 and "added: extra.txt" in result.stderr
+
+    result = verify(bundle, keys[2])
+    assert result.exit_code == 1 and "signature does not verify with this public key" in result.stderr
+
+
+def test_zip_bundles_are_reproducible(keys, tmp_path):
+    first = export(tmp_path / "a.zip", keys[0], "edge-leipzig", "--stacks-dir", str(STACKS))
+    second = export(tmp_path / "b.zip", keys[0], "edge-leipzig", "--stacks-dir", str(STACKS))
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    assert verify(tmp_path / "a.zip", keys[1]).exit_code == 0
+
+
+def test_oscal_and_cyclonedx_documents_validate(bundle):
+    document = json.loads((bundle / "oscal" / "assessment-results.json").read_text())
+    parsed = AssessmentResults.parse_obj(document["assessment-results"])
+    assert parsed.results[0].findings
+    validator = JsonStrictValidator(SchemaVersion.V1_6)
+    sboms = sorted((bundle / "sbom").rglob("*.cdx.json"))
+    assert len(sboms) >= 10
+    for path in sboms:
+        assert validator.validate_str(path.read_text()) is None, path
+    platform = json.loads((bundle / "sbom" / "platform.cdx.json").read_text())
+    services = {s["name"]: s for s in platform["services"]}
+    assert services["edge-forwarder"]["x-trust-boundary"] is True
+    assert {"flow": "inbound", "classification": "phi"} in services["dicom-anonymizer"]["data"]
+    assert any(c["name"] == "pulumi" for c in platform["components"])
+
+
+def test_required_controls_have_automated_checks_and_readme_shows_them(inventories):
+    from medplat.gate import check_inventories
+    import datetime
+
+    entries = [(inv, None, []) for inv in inventories.values()]
+    result = check_inventories(entries, datetime.date(2026, 11, 23))
+    table = matrix.coverage(matrix.control_matrix(list(inventories.values()), result))
+    for row in table:
+        assert row["policies"], f"{row['control']} has no automated check"
+    assert matrix.coverage_markdown(table) in (REPO / "README.md").read_text(), \
+        "README coverage table is stale: paste `medplat evidence coverage`"
+
+
+def test_export_without_key_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDPLAT_EVIDENCE_KEY", raising=False)
+    result = runner.invoke(app, ["evidence", "export", "--all", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("medplat: error: no signing key")
+
+
+@pytest.fixture(scope="module")
+def broken_bundle(tmp_path_factory, keys):
+    folder = tmp_path_factory.mktemp("broken-evidence")
+    analytics = synthesize("analytics", STACKS, extra=cases.bucket_without_kms)
+    path = folder / "analytics.inventory.json"
+    path.write_text(analytics.inventory.dumps())
+    target = folder / "bundle"
+    result = export(target, keys[0], "--inventory", str(path))
+    assert result.exit_code == 0, result.output
+    return target
+
+
+def test_diff_names_changed_controls_and_resources(tmp_path, keys, broken_bundle):
+    good_inventory = tmp_path / "analytics.inventory.json"
+    good_inventory.write_text(StackSet(STACKS).synth("analytics").inventory.dumps())
+    good = tmp_path / "good"
+    assert export(good, keys[0], "--inventory", str(good_inventory)).exit_code == 0
+    result = runner.invoke(app, ["evidence", "diff", str(good), str(broken_bundle)])
+    assert result.exit_code == 0
+    assert "control GDPR-32.1.a: pass -> fail" in result.stdout
+    assert "resource added: " in result.stdout and "tamper-plain" in result.stdout
+
+
+def test_deployed_evidence_is_labelled_deployed(tmp_path, keys):
+    target = tmp_path / "deployed"
+    result = export(target, keys[0], "--inventory", str(REPO / "tests" / "data" / "stack-export-small.json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((target / "manifest.json").read_text())["evidenceLabel"] == "deployed"
+    assert "DEPLOYED" in (target / "report.html").read_text()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian chromium is required for this test (.ci/run installs it)"
+    return path
+
+
+def test_html_report_renders_without_console_errors_failing_first(broken_bundle, tmp_path):
+    report = broken_bundle / "report.html"
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+               "--dump-dom", report.as_uri()]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    dom = completed.stdout
+    assert "<h1>medplat compliance evidence" in dom
+    console_errors = [line for line in completed.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert console_errors == []
+    statuses = re.findall(r'<details id="[^"]+" data-status="([a-z-]+)"', dom)
+    assert statuses[0] == "fail", statuses[:5]
+    order = {"fail": 0, "not-covered": 1, "manual": 2, "waived": 3, "pass": 4}
+    assert [order[s] for s in statuses] == sorted(order[s] for s in statuses)
