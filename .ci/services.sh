@@ -1,6 +1,10 @@
-# Start the loopback servers the test suite talks to, if they are not running.
-# Each function is idempotent; a missing server is an error, never a silent skip.
+# Prepare what the test suite talks to or drives, if missing.
+# Each step is idempotent; a missing prerequisite is an error, never a silent skip.
 
 ensure_services() {
-  :  # The blueprint core needs no server yet; later suites add PostgreSQL and Mosquitto here.
+  # Headless Chromium renders the evidence HTML report (tests/test_evidence.py).
+  if ! command -v chromium >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
 }

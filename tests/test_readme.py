@@ -16,7 +16,7 @@ def quickstart_commands() -> list[str]:
 def test_quickstart_is_exactly_two_commands():
     commands = quickstart_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
-    assert "medplat synth --all" in commands[0] or "medplat demo" in commands[0]
+    assert "medplat demo" in commands[0]
     assert "pytest" in commands[1]
 
 

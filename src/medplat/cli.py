@@ -326,6 +326,62 @@ def _gate_table(result) -> None:
                           f"{figures['failed']} failed, {figures['waived']} waived", soft_wrap=True)
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for inventories, reports and the bundle."),
+    checkov: bool = typer.Option(True, "--checkov/--no-checkov", help="Run checkov (installed on first use)."),
+) -> None:
+    """The main job on embedded defaults: synth -> policy check -> signed evidence bundle."""
+    import datetime
+    import os
+
+    from medplat import checkov as checkov_runner
+    from medplat import reports
+    from medplat.evidence import bundle, signing
+    from medplat.stackset import StackSet
+
+    stackset = StackSet(default_stacks_dir())
+    try:
+        with console.status("1/3 synthesizing every stack (planned, offline)…"):
+            for name in stackset.names():
+                _write(_ensure(out / "inventory"), name, stackset.synth(name).inventory.dumps())
+        if checkov:
+            try:
+                checkov_runner.executable()
+            except checkov_runner.CheckovMissing:
+                with console.status("installing checkov into its own venv (first run only)…"):
+                    checkov_runner.install()
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"1/3 inventories: {out / 'inventory'}/ (PLANNED)", soft_wrap=True)
+    entries, result = _run_gate(None, True, None, None, out / "policy", checkov, datetime.date.today())
+    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
+                       ("report.junit.xml", reports.to_junit(result))):
+        _atomic_write(_ensure(out / "policy") / name, text)
+    _gate_table(result)
+    console.print(f"2/3 policy gate reports: {out / 'policy'}/", soft_wrap=True)
+    # A throwaway signing key for the demo; real exports use `medplat evidence keygen` once.
+    key_path = out / "demo-evidence.key"
+    if not key_path.exists():
+        signing.keygen(key_path)
+    target = out / f"evidence-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    inventories = [inv for inv, _, _ in entries]
+    with console.status("3/3 building the signed evidence bundle…"):
+        files = bundle.build_files(inventories, result, project_root() or Path.cwd())
+        bundle.write(bundle.seal(files, inventories, result, signing.load_private(key_path),
+                                 project_root() or Path.cwd()), target)
+    verified = bundle.verify(target, key_path.with_suffix(".pub"))
+    console.print(f"3/3 evidence bundle: {target} ({verified.files} files, signature "
+                  f"{'verified' if verified.ok else 'NOT verified'}; demo key {key_path})", soft_wrap=True)
+    console.print(f"HTML report: {os.path.abspath(target / 'report.html')}", soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def run() -> None:
     app()
 
