@@ -22,7 +22,10 @@ def test_wheel_installs_and_synthesizes_from_anywhere(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("medplat/cli.py", "medplat/components/eu_phi_zone.py", "medplat/stacks/Pulumi.eu-phi.yaml",
                      "medplat/workloads/edge-forwarder/workload.yaml", "medplat/workloads/images.lock.yaml",
-                     "medplat/compliance/residency.yaml"):
+                     "medplat/compliance/residency.yaml", "medplat/evidence/bundle.py",
+                     "medplat/compliance/catalogs/nis2.yaml", "medplat/compliance/mappings/resources.yaml",
+                     "medplat/compliance/templates/manual-evidence.md", "medplat/policies/pack/__main__.py",
+                     "medplat/policies/pack/PulumiPolicy.yaml", "medplat/policies/stack/dataflow_residency.py"):
         assert expected in names, expected
     assert not any(name.startswith(("tests/", "components/")) for name in names)
 
@@ -45,3 +48,9 @@ def test_wheel_installs_and_synthesizes_from_anywhere(tmp_path):
                            "edge-leipzig.inventory.json", "eu-phi.inventory.json"]
     document = json.loads((workdir / "inv" / "edge-dresden.inventory.json").read_text())
     assert document["status"] == "planned" and document["summary"]["resources"] > 30
+    gate = subprocess.run([sys.executable, "-m", "medplat", "policy", "check", "--all", "--no-checkov", "-o", "pol"],
+                          cwd=workdir, env=env, capture_output=True, text=True)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    coverage = subprocess.run([sys.executable, "-m", "medplat", "evidence", "coverage"], cwd=workdir, env=env,
+                              capture_output=True, text=True)
+    assert coverage.returncode == 0 and "NIS2-21.2.a" in coverage.stdout, coverage.stderr
