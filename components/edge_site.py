@@ -103,20 +103,17 @@ class EdgeSite(LabelledComponent):
         )
         ingress_cidr = cloud.apply(lambda c: c["ingressCidr"])
         peers = PeerContext(
-            cidrs={"@devices": list(args.device_cidrs)},
+            cidrs={"@devices": list(args.device_cidrs), "@cloud": [ingress_cidr]},
             workload_ports={s.name: [p.port for p in s.ports] for s in specs},
+            zones={"@cloud": "eu-phi", "@devices": "edge"},
         )
         self.workloads: dict[str, Workload] = {}
         for spec in specs:
             volume_sizes = {v.name: args.buffer_size for v in spec.volumes} if "store-and-forward" in spec.roles else {}
-            cloud_peers = PeerContext(
-                cidrs={**peers.cidrs, "@cloud": [ingress_cidr]}, workload_ports=peers.workload_ports,
-                zones={"@cloud": "eu-phi", "@devices": "edge"},
-            )
             self.workloads[spec.name] = Workload(
                 f"{name}-{spec.name}",
                 WorkloadArgs(
-                    spec=spec, image=args.images[spec.name], namespace=ns, peers=cloud_peers,
+                    spec=spec, image=args.images[spec.name], namespace=ns, peers=peers,
                     secret_names={"mtls-client": mtls.metadata.name},
                     config_map_names={"site-policy": policy_map.metadata.name},
                     storage_class=args.storage_class, volume_sizes=volume_sizes,

@@ -88,10 +88,7 @@ def synth(
 
 
 def _write(out: Path, stack: str, text: str) -> None:
-    target = out / f"{stack}.inventory.json"
-    partial = target.with_suffix(".json.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(target)  # atomic: a reader never sees half an inventory
+    _atomic_write(out / f"{stack}.inventory.json", text)
 
 
 def _summary(documents: list[dict]) -> None:
@@ -294,6 +291,7 @@ def tools_install(tool: str = typer.Argument(..., help="Tool to install: checkov
 
 
 def _atomic_write(target: Path, text: str) -> None:
+    """Write through a temporary name: a reader never sees half a file."""
     partial = target.with_name(target.name + ".partial")
     partial.write_text(text, encoding="utf-8")
     partial.replace(target)

@@ -90,6 +90,7 @@ def run_pack(inventory: dict[str, Any], policies: Iterable, config: dict[str, An
     stack = inventory.get("stack") or "?"
     resources = policy_resources(inventory)
     by_urn = {r.urn: r for r in resources}
+    custom = {row["urn"] for row in inventory["resources"] if row["custom"]}
     findings: list[Finding] = []
 
     def finding(policy, urn: str | None, message: str) -> Finding:
@@ -111,17 +112,13 @@ def run_pack(inventory: dict[str, Any], policies: Iterable, config: dict[str, An
             _call(policy.validate, args, lambda message, urn=None, p=policy: findings.append(finding(p, urn, message)))
             continue
         for resource in resources:
-            if not _custom(inventory, resource.urn):
+            if resource.urn not in custom:
                 continue
             args = ResourceValidationArgs(resource.resource_type, resource.props, resource.urn, resource.name,
                                           resource.opts, resource.provider, config or {})
             _call(policy.validate, args,
                   lambda message, urn=None, p=policy, r=resource: findings.append(finding(p, urn or r.urn, message)))
     return findings
-
-
-def _custom(inventory: dict[str, Any], urn: str) -> bool:
-    return next((r["custom"] for r in inventory["resources"] if r["urn"] == urn), False)
 
 
 def _stack_of(urn: str | None) -> str | None:
