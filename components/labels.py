@@ -7,6 +7,7 @@ labels its parent component registered as an output.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -62,14 +63,16 @@ class Labels:
 def normalize(raw: dict[str, Any] | list[Any] | None) -> dict[str, str]:
     """Read medplat labels back from any of the provider encodings above."""
     found: dict[str, str] = {}
-    if isinstance(raw, list):
+    if isinstance(raw, Sequence) and not isinstance(raw, str):
         for item in raw:
             if isinstance(item, str) and "=" in item:
                 key, value = item.split("=", 1)
                 if key in LABEL_KEYS:
                     found[key] = value
         return found
-    for key, value in (raw or {}).items():
+    if not isinstance(raw, Mapping):
+        return found
+    for key, value in raw.items():
         if not isinstance(value, str):
             continue
         if key in LABEL_KEYS:

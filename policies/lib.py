@@ -1,6 +1,7 @@
 """Helpers the policies share: labels, pod specs, and links between resources."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterable
 
 from medplat.components.labels import normalize
@@ -22,7 +23,7 @@ def labels(resource_type: str, props: dict[str, Any]) -> dict[str, str]:
         return normalize((props.get("metadata") or {}).get("labels"))
     for key in ("tags", "metadata"):
         value = props.get(key)
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (Mapping, Sequence)) and not isinstance(value, str):
             found = normalize(value)
             if found:
                 return found
@@ -39,8 +40,8 @@ def pod_spec(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None
         return None
     node: Any = props
     for key in path:
-        node = (node or {}).get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else None
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else None
 
 
 def containers(pod: dict[str, Any]) -> Iterable[dict[str, Any]]:

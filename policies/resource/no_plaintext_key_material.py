@@ -1,4 +1,6 @@
 """Key material never sits in plain config or state."""
+from collections.abc import Mapping
+
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
@@ -20,7 +22,7 @@ MASK = "[secret]"
 
 def _is_secret(value) -> bool:
     # Offline inventories mask secrets; under the engine, secret values arrive wrapped.
-    return value == MASK or (isinstance(value, dict) and "4dabf18193072939515e22adb298388d" in value) \
+    return value == MASK or (isinstance(value, Mapping) and "4dabf18193072939515e22adb298388d" in value) \
         or type(value).__name__ == "Secret"
 
 

@@ -1,4 +1,6 @@
 """No compute gets a public address."""
+from collections.abc import Mapping
+
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
@@ -26,7 +28,7 @@ def check(args, report):
     path = FLAGS[args.resource_type]
     node = args.props
     for key in path:
-        node = (node or {}).get(key) if isinstance(node, dict) else None
+        node = node.get(key) if isinstance(node, Mapping) else None
     # Magnum enables floating IPs unless told otherwise, so absence counts as public there.
     public = node is True or (node is None and args.resource_type.startswith("openstack:containerinfra"))
     if public:

@@ -19,6 +19,9 @@ from pulumi_policy import (
     ResourceValidationArgs, StackValidationArgs, StackValidationPolicy,
 )
 
+from pulumi_policy.deserialize import deserialize_properties
+from pulumi_policy.proxy import unknown_checking_proxy
+
 from medplat.config import Waiver
 
 WAIVER_POLICY = "waiver-valid"
@@ -53,6 +56,12 @@ def _options(parent: str | None) -> PolicyResourceOptions:
                                  parent=parent)
 
 
+def analyzer_props(props: dict[str, Any]):
+    """Properties exactly as the analyzer hands them to policies: deserialized, then wrapped
+    in the SDK's read-only proxies (Mapping/Sequence, not dict/list)."""
+    return unknown_checking_proxy(deserialize_properties(props))
+
+
 def policy_resources(inventory: dict[str, Any]) -> list[PolicyResource]:
     """The inventory's resources as the SDK's PolicyResource graph (parents, dependencies linked)."""
     rows = inventory["resources"]
@@ -60,9 +69,9 @@ def policy_resources(inventory: dict[str, Any]) -> list[PolicyResource]:
     providers = {r["urn"]: r for r in rows if r["type"].startswith("pulumi:providers:")}
     for row in rows:
         provider_row = providers.get(row.get("provider") or "")
-        provider = PolicyProviderResource(provider_row["type"], provider_row["inputs"], provider_row["urn"],
-                                          provider_row["name"]) if provider_row else None
-        by_urn[row["urn"]] = PolicyResource(row["type"], row["inputs"], row["urn"], row["name"],
+        provider = PolicyProviderResource(provider_row["type"], analyzer_props(provider_row["inputs"]),
+                                          provider_row["urn"], provider_row["name"]) if provider_row else None
+        by_urn[row["urn"]] = PolicyResource(row["type"], analyzer_props(row["inputs"]), row["urn"], row["name"],
                                             _options(row.get("parent")), provider, None, [], {})
     for row in rows:
         resource = by_urn[row["urn"]]

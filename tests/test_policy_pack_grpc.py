@@ -1,0 +1,74 @@
+"""The pack entry point speaks the analyzer protocol that `pulumi preview --policy-pack` uses.
+
+The Pulumi CLI starts `policies/pack` as a plugin, reads the port it prints, and calls
+GetAnalyzerInfo / Analyze / AnalyzeStack over gRPC. This test does the same.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, json_format, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+
+import policy_cases as cases
+from conftest import REPO, STACKS
+from medplat.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    process = subprocess.Popen([sys.executable, "-u", str(REPO / "policies" / "pack" / "__main__.py")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stdout.readline().strip())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield analyzer_pb2_grpc.AnalyzerStub(channel)
+        channel.close()
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _struct(props) -> struct_pb2.Struct:
+    return json_format.ParseDict(props, struct_pb2.Struct())
+
+
+def test_analyzer_info_lists_every_policy(analyzer):
+    info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
+    assert info.name == "medplat"
+    names = {p.name for p in info.policies}
+    assert len(names) == 31 and {"dataflow-residency", "s3-sse-kms", "k8s-psa-restricted"} <= names
+    assert all(p.description for p in info.policies)
+
+
+def test_analyze_reports_violations_like_the_offline_runner(analyzer):
+    inventory = synthesize("analytics", STACKS, extra=cases.kms_without_rotation).inventory.to_json()
+    (key,) = [r for r in inventory["resources"] if r["name"] == "tamper-key"]
+    response = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
+        type=key["type"], properties=_struct(key["inputs"]), urn=key["urn"], name=key["name"]))
+    # The SDK prefixes each message with the policy's description.
+    violations = {(d.policyName, d.message.splitlines()[-1]) for d in response.diagnostics}
+    assert ("kms-key-rotation", "KMS key 'tamper-key' does not rotate") in violations
+
+    (compliant,) = [r for r in inventory["resources"] if r["name"] == "analytics-kms"]
+    response = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
+        type=compliant["type"], properties=_struct(compliant["inputs"]), urn=compliant["urn"],
+        name=compliant["name"]))
+    assert [d.policyName for d in response.diagnostics] == []
+
+
+def test_analyze_stack_runs_the_graph_policies(analyzer):
+    eu = synthesize("eu-phi", STACKS).outputs
+    inventory = synthesize("edge-dresden", STACKS, {"saxony-hospital-group/medplat/eu-phi": eu},
+                           extra=cases.phi_to_the_internet).inventory.to_json()
+    resources = [analyzer_pb2.AnalyzerResource(
+        type=r["type"], properties=_struct(r["inputs"]), urn=r["urn"], name=r["name"],
+        parent=r["parent"] or "", dependencies=r["dependencies"]) for r in inventory["resources"]]
+    response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=resources))
+    messages = [d.message for d in response.diagnostics if d.policyName == "dataflow-residency"]
+    assert any("phi flows out of the EU zone without anonymization" in m for m in messages), messages
+    assert not [d for d in response.diagnostics if d.policyName == "k8s-default-deny-per-namespace"]
