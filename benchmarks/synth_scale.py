@@ -1,11 +1,14 @@
 """Benchmark: offline synthesis of 1, 10 and 100 generated edge sites (plus their EU zone).
 
-Goal (issue 2): 100 sites in <= 15 s on 2 cores, growing linearly. Run on demand:
+Goal (issue 2): 100 sites in <= 15 s on 2 cores, growing linearly. Also prints how long the
+offline policy pack (31 CrossGuard policies, without checkov) takes over all of them.
+Run on demand:
     python benchmarks/synth_scale.py [--sites 1 10 100]
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import shutil
 import tempfile
 import time
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from medplat.gate import check_inventories
 from medplat.stackset import StackSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +41,8 @@ def generate(stacks: Path, count: int) -> list[str]:
     return [f"edge-{site}" for site in sites]
 
 
-def run(count: int) -> tuple[int, float]:
+def run(count: int) -> tuple[int, float, float]:
+    """Resources, synthesis seconds, and seconds for the offline policy pack (no checkov)."""
     with tempfile.TemporaryDirectory() as tmp:
         stacks = Path(tmp)
         names = generate(stacks, count)
@@ -47,19 +52,25 @@ def run(count: int) -> tuple[int, float]:
             stackset.synth(name)
         elapsed = time.perf_counter() - start
         resources = sum(len(r.inventory.resources) for r in stackset.results.values())
-    return resources, elapsed
+        entries = [(r.inventory.to_json(), None, list(r.config.waivers)) for r in stackset.results.values()]
+        start = time.perf_counter()
+        result = check_inventories(entries, datetime.date.today())
+        policy_seconds = time.perf_counter() - start
+        assert not result.blocking, [f.message for f in result.blocking][:3]
+    return resources, elapsed, policy_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[1, 10, 100])
     args = parser.parse_args()
-    print(f"{'sites':>6} {'resources':>10} {'seconds':>9} {'resources/s':>12} {'s/site':>8}")
+    print(f"{'sites':>6} {'resources':>10} {'seconds':>9} {'resources/s':>12} {'s/site':>8} {'policy s':>9}")
     rows = []
     for count in args.sites:
-        resources, elapsed = run(count)
+        resources, elapsed, policy_seconds = run(count)
         rows.append((count, elapsed))
-        print(f"{count:>6} {resources:>10} {elapsed:>9.2f} {resources / elapsed:>12.0f} {elapsed / count:>8.3f}")
+        print(f"{count:>6} {resources:>10} {elapsed:>9.2f} {resources / elapsed:>12.0f} {elapsed / count:>8.3f}"
+              f" {policy_seconds:>9.2f}")
     if GOAL_SITES in dict(rows):
         seconds = dict(rows)[GOAL_SITES]
         verdict = "met" if seconds <= GOAL_SECONDS else "MISSED"
