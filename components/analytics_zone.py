@@ -64,7 +64,8 @@ class DeidAnalyticsZone(LabelledComponent):
                    ingress=[], egress=[])
         route_table = self.child(aws.ec2.RouteTable, "private-rt", data_class="operational", vpc_id=vpc.id)
         subnets = []
-        for zone, cidr in zip(args.availability_zones, _subnet_cidrs(args.vpc_cidr, len(args.availability_zones))):
+        for zone, cidr in zip(args.availability_zones, _subnet_cidrs(args.vpc_cidr, len(args.availability_zones)),
+                              strict=True):
             subnet = self.child(aws.ec2.Subnet, f"private-{zone}", data_class="operational", vpc_id=vpc.id,
                                 cidr_block=cidr, availability_zone=zone, map_public_ip_on_launch=False)
             self.child(aws.ec2.RouteTableAssociation, f"private-{zone}-rt", data_class="operational",

@@ -45,7 +45,7 @@ def test_manifests_are_valid_kubernetes(inventories, tmp_path):
     for stack in ("edge-dresden", "eu-phi"):
         documents = checkov.manifests(inventories[stack])
         assert len(documents) > 20
-        for body, urn in documents:
+        for body, _urn in documents:
             kubernetes_validate.validate(body, "1.31", strict=True)
 
 

@@ -31,7 +31,7 @@ def check(args, report):
         if resource.resource_type not in WORKLOAD_KINDS:
             continue
         namespace = (resource.props.get("metadata") or {}).get("namespace")
-        for (zone, name), roles in sites.items():
+        for (_zone, name), roles in sites.items():
             if name == namespace:
                 roles |= csv(annotations(resource.props).get("medplat.io/roles"))
     for (zone, name), roles in sorted(sites.items()):

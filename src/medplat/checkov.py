@@ -116,13 +116,13 @@ def run_for(entries, out: Path, project_root: Path | None = None):
             target.mkdir(parents=True, exist_ok=True)
             (target / "plan.json").write_text(json.dumps(plan, indent=1, sort_keys=True))
             reports = _run(["-f", str(target / "plan.json"), "--framework", "terraform_plan"], target / "results")
-            locate = lambda check: addresses.get(check.get("resource", ""), "")  # noqa: E731
+            locate = _lookup(addresses, lambda check: check.get("resource", ""))
         else:
             index = write_manifests(inventory, target / "manifests")
             if not index:
                 continue
             reports = _run(["-d", str(target / "manifests"), "--framework", "kubernetes"], target / "results")
-            locate = lambda check: index.get(Path(check.get("file_path", "")).name, "")  # noqa: E731
+            locate = _lookup(index, lambda check: Path(check.get("file_path", "")).name)
         _fold(reports, stack, zone, locate, controls, findings, zones, rules)
     files = dockerfiles(project_root or Path.cwd())
     if files:
@@ -132,6 +132,11 @@ def run_for(entries, out: Path, project_root: Path | None = None):
               zones, rules)
     zones.setdefault("images", {"checks": 0, "passed": 0, "failed": 0, "waived": 0, "dockerfiles": len(files)})
     return findings, {"version": CHECKOV_VERSION, "zones": zones, "rules": sorted(rules.values(), key=lambda r: r["id"])}
+
+
+def _lookup(mapping: dict[str, str], key_of):
+    """checkov result -> URN of the resource it is about ("" when unknown)."""
+    return lambda check: mapping.get(key_of(check), "")
 
 
 def _fold(reports, stack, zone, locate, controls, findings, zones, rules) -> None:
