@@ -375,6 +375,24 @@ def demo(
     raise typer.Exit(result.exit_code)
 
 
+@app.command()
+def serve(name: str = typer.Argument(..., help="Workload to run locally, e.g. ingest.")) -> None:
+    """Run a workload service on its embedded defaults (settings: MEDPLAT_<NAME>_* variables)."""
+    import importlib
+
+    module_name = f"medplat.workloads.{name.replace('-', '_')}.app"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (module_name, module_name.rsplit(".", 1)[0]):
+            raise
+        from medplat.workloads import catalog
+        known = sorted(n for n in catalog() if importlib.util.find_spec(
+            f"medplat.workloads.{n.replace('-', '_')}.app") is not None)
+        fail(f"no runnable workload {name!r}; runnable: {', '.join(known) or 'none yet'}")
+    module.main()
+
+
 def _ensure(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -1,0 +1,29 @@
+"""Serving over mutual TLS with uvicorn: client certificates from one CA, optional CRL."""
+from __future__ import annotations
+
+import ssl
+
+import uvicorn
+
+from medplat.service.settings import ServiceSettings
+
+
+def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
+    tls = {}
+    if settings.tls_cert and settings.tls_key:
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+        if settings.tls_client_ca:
+            tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, **tls)
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.tls_crl:
+            config.ssl.load_verify_locations(cafile=str(settings.tls_crl))
+            config.ssl.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return config
+
+
+def serve(app, settings: ServiceSettings) -> None:
+    uvicorn.Server(server_config(app, settings)).run()

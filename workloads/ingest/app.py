@@ -1,0 +1,147 @@
+"""ingest service: batches from edge forwarders, validated as FHIR R4B, stored exactly once.
+
+Idempotent by message id: a retried batch is acknowledged again but stored once, so the
+forwarder may resend after any failure. A batch is all or nothing: one invalid resource
+rejects the batch with an OperationOutcome and nothing of it is stored.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, MetaData, String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from medplat.service.app import create_app
+from medplat.service.db import make_engine
+from medplat.service.fhir import FhirError
+from medplat.service.settings import ServiceSettings, service_config
+from medplat.service.tls import serve
+
+NAME = "ingest"
+DataClass = Literal["phi", "pseudonymized", "deidentified", "operational", "key-material"]
+
+
+class Settings(ServiceSettings):
+    model_config = service_config(NAME)
+    port: int = 8443
+    # What edge sites may send here; key material never leaves a site.
+    allowed_data_classes: list[str] = ["phi", "pseudonymized", "deidentified", "operational"]
+    max_batch: int = 5000
+
+
+metadata = MetaData()
+messages = Table(
+    "messages", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("device", String(256), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("data_class", String(32), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("messages_device_seq", "device", "seq"),
+)
+
+
+class Message(BaseModel):
+    id: str = Field(min_length=1, max_length=128)
+    device: str = Field(min_length=1, max_length=256)
+    seq: int = Field(ge=0)
+    data_class: DataClass = Field(alias="dataClass")
+    resource: dict[str, Any]
+
+
+class Batch(BaseModel):
+    messages: list[Message] = Field(min_length=1)
+
+
+class BatchResult(BaseModel):
+    committed: list[str]
+    duplicates: list[str]
+
+
+def _validate(batch: Batch, settings: Settings) -> None:
+    if len(batch.messages) > settings.max_batch:
+        raise FhirError(413, f"batch of {len(batch.messages)} messages exceeds the limit of {settings.max_batch}")
+    for index, message in enumerate(batch.messages):
+        where = f"messages[{index}]"
+        if message.data_class not in settings.allowed_data_classes:
+            raise FhirError(422, f"{where}.dataClass: {message.data_class!r} may not leave a site",
+                            code="business-rule", expression=[f"{where}.dataClass"])
+        resource_type = message.resource.get("resourceType")
+        try:
+            model = get_fhir_model_class(str(resource_type))
+        except (KeyError, ValueError):
+            raise FhirError(422, f"{where}.resource: unknown FHIR resourceType {resource_type!r}",
+                            code="invalid", expression=[f"{where}.resource.resourceType"]) from None
+        try:
+            model.model_validate(message.resource)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise FhirError(422, f"{where}.resource.{field}: {first['msg']}", code="invalid",
+                            expression=[f"{where}.resource.{field}"]) from None
+
+
+def build(settings: Settings | None = None):
+    settings = settings or Settings()
+    engine = make_engine(settings.resolved_database_url(NAME))
+    metadata.create_all(engine)
+    insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(messages)
+    router = APIRouter()
+
+    @router.post("/batches", response_model=BatchResult, tags=["ingest"])
+    def post_batch(batch: Batch) -> BatchResult:
+        """Store a batch exactly once per message id; all or nothing."""
+        _validate(batch, settings)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        rows = [{"id": m.id, "device": m.device, "seq": m.seq, "data_class": m.data_class,
+                 "resource_type": m.resource["resourceType"], "payload": m.resource, "received_at": now}
+                for m in batch.messages]
+        with engine.begin() as connection:
+            inserted = set(connection.execute(
+                insert.values(rows).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
+            ).scalars())
+        ids = [m.id for m in batch.messages]
+        return BatchResult(committed=[i for i in ids if i in inserted], duplicates=[i for i in ids if i not in inserted])
+
+    @router.get("/messages", tags=["read"])
+    def list_messages(device: str | None = None, after_seq: int = Query(-1, alias="afterSeq"),
+                      limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        query = select(messages).where(messages.c.seq > after_seq).order_by(messages.c.device, messages.c.seq)
+        if device is not None:
+            query = query.where(messages.c.device == device)
+        with engine.connect() as connection:
+            rows = connection.execute(query.limit(limit)).mappings().all()
+        return {"messages": [_public(row) for row in rows]}
+
+    @router.get("/messages/{message_id}", tags=["read"])
+    def get_message(message_id: str) -> dict[str, Any]:
+        with engine.connect() as connection:
+            row = connection.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
+        if row is None:
+            raise FhirError(404, f"no message with id {message_id!r}")
+        return _public(row)
+
+    def health() -> dict[str, Any]:
+        with engine.connect() as connection:
+            stored = connection.execute(select(messages.c.id).limit(1)).first() is not None
+        return {"database": engine.dialect.name, "hasData": stored}
+
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
+    app.state.engine = engine
+    return app, settings
+
+
+def _public(row) -> dict[str, Any]:
+    return {"id": row["id"], "device": row["device"], "seq": row["seq"], "dataClass": row["data_class"],
+            "resource": row["payload"], "receivedAt": row["received_at"].isoformat()}
+
+
+def main() -> None:
+    app, settings = build()
+    serve(app, settings)
