@@ -143,3 +143,13 @@ def test_bad_client_certificates_are_refused(mtls_server, which):
 def test_plain_http_is_refused(mtls_server):
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError)):
         httpx.post(f"http://127.0.0.1:{mtls_server['port']}/batches", json=batch(("plain", 1)), timeout=5)
+
+
+def test_serve_names_the_runnable_workloads():
+    from typer.testing import CliRunner
+
+    from medplat.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "audit-log"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "medplat: error: no runnable workload 'audit-log'; runnable: ingest"

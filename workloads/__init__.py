@@ -39,3 +39,14 @@ def placeholder_digests() -> frozenset[str]:
     """Workloads whose lock entry is a placeholder (image not yet published)."""
     data = yaml.safe_load((resources.files(__name__) / LOCK_FILE).read_text(encoding="utf-8")) or {}
     return frozenset(name for name, entry in (data.get("images") or {}).items() if entry.get("placeholder"))
+
+
+def runnable() -> list[str]:
+    """Workloads that ship a service (`workloads/<name>/app.py`), runnable with `medplat serve`."""
+    root = resources.files(__name__)
+    return sorted(name for name in catalog() if (root / name / "app.py").is_file())
+
+
+def app_module(name: str) -> str:
+    """Import path of a workload's service module (folder names may contain '-')."""
+    return f"{__name__}.{name.replace('-', '_')}.app"

@@ -380,16 +380,11 @@ def serve(name: str = typer.Argument(..., help="Workload to run locally, e.g. in
     """Run a workload service on its embedded defaults (settings: MEDPLAT_<NAME>_* variables)."""
     import importlib
 
-    module_name = f"medplat.workloads.{name.replace('-', '_')}.app"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (module_name, module_name.rsplit(".", 1)[0]):
-            raise
-        from medplat.workloads import catalog
-        known = sorted(n for n in catalog() if importlib.util.find_spec(
-            f"medplat.workloads.{n.replace('-', '_')}.app") is not None)
-        fail(f"no runnable workload {name!r}; runnable: {', '.join(known) or 'none yet'}")
+    from medplat.workloads import app_module, runnable
+
+    if name not in runnable():
+        fail(f"no runnable workload {name!r}; runnable: {', '.join(runnable()) or 'none yet'}")
+    module = importlib.import_module(app_module(name))
     module.main()
 
 
