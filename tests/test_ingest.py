@@ -103,7 +103,7 @@ def mtls_server(tmp_path_factory):
     env = {**os.environ, "MEDPLAT_INGEST_PORT": str(port), "MEDPLAT_INGEST_DATA_DIR": str(folder / "data"),
            "MEDPLAT_INGEST_TLS_CERT": str(server_cert), "MEDPLAT_INGEST_TLS_KEY": str(server_key),
            "MEDPLAT_INGEST_TLS_CLIENT_CA": str(ca.cert_path), "MEDPLAT_INGEST_TLS_CRL": str(crl),
-           "MEDPLAT_INGEST_LOG_LEVEL": "warning"}
+           "MEDPLAT_INGEST_LOG_LEVEL": "warning", "MEDPLAT_INGEST_HEALTH_PORT": str(_free_port())}
     process = subprocess.Popen([sys.executable, "-m", "medplat", "serve", "ingest"], env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -112,7 +112,7 @@ def mtls_server(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.2)
-    yield {"url": f"https://127.0.0.1:{port}", "port": port, "ca": ca.cert_path, "good": good,
+    yield {"url": f"https://127.0.0.1:{port}", "port": port, "health": int(env["MEDPLAT_INGEST_HEALTH_PORT"]), "ca": ca.cert_path, "good": good,
            "revoked": revoked, "expired": expired, "foreign": foreign}
     process.terminate()
     process.wait(timeout=10)
@@ -138,6 +138,12 @@ def test_bad_client_certificates_are_refused(mtls_server, which):
     with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)):
         with _client(mtls_server, cert) as client:
             client.post(f"{mtls_server['url']}/batches", json=batch((f"bad-{which}", 1)))
+
+
+def test_probes_reach_health_over_plain_http_but_nothing_else(mtls_server):
+    url = f"http://127.0.0.1:{mtls_server['health']}"
+    assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+    assert httpx.post(f"{url}/batches", json=batch(("probe", 1)), timeout=5).status_code in (404, 405)
 
 
 def test_plain_http_is_refused(mtls_server):

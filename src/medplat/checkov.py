@@ -124,7 +124,9 @@ def run_for(entries, out: Path, project_root: Path | None = None):
             reports = _run(["-d", str(target / "manifests"), "--framework", "kubernetes"], target / "results")
             locate = _lookup(index, lambda check: Path(check.get("file_path", "")).name)
         _fold(reports, stack, zone, locate, controls, findings, zones, rules)
-    files = dockerfiles(project_root or Path.cwd())
+    from medplat.paths import project_root as find_project_root
+
+    files = dockerfiles(project_root or find_project_root() or Path.cwd())
     if files:
         reports = _run([arg for f in files for arg in ("-f", str(f))] + ["--framework", "dockerfile"],
                        out / "dockerfiles" / "results")

@@ -39,4 +39,16 @@ def create_app(name: str, description: str, router: APIRouter, health: Callable[
         return {"status": "ok", "service": name, **health()}
 
     app.include_router(router)
+    app.state.health_app = health_app(name, health)
+    return app
+
+
+def health_app(name: str, health: Callable[[], dict[str, Any]]) -> FastAPI:
+    """The health endpoint alone, for the plain-HTTP probe listener."""
+    app = FastAPI(title=f"medplat {name} health", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "service": name, **health()}
+
     return app

@@ -21,6 +21,9 @@ class ServiceSettings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set => clients must present a certificate from this CA
     tls_crl: Path | None = None  # optional revocation list for client certificates
+    # Plain-HTTP listener serving only /healthz: Kubernetes probes cannot present client
+    # certificates, so an mTLS-only service exposes its health here.
+    health_port: int | None = None
     log_level: str = "info"
 
     def resolved_database_url(self, name: str) -> str:

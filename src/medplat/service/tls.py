@@ -1,6 +1,7 @@
 """Serving over mutual TLS with uvicorn: client certificates from one CA, optional CRL."""
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import uvicorn
@@ -26,4 +27,14 @@ def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
 
 
 def serve(app, settings: ServiceSettings) -> None:
-    uvicorn.Server(server_config(app, settings)).run()
+    """Run the service, plus the health-only listener when `health_port` is set."""
+    servers = [uvicorn.Server(server_config(app, settings))]
+    if settings.health_port:
+        health = uvicorn.Config(app.state.health_app, host=settings.host, port=settings.health_port,
+                                log_level=settings.log_level, access_log=False)
+        servers.append(uvicorn.Server(health))
+
+    async def run_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(run_all())
