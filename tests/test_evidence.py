@@ -140,6 +140,13 @@ def test_oscal_and_cyclonedx_documents_validate(bundle):
     assert services["edge-forwarder"]["x-trust-boundary"] is True
     assert {"flow": "inbound", "classification": "phi"} in services["dicom-anonymizer"]["data"]
     assert any(c["name"] == "pulumi" for c in platform["components"])
+    # A workload with a requirements.lock gets its dependencies listed; one without says so.
+    ingest = json.loads((bundle / "sbom" / "workloads" / "ingest.cdx.json").read_text())
+    assert {"fastapi", "uvicorn", "fhir.resources"} <= {c["name"].lower() for c in ingest["components"]}
+    forwarder = json.loads((bundle / "sbom" / "workloads" / "edge-forwarder.cdx.json").read_text())
+    assert forwarder["components"] == []
+    assert any("no workloads/edge-forwarder/requirements.lock" in p["value"]
+               for p in forwarder["metadata"]["properties"])
 
 
 def test_required_controls_have_automated_checks_and_readme_shows_them(inventories):
