@@ -131,8 +131,7 @@ def policy_check(
 
     entries, result = _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, _day(today))
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
-                       ("report.junit.xml", reports.to_junit(result))):
+    for name, text in reports.report_files(result).items():
         _atomic_write(out / name, text)
     _gate_table(result)
     console.print(f"reports: {out}/report.json, report.sarif, report.junit.xml", soft_wrap=True)
@@ -353,8 +352,7 @@ def demo(
         fail(str(exc))
     console.print(f"1/3 inventories: {out / 'inventory'}/ (PLANNED)", soft_wrap=True)
     entries, result = _run_gate(None, True, None, None, out / "policy", checkov, datetime.date.today())
-    for name, text in (("report.json", reports.to_json(result)), ("report.sarif", reports.to_sarif(result)),
-                       ("report.junit.xml", reports.to_junit(result))):
+    for name, text in reports.report_files(result).items():
         _atomic_write(_ensure(out / "policy") / name, text)
     _gate_table(result)
     console.print(f"2/3 policy gate reports: {out / 'policy'}/", soft_wrap=True)

@@ -41,6 +41,11 @@ class GateResult:
         }
 
 
+def report_files(result: GateResult) -> dict[str, str]:
+    """The gate's three report files by name: JSON, SARIF 2.1.0, JUnit XML."""
+    return {"report.json": to_json(result), "report.sarif": to_sarif(result), "report.junit.xml": to_junit(result)}
+
+
 def to_json(result: GateResult) -> str:
     document = {
         "schema": "medplat.policy-report/v1",

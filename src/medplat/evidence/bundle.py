@@ -19,7 +19,7 @@ from typing import Any
 from medplat import __version__
 from medplat.evidence import html_report, matrix, oscal, sbom, signing
 from medplat.evidence.clock import bundle_time, iso
-from medplat.reports import GateResult, to_json, to_junit, to_sarif
+from medplat.reports import GateResult, report_files
 
 ENVELOPE = "manifest.intoto.json"
 MANIFEST = "manifest.json"
@@ -90,21 +90,20 @@ def build_files(inventories: list[dict[str, Any]], result: GateResult, project_r
     moment = bundle_time()
     label = label_of(inventories)
     rows = matrix.control_matrix(inventories, result)
+    bundle_scope = scope(inventories)
     files: dict[str, str] = {
-        "scope.json": _dump(scope(inventories)),
+        "scope.json": _dump(bundle_scope),
         "control-matrix.json": _dump({"evidenceLabel": label, "controls": rows}),
         "control-matrix.csv": matrix.matrix_csv(rows),
-        "policy/report.json": to_json(result),
-        "policy/report.sarif": to_sarif(result),
-        "policy/report.junit.xml": to_junit(result),
+        **{f"policy/{name}": text for name, text in report_files(result).items()},
         "waivers.json": _dump({"waivers": result.waivers}),
         "oscal/assessment-results.json": oscal.assessment_results(rows, result.stacks, moment, label),
-        "report.html": html_report.render(rows, scope(inventories), result.summary(), iso(moment)),
+        "report.html": html_report.render(rows, bundle_scope, result.summary(), iso(moment)),
     }
     for inv in inventories:
         files[f"inventory/{inv['stack']}.json"] = _dump(inv)
     template = (resources.files("medplat.compliance") / "templates" / "manual-evidence.md").read_text("utf-8")
-    sites = ", ".join(scope(inventories)["sites"])
+    sites = ", ".join(bundle_scope["sites"])
     for row in rows:
         if row["status"] == "manual":
             files[f"manual-evidence/{row['control']}.md"] = template.format(

@@ -74,7 +74,6 @@ def coverage(rows: list[dict[str, Any]], controls: list[str] = REQUIRED_COVERAGE
         table.append({
             "control": control_id, "title": row["title"],
             "policies": sorted(c["id"] for c in row["checks"] if c["source"] != "checkov"),
-            "checkov": len([c for c in row["checks"] if c["source"] == "checkov"]),
             "zones": sorted({r["stack"] for r in row["resources"]}),
             "status": row["status"],
         })
