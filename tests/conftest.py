@@ -1,9 +1,12 @@
 """Shared fixtures: the example stacks synthesized once per test session."""
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -83,3 +86,17 @@ def checkov_tool() -> Path:
         return checkov.executable()
     except checkov.CheckovMissing:
         return checkov.install()
+
+
+PG_ADMIN = os.environ.get("MEDPLAT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the machine's real PostgreSQL server (not a mock)."""
+    name = f"medplat_ingest_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -15,10 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medplat.workloads.ingest.app import Settings, build
-from pki_helpers import Ca
-
-PG_ADMIN = os.environ.get("MEDPLAT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
+from medplat.service.localpki import Ca
 
 def observation(value: float) -> dict:
     return {"resourceType": "Observation", "status": "final",
@@ -29,17 +26,6 @@ def observation(value: float) -> dict:
 def batch(*items):
     return {"messages": [{"id": i, "device": "pump-1", "seq": s, "dataClass": "phi", "resource": observation(s)}
                          for i, s in items]}
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the machine's real PostgreSQL server (not a mock)."""
-    name = f"medplat_ingest_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,4 +1,7 @@
-"""Test certificates made with `cryptography`: CAs, leaf certificates, expired ones, CRLs."""
+"""Local certificates made with `cryptography`: a CA, leaf certificates, expired ones, CRLs.
+
+For tests and the local demo only; deployed sites get theirs from `PlatformPki`.
+"""
 from __future__ import annotations
 
 import datetime

@@ -1,0 +1,65 @@
+"""MQTT subscription with a persistent session (clean_session=False) and manual QoS 1 acks.
+
+paho-mqtt acknowledges a PUBLISH only when `ack()` is called (manual_ack), which the
+committer does after the outbox transaction committed. Unacknowledged messages stay with
+the broker and are redelivered after a reconnect, in their original order.
+"""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from medplat.workloads.edge_forwarder.intake import Intake
+
+log = logging.getLogger("medplat.edge-forwarder.mqtt")
+
+
+class MqttIntake:
+    def __init__(self, url: str, topic: str, client_id: str, intake: Intake) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"broker URL must look like mqtt://host:1883, not {url!r}")
+        self.host, self.port = parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        self.topic, self.intake = topic, intake
+        self.connected = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                                  protocol=mqtt.MQTTv311, manual_ack=True)
+        if parsed.scheme == "mqtts":
+            self.client.tls_set()
+        if parsed.username:
+            self.client.username_pw_set(parsed.username, parsed.password)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self.connected = True
+        client.subscribe(self.topic, qos=1)
+        log.info("subscribed to %s on %s:%d", self.topic, self.host, self.port)
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        self.connected = False
+        log.warning("broker connection lost (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, _userdata, message) -> None:
+        mid, qos = message.mid, message.qos
+
+        def settle(outcome: str, _reason: str) -> None:
+            if outcome != "held" and qos > 0:
+                client.ack(mid, qos)
+
+        self.intake.submit(message.payload, settle)
