@@ -99,9 +99,8 @@ class Forwarder:
 
     def status(self) -> dict[str, Any]:
         stats = self.outbox.stats()
-        self.capacity.check(self.outbox, 0)
         return {
-            "status": self.capacity.state, "queueDepth": stats.depth, "oldestAgeSeconds": stats.oldest_age_seconds,
+            "status": self.capacity.update(self.outbox), "queueDepth": stats.depth, "oldestAgeSeconds": stats.oldest_age_seconds,
             "usedBytes": stats.used_bytes, "maxBytes": self.settings.max_bytes, "sent": stats.sent,
             "sendRate": self.sender.send_rate(), "refused": stats.refused, "cloudConnected": self.sender.connected,
             "brokerConnected": self.mqtt.connected if self.mqtt else None, "lastError": self.sender.last_error,

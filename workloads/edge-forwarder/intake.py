@@ -68,27 +68,33 @@ def parse_envelope(raw: bytes) -> Envelope:
 
 @dataclass
 class Capacity:
-    """Bounded disk: alarm at `alarm_ratio` of `max_bytes`, full at the limit or low free disk."""
+    """Bounded disk: alarm at `alarm_ratio` of `max_bytes`; full when a batch no longer fits
+    under the limit (or would leave less than `min_free_bytes` on the disk)."""
 
     max_bytes: int
     alarm_ratio: float
     min_free_bytes: int
     state: str = "ok"  # ok | alarm | full
+    blocked_bytes: int = 0  # what did not fit last time: "full" holds until it would fit
     _last_logged: str = field(default="ok", repr=False)
 
-    def check(self, outbox: Outbox, incoming: int) -> str:
+    def room(self, outbox: Outbox) -> tuple[int, int]:
         used = outbox.used_bytes()
         free = shutil.disk_usage(outbox.path.parent).free
-        if used + incoming > self.max_bytes or free - incoming < self.min_free_bytes:
+        return used, max(0, min(self.max_bytes - used, free - self.min_free_bytes))
+
+    def update(self, outbox: Outbox, blocked: int | None = None) -> str:
+        if blocked is not None:
+            self.blocked_bytes = blocked
+        used, room = self.room(outbox)
+        if self.blocked_bytes and self.blocked_bytes > room:
             state = "full"
-        elif used >= self.alarm_ratio * self.max_bytes:
-            state = "alarm"
         else:
-            state = "ok"
+            self.blocked_bytes = 0
+            state = "alarm" if used >= self.alarm_ratio * self.max_bytes else "ok"
         if state != self._last_logged:
             level = {"ok": logging.INFO, "alarm": logging.WARNING, "full": logging.ERROR}[state]
-            log.log(level, "outbox %s: %d of %d bytes used, %d bytes free on disk", state.upper(), used,
-                    self.max_bytes, free)
+            log.log(level, "outbox %s: %d of %d bytes used", state.upper(), used, self.max_bytes)
             self._last_logged = state
         self.state = state
         return state
@@ -135,21 +141,23 @@ class Intake:
             if not items:
                 continue
             try:
-                if not self.commit(items):
-                    held = items  # backpressure: keep them unacknowledged and retry shortly
+                held = self.commit(items)
+                if held:  # backpressure: keep them unacknowledged and retry shortly
                     self._stop.wait(0.5)
             except Exception:  # an I/O error must not kill intake; nothing was acknowledged
                 log.exception("outbox commit failed; retrying")
                 held = items
                 self._stop.wait(1.0)
 
-    def commit(self, items: list[Item]) -> bool:
-        """Commit one batch; False when the outbox is full and intake must hold back."""
+    def commit(self, items: list[Item]) -> list[Item]:
+        """Commit what fits of one batch, in order; returns the items held back (backpressure)."""
         policy = self.policy()
+        _used, room = self.capacity.room(self.outbox)
         entries: list[tuple[str, str, str, bytes]] = []
         refusals: list[Refusal] = []
         outcomes: list[tuple[Outcome, str]] = []
-        for item in items:
+        needed = blocked = 0
+        for index, item in enumerate(items):
             try:
                 envelope = parse_envelope(item.raw)
             except MalformedEnvelope as exc:
@@ -161,19 +169,28 @@ class Intake:
                 refusals.append(Refusal(envelope.id, envelope.device, envelope.data_class, "policy", detail, item.raw))
                 outcomes.append(("refused", detail))
                 continue
+            size = len(item.raw) + 64  # row and index overhead, roughly
+            if blocked or needed + size > room:
+                blocked += size
+                if self.on_full == "backpressure":
+                    held = items[index:]
+                    break
+                # Refuse the new data loudly; what is already queued stays untouched.
+                detail = f"outbox full ({self.capacity.max_bytes} bytes limit)"
+                refusals.append(Refusal(envelope.id, envelope.device, envelope.data_class, "outbox-full", detail))
+                outcomes.append(("refused", detail))
+                continue
+            needed += size
             entries.append((envelope.id, envelope.device, envelope.data_class, item.raw))
             outcomes.append(("stored", ""))
-        incoming = sum(len(e[3]) + 64 for e in entries)
-        if entries and self.capacity.check(self.outbox, incoming) == "full":
-            if self.on_full == "backpressure":
-                return False
-            # Refuse the new data loudly; what is already queued stays untouched.
-            detail = f"outbox full ({self.capacity.max_bytes} bytes limit)"
-            log.error("refusing %d new messages: %s", len(entries), detail)
-            refusals.extend(Refusal(i, d, c, "outbox-full", detail) for i, d, c, _ in entries)
-            entries = []
-            outcomes = [("refused", detail) if o == "stored" else (o, r) for o, r in outcomes]
+        else:
+            held = []
+        if blocked and self.on_full == "refuse":
+            log.error("outbox full: refused %d new messages", sum(1 for r in refusals if r.reason == "outbox-full"))
         self.stored += self.outbox.append(entries, refusals)
+        self.capacity.update(self.outbox, blocked)
         for item, (outcome, reason) in zip(items, outcomes):
             item.done(outcome, reason)
-        return True
+        for item in held:
+            item.done("held", "outbox full")
+        return held
