@@ -97,6 +97,14 @@ class Workload(LabelledComponent):
             for volume in spec.volumes
         }
 
+        self.files = None
+        if spec.config_files:
+            self.files = self.child(
+                k8s.core.v1.ConfigMap, "files",
+                metadata={**meta, "name": f"{spec.name}-files"},
+                data=dict(sorted(spec.config_files.items())),
+            )
+
         pod_labels = {**selector_labels(spec.name), **self.labels.as_k8s()}
         self.deployment = self.child(
             k8s.apps.v1.Deployment, "deployment",
@@ -162,7 +170,12 @@ class Workload(LabelledComponent):
             mounts.append({"name": volume.name, "mountPath": volume.mount_path})
             volumes.append({"name": volume.name,
                             "persistentVolumeClaim": {"claimName": claims[volume.name].metadata.name}})
-        probe = {"httpGet": {"path": spec.health.path, "port": spec.health.port}, "periodSeconds": 10}
+        if spec.config_files:
+            mounts.append({"name": "files", "mountPath": "/etc/medplat/files", "readOnly": True})
+            volumes.append({"name": "files", "configMap": {"name": self.files.metadata.name}})
+        check = ({"httpGet": {"path": spec.health.path, "port": spec.health.port}} if spec.health.path
+                 else {"tcpSocket": {"port": spec.health.port}})
+        probe = {**check, "periodSeconds": 10}
         return {
             "serviceAccountName": self.service_account.metadata.name,
             "automountServiceAccountToken": False,
@@ -178,6 +191,7 @@ class Workload(LabelledComponent):
                 "name": spec.name,
                 "image": args.image,
                 "imagePullPolicy": "Always",
+                **({"args": list(spec.args)} if spec.args else {}),
                 "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in spec.ports],
                 "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
                 "resources": {

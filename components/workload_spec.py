@@ -41,7 +41,7 @@ class Port(_Strict):
 
 
 class Health(_Strict):
-    path: str = Field(pattern=r"^/")
+    path: str | None = Field(default=None, pattern=r"^/", description="HTTP GET path; omitted: TCP probe")
     port: str
 
 
@@ -100,6 +100,10 @@ class WorkloadSpec(_Strict):
     data_classes: DataClasses = Field(alias="dataClasses")
     network: Network = Field(default_factory=Network)
     run_as_user: int = Field(default=10001, alias="runAsUser", ge=1000)
+    args: list[str] = Field(default_factory=list, description="container arguments (replace the image's CMD)")
+    # Files shipped beside workload.yaml, mounted read-only at /etc/medplat/files/<name>.
+    # In YAML a list of file names; loaded, the name -> content map.
+    config_files: dict[str, str] = Field(default_factory=dict, alias="configFiles")
 
     @field_validator("name")
     @classmethod
@@ -151,6 +155,20 @@ class WorkloadSpec(_Strict):
         return f"{self.image}@{digest}"
 
 
+CONFIG_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def spec_from_text(text: str, folder) -> WorkloadSpec:
+    """A spec from its YAML; `configFiles` names are read from `folder` (a Path or Traversable)."""
+    document = yaml.safe_load(text) or {}
+    names = document.get("configFiles") or []
+    if isinstance(names, list):
+        for file_name in names:
+            if not isinstance(file_name, str) or not CONFIG_FILE.match(file_name):
+                raise ValueError(f"configFiles: {file_name!r} is not a plain file name beside workload.yaml")
+        document["configFiles"] = {name: (folder / name).read_text(encoding="utf-8") for name in names}
+    return WorkloadSpec.model_validate(document)
+
+
 def load_spec(path: Path) -> WorkloadSpec:
-    with open(path, encoding="utf-8") as handle:
-        return WorkloadSpec.model_validate(yaml.safe_load(handle))
+    return spec_from_text(path.read_text(encoding="utf-8"), path.parent)

@@ -144,9 +144,10 @@ def test_oscal_and_cyclonedx_documents_validate(bundle):
     ingest = json.loads((bundle / "sbom" / "workloads" / "ingest.cdx.json").read_text())
     assert {"fastapi", "uvicorn", "fhir.resources"} <= {c["name"].lower() for c in ingest["components"]}
     forwarder = json.loads((bundle / "sbom" / "workloads" / "edge-forwarder.cdx.json").read_text())
-    assert forwarder["components"] == []
-    assert any("no workloads/edge-forwarder/requirements.lock" in p["value"]
-               for p in forwarder["metadata"]["properties"])
+    assert {"paho-mqtt", "orjson"} <= {c["name"].lower() for c in forwarder["components"]}
+    bridge = json.loads((bundle / "sbom" / "workloads" / "sdc-bridge.cdx.json").read_text())
+    assert bridge["components"] == []
+    assert any("no workloads/sdc-bridge/requirements.lock" in p["value"] for p in bridge["metadata"]["properties"])
 
 
 def test_required_controls_have_automated_checks_and_readme_shows_them(inventories):

@@ -144,4 +144,4 @@ def test_serve_names_the_runnable_workloads():
 
     result = CliRunner().invoke(app, ["serve", "audit-log"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "medplat: error: no runnable workload 'audit-log'; runnable: ingest"
+    assert result.stderr.strip() == "medplat: error: no runnable workload 'audit-log'; runnable: edge-forwarder, ingest"

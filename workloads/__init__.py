@@ -6,7 +6,7 @@ from importlib import resources
 
 import yaml
 
-from medplat.components.workload_spec import WorkloadSpec
+from medplat.components.workload_spec import WorkloadSpec, spec_from_text
 
 LOCK_FILE = "images.lock.yaml"
 
@@ -20,7 +20,7 @@ def catalog() -> dict[str, WorkloadSpec]:
         spec_file = folder / "workload.yaml"
         if not spec_file.is_file():
             continue
-        spec = WorkloadSpec.model_validate(yaml.safe_load(spec_file.read_text(encoding="utf-8")))
+        spec = spec_from_text(spec_file.read_text(encoding="utf-8"), folder)
         if spec.name != folder.name:
             raise ValueError(f"workloads/{folder.name}/workload.yaml names itself {spec.name!r}")
         specs[spec.name] = spec

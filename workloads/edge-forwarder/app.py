@@ -10,6 +10,7 @@ ones; `on_full=backpressure` stops acknowledging instead, leaving messages with 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medplat.service.app import create_app
 from medplat.service.fhir import FhirError
@@ -46,7 +47,8 @@ class Settings(ServiceSettings):
     client_cert: Path | None = None  # mTLS client certificate issued by PlatformPki
     client_key: Path | None = None
     site_policy: Path | None = None  # site-policy.json pushed from the EU zone
-    max_bytes: int = Field(1 << 30, ge=1 << 16)
+    # Bytes, or "N%" of the outbox volume's capacity (deployed: the PVC EdgeSite sizes per site).
+    max_bytes: int | str = 1 << 30
     alarm_ratio: float = Field(0.8, gt=0, lt=1)
     min_free_bytes: int = Field(64 << 20, ge=0)
     on_full: Literal["refuse", "backpressure"] = "refuse"
@@ -57,6 +59,24 @@ class Settings(ServiceSettings):
     backoff_cap_s: float = Field(30, gt=0)
 
 
+    @field_validator("max_bytes")
+    @classmethod
+    def _limit(cls, value: int | str) -> int | str:
+        text = str(value).strip()
+        if text.endswith("%") and text[:-1].isdigit() and 0 < int(text[:-1]) < 100:
+            return text
+        if text.isdigit() and int(text) >= 1 << 16:
+            return int(text)
+        raise ValueError("must be a byte count >= 65536 or a percentage of the volume such as '90%'")
+
+
+def limit_bytes(value: int | str, folder: Path) -> int:
+    if isinstance(value, str):
+        folder.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(folder).total * int(value[:-1]) // 100
+    return value
+
+
 class Forwarder:
     """Wires outbox, intake (MQTT + HTTP) and sender; `start()`/`stop()` run the threads."""
 
@@ -65,7 +85,7 @@ class Forwarder:
         outbox_path = settings.outbox or settings.data_dir / "outbox.sqlite"
         self.outbox = Outbox(outbox_path)
         self.policy = PolicySource(settings.site_policy)
-        self.capacity = Capacity(settings.max_bytes, settings.alarm_ratio, settings.min_free_bytes)
+        self.capacity = Capacity(limit_bytes(settings.max_bytes, outbox_path.parent), settings.alarm_ratio, settings.min_free_bytes)
         self.intake = Intake(self.outbox, self.policy, self.capacity, on_full=settings.on_full,
                              commit_max=settings.commit_max, linger_s=settings.commit_linger_ms / 1000)
         context = client_context(settings.cloud_ca, settings.client_cert, settings.client_key)
@@ -101,7 +121,7 @@ class Forwarder:
         stats = self.outbox.stats()
         return {
             "status": self.capacity.update(self.outbox), "queueDepth": stats.depth, "oldestAgeSeconds": stats.oldest_age_seconds,
-            "usedBytes": stats.used_bytes, "maxBytes": self.settings.max_bytes, "sent": stats.sent,
+            "usedBytes": stats.used_bytes, "maxBytes": self.capacity.max_bytes, "sent": stats.sent,
             "sendRate": self.sender.send_rate(), "refused": stats.refused, "cloudConnected": self.sender.connected,
             "brokerConnected": self.mqtt.connected if self.mqtt else None, "lastError": self.sender.last_error,
             "onFull": self.settings.on_full,
@@ -206,6 +226,7 @@ async def _settle(forwarder: Forwarder, raws: list[bytes]) -> dict[str, Any]:
 def main() -> None:
     app, settings = build()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per batch is noise
     forwarder: Forwarder = app.state.forwarder
     forwarder.start()
     try:
