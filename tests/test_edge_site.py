@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import of_type
+from conftest import REPO, named, of_type
 
 HARDENED_CONTAINER = {
     "runAsNonRoot": True,
@@ -32,7 +32,9 @@ def test_default_deny_covers_ingress_and_egress(inventories):
     forwarder = policies["edge-forwarder-allow"]
     cloud = [rule for rule in forwarder["egress"] if "ipBlock" in rule["to"][0]]
     assert cloud and all(rule["ports"] == [{"port": 443, "protocol": "TCP"}] for rule in cloud)
-    assert forwarder["ingress"] == []
+    # Its only ingress: the HTTP intake (and probes) from the site's own workloads on 8080.
+    assert forwarder["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}],
+                                     "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "medplat"}}}]}]
     # HL7 devices reach only the MLLP listener, from the configured device VLAN.
     hl7 = policies["hl7-retrofit-allow"]
     assert {peer["ipBlock"]["cidr"] for rule in hl7["ingress"] for peer in rule["from"]} == {"10.61.0.0/24", "10.61.8.0/24"}
@@ -52,7 +54,10 @@ def test_every_pod_is_hardened(inventories):
                     assert container["securityContext"][key] == value, (deployment["name"], key)
                 assert re.search(r"@sha256:[0-9a-f]{64}$", container["image"]), container["image"]
                 assert container["resources"]["limits"]["cpu"] and container["resources"]["limits"]["memory"]
-                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+                liveness = container["livenessProbe"]
+                # medplat services answer /healthz; the broker (no HTTP) gets a TCP probe.
+                assert liveness.get("httpGet", {}).get("path") == "/healthz" or \
+                    (deployment["name"].endswith("mqtt-broker-deployment") and liveness["tcpSocket"]["port"] == "mqtt")
                 assert container["readinessProbe"]
 
 
@@ -80,6 +85,19 @@ def test_cloud_credentials_and_policy_come_from_the_eu_stack(inventories):
     secrets = {s["inputs"]["metadata"]["name"]: s for s in of_type(inv, "kubernetes:core/v1:Secret")}
     assert secrets["mtls-client"]["inputs"]["stringData"] == "[secret]"
     assert reference["urn"] in secrets["mtls-client"]["dependencies"]
-    (config_map,) = of_type(inv, "kubernetes:core/v1:ConfigMap")
+    config_map = named(inv, "site-policy")
     assert '"refusedDataClasses": [\n    "key-material"\n  ]' in config_map["inputs"]["data"]["site-policy.json"]
     assert config_map["inputs"]["data"]["cloud-endpoint"].startswith("https://")
+
+
+def test_broker_runs_with_the_shipped_config_that_does_not_drop_queued_messages(inventories):
+    inv = inventories["edge-dresden"]
+    files = named(inv, "mqtt-broker-files")["inputs"]["data"]
+    conf = (REPO / "workloads" / "mqtt-broker" / "mosquitto.conf").read_text()
+    assert files == {"mosquitto.conf": conf}
+    assert "max_queued_messages 0" in conf and "max_queued_bytes" in conf
+    pod = named(inv, "mqtt-broker-deployment")["inputs"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["/usr/sbin/mosquitto", "-c", "/etc/medplat/files/mosquitto.conf"]
+    assert {"name": "files", "mountPath": "/etc/medplat/files", "readOnly": True} in container["volumeMounts"]
+    assert any(v.get("configMap", {}).get("name") == "mqtt-broker-files" for v in pod["volumes"])

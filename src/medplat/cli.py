@@ -328,7 +328,7 @@ def demo(
     out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for inventories, reports and the bundle."),
     checkov: bool = typer.Option(True, "--checkov/--no-checkov", help="Run checkov (installed on first use)."),
 ) -> None:
-    """The main job on embedded defaults: synth -> policy check -> signed evidence bundle."""
+    """The main job on embedded defaults: synth -> policy check -> signed evidence bundle -> local edge + cloud pair."""
     import datetime
     import os
 
@@ -339,7 +339,7 @@ def demo(
 
     stackset = StackSet(default_stacks_dir())
     try:
-        with console.status("1/3 synthesizing every stack (planned, offline)…"):
+        with console.status("1/4 synthesizing every stack (planned, offline)…"):
             for name in stackset.names():
                 _write(_ensure(out / "inventory"), name, stackset.synth(name).inventory.dumps())
         if checkov:
@@ -350,26 +350,34 @@ def demo(
                     checkov_runner.install()
     except USER_ERRORS as exc:
         fail(str(exc))
-    console.print(f"1/3 inventories: {out / 'inventory'}/ (PLANNED)", soft_wrap=True)
+    console.print(f"1/4 inventories: {out / 'inventory'}/ (PLANNED)", soft_wrap=True)
     entries, result = _run_gate(None, True, None, None, out / "policy", checkov, datetime.date.today())
     for name, text in reports.report_files(result).items():
         _atomic_write(_ensure(out / "policy") / name, text)
     _gate_table(result)
-    console.print(f"2/3 policy gate reports: {out / 'policy'}/", soft_wrap=True)
+    console.print(f"2/4 policy gate reports: {out / 'policy'}/", soft_wrap=True)
     # A throwaway signing key for the demo; real exports use `medplat evidence keygen` once.
     key_path = out / "demo-evidence.key"
     if not key_path.exists():
         signing.keygen(key_path)
     target = out / f"evidence-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     inventories = [inv for inv, _, _ in entries]
-    with console.status("3/3 building the signed evidence bundle…"):
+    with console.status("3/4 building the signed evidence bundle…"):
         files = bundle.build_files(inventories, result, project_root() or Path.cwd())
         bundle.write(bundle.seal(files, inventories, result, signing.load_private(key_path),
                                  project_root() or Path.cwd()), target)
     verified = bundle.verify(target, key_path.with_suffix(".pub"))
-    console.print(f"3/3 evidence bundle: {target} ({verified.files} files, signature "
+    console.print(f"3/4 evidence bundle: {target} ({verified.files} files, signature "
                   f"{'verified' if verified.ok else 'NOT verified'}; demo key {key_path})", soft_wrap=True)
     console.print(f"HTML report: {os.path.abspath(target / 'report.html')}", soft_wrap=True)
+    from medplat import localpair
+
+    with console.status("4/4 local edge + cloud pair: queueing sample data while the cloud is down…"):
+        pair = localpair.run(out / "local-pair")
+    console.print(f"4/4 local edge + cloud pair (embedded defaults, mTLS on loopback): {pair.produced} messages "
+                  f"produced, {pair.queued_while_offline} queued at the edge while the cloud was down, "
+                  f"refused at the edge {pair.refused_at_edge or 'none'}, {pair.delivered} delivered, "
+                  f"{pair.stored_in_cloud} stored in the cloud ({pair.seconds} s)", soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 
