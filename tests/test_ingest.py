@@ -142,6 +142,6 @@ def test_serve_names_the_runnable_workloads():
 
     from medplat.cli import app
 
-    result = CliRunner().invoke(app, ["serve", "audit-log"])
+    result = CliRunner().invoke(app, ["serve", "no-such-workload"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "medplat: error: no runnable workload 'audit-log'; runnable: edge-forwarder, ingest"
+    assert result.stderr.strip() == "medplat: error: no runnable workload 'no-such-workload'; runnable: audit-log, edge-forwarder, ingest"

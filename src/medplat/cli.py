@@ -289,6 +289,47 @@ def tools_install(tool: str = typer.Argument(..., help="Tool to install: checkov
     console.print(f"checkov {checkov_runner.CHECKOV_VERSION}: {path}", soft_wrap=True)
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+def _key_text(value: str) -> str:
+    path = Path(value)
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else value
+
+
+@audit_app.command("verify")
+def audit_verify(
+    export: Path = typer.Argument(..., help="JSON lines from the audit log's GET /export (whole log or a slice)."),
+    key: str = typer.Option(..., "--key", help="The log's verifier key (GET /verifier), or a file holding it."),
+    witness_key: str | None = typer.Option(None, "--witness-key", help="The witness's cosignature key (or file)."),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="A trusted signed checkpoint the log must "
+                                          "reproduce, e.g. the last one the witness countersigned; repeatable."),
+    origin: str | None = typer.Option(None, "--origin", help="Expected checkpoint origin."),
+    require_cosigned: bool = typer.Option(False, "--require-cosigned", help="Fail unless a checkpoint is cosigned."),
+) -> None:
+    """Verify an exported audit log offline against its signed checkpoints (exit 1 on tampering)."""
+    from medplat.workloads.audit_log.note import NoteError, Verifier
+    from medplat.workloads.audit_log.verify import verify_lines
+
+    try:
+        log_key = Verifier.from_text(_key_text(key))
+        witness = Verifier.from_text(_key_text(witness_key)) if witness_key else None
+        trusted = [path.read_text(encoding="utf-8") for path in checkpoint]
+        with open(export, "rb") as handle:
+            report = verify_lines(handle, log_key, witness_key=witness, trusted=trusted, origin=origin,
+                                  require_cosigned=require_cosigned)
+    except (OSError, NoteError, ValueError) as exc:
+        fail(str(exc))
+    for problem in report.problems:
+        errors.print(f"medplat: TAMPERED: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    span = f"entries {report.first}..{report.first + report.entries - 1}" if report.entries else "no entries"
+    console.print(f"audit log OK: {span}, {report.checkpoints} signed checkpoints reproduced, "
+                  f"{report.cosignatures} cosigned by the witness", soft_wrap=True)
+
+
 def _atomic_write(target: Path, text: str) -> None:
     """Write through a temporary name: a reader never sees half a file."""
     partial = target.with_name(target.name + ".partial")

@@ -1,0 +1,138 @@
+"""The one way workloads write audit records: FHIR AuditEvents (IHE BALP patterns) sent in
+batches to the site's audit-log service.
+
+Events are queued and posted by a background thread; while the audit log is unreachable
+they wait in a local spool file (JSON lines, fsync'd) and are sent first when it is back,
+so an outage delays audit records but never loses them.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+log = logging.getLogger("medplat.audit")
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+RESTFUL = "http://terminology.hl7.org/CodeSystem/restful-interaction"
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+ACTIONS = {"create": "C", "read": "R", "update": "U", "delete": "D", "search-type": "E", "execute": "E"}
+
+
+def balp_event(interaction: str, *, source: str, agent: str, patient: str | None = None,
+               entities: list[str] = (), outcome: str = "0", purpose: str | None = None,
+               description: str | None = None, recorded: datetime.datetime | None = None) -> dict[str, Any]:
+    """An AuditEvent in the shape of IHE BALP's basic RESTful patterns (Create, Read, ...)."""
+    if interaction not in ACTIONS:
+        raise ValueError(f"unknown interaction {interaction!r}; one of {sorted(ACTIONS)}")
+    recorded = recorded or datetime.datetime.now(datetime.timezone.utc)
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "Restful Operation"},
+        "subtype": [{"system": RESTFUL, "code": interaction}],
+        "action": ACTIONS[interaction],
+        "recorded": recorded.isoformat(),
+        "outcome": outcome,
+        "agent": [{"type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+                   "who": {"identifier": {"value": agent}}, "requestor": True}],
+        "source": {"observer": {"display": source},
+                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
+        "entity": [{"what": {"reference": ref}, "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                                                          "code": "2"}} for ref in entities],
+    }
+    if patient:
+        event["entity"].append({"what": {"reference": patient},
+                                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                                         "code": "1"},
+                                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}})
+    if purpose:
+        event["purposeOfEvent"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                                                "code": purpose}]}]
+    if description:
+        event["outcomeDesc"] = description
+    if not event["entity"]:
+        del event["entity"]
+    return event
+
+
+class AuditClient:
+    def __init__(self, url: str | None, spool: Path, *, verify: Any = True, flush_s: float = 0.5,
+                 batch: int = 500) -> None:
+        self.url = url.rstrip("/") if url else None
+        self.spool, self.flush_s, self.batch = spool, flush_s, batch
+        self._client = httpx.Client(verify=verify, timeout=30) if url else None
+        self._queue: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-client", daemon=True)
+        self.sent = 0
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def record(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._queue.append(event)
+        if len(self._queue) >= self.batch:
+            self._wake.set()
+
+    def flush(self) -> bool:
+        """Send (or spool) everything queued; True when nothing is left waiting."""
+        with self._lock:
+            events, self._queue = self._queue, []
+        spooled = self._read_spool()
+        pending = spooled + events
+        if not pending:
+            return True
+        if self._client is not None:
+            offset = 0
+            try:
+                for offset in range(0, len(pending), self.batch):
+                    response = self._client.post(f"{self.url}/entries",
+                                                 json={"events": pending[offset:offset + self.batch]})
+                    response.raise_for_status()
+                    self.sent += len(pending[offset:offset + self.batch])
+                self._write_spool([])
+                return True
+            except httpx.HTTPError as exc:
+                log.warning("audit log unreachable (%s); spooling %d events", exc, len(pending) - offset)
+                pending = pending[offset:]
+        self._write_spool(pending)
+        return False
+
+    def _read_spool(self) -> list[dict[str, Any]]:
+        if not self.spool.exists():
+            return []
+        return [orjson.loads(line) for line in self.spool.read_bytes().splitlines() if line.strip()]
+
+    def _write_spool(self, events: list[dict[str, Any]]) -> None:
+        temporary = self.spool.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.spool)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # never let auditing kill the service thread; the spool keeps the events
+                log.exception("audit flush failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()
+        if self._client is not None:
+            self._client.close()
