@@ -179,7 +179,9 @@ class AuditLog:
                     line["proof"] = self.tree.prove_inclusion(row.idx, proof_size).serialize()
                 yield orjson.dumps(line) + b"\n"
                 if row.idx in notes:
-                    yield orjson.dumps({"checkpoint": notes[row.idx]}) + b"\n"
+                    yield orjson.dumps({"checkpoint": notes.pop(row.idx)}) + b"\n"
+            for size in sorted(notes):  # checkpoints past the last stored entry: the log lost entries
+                yield orjson.dumps({"checkpoint": notes[size]}) + b"\n"
 
 
 class Witness:

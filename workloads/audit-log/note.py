@@ -75,7 +75,7 @@ class Signer:
 
     @classmethod
     def from_text(cls, text: str) -> Signer:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)  # base64 may itself contain '+'
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("not a signer key: expected PRIVATE+KEY+<name>+<id>+<key>")
         raw = base64.b64decode(parts[4])
@@ -99,7 +99,7 @@ class Verifier:
 
     @classmethod
     def from_text(cls, text: str) -> Verifier:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may itself contain '+'
         if len(parts) != 3:
             raise NoteError("not a verifier key: expected <name>+<id>+<key>")
         raw = base64.b64decode(parts[2])

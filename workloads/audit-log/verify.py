@@ -73,9 +73,9 @@ def verify_lines(lines: Iterable[bytes], log_key: Verifier, *, witness_key: Veri
                 continue
             report.checkpoints += 1
             if report.first in (0, 1) and expected_index is not None:
-                size = expected_index - 1
+                size = tree.get_size()
                 if checkpoint.size != size:
-                    report.problems.append(f"checkpoint for size {checkpoint.size} follows entry {size}")
+                    report.problems.append(f"checkpoint for size {checkpoint.size} where the log has {size} entries")
                 elif tree.get_root(size) != checkpoint.root:
                     report.problems.append(f"root at size {size} differs from its signed checkpoint: "
                                            "an entry was changed, removed, inserted or reordered")
@@ -100,7 +100,7 @@ def verify_lines(lines: Iterable[bytes], log_key: Verifier, *, witness_key: Veri
         expected_index += 1
     if report.first > 1:
         _verify_slice(slice_proofs, pending, report)
-    size = (expected_index or 1) - 1
+    size = tree.get_size() if report.first == 1 else (expected_index or 1) - 1
     for note in trusted:
         checkpoint = _check_note(note, origin, log_key, witness_key, report)
         if checkpoint is None:
