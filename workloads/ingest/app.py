@@ -17,6 +17,7 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, MetaData, Stri
 from sqlalchemy.dialects import sqlite
 
 from medplat.service.app import create_app
+from medplat.service.audit import AuditClient, balp_event
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
@@ -32,6 +33,7 @@ class Settings(ServiceSettings):
     # What edge sites may send here; key material never leaves a site.
     allowed_data_classes: list[str] = ["phi", "pseudonymized", "deidentified", "operational"]
     max_batch: int = 5000
+    audit_url: str | None = None  # the zone's audit-log; unset: records wait in the local spool
 
 
 metadata = MetaData()
@@ -93,6 +95,8 @@ def build(settings: Settings | None = None):
     engine = make_engine(settings.resolved_database_url(NAME))
     metadata.create_all(engine)
     store = _postgres_store if engine.dialect.name == "postgresql" else _sqlite_store
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
     router = APIRouter()
 
     @router.post("/batches", response_model=BatchResult, tags=["ingest"])
@@ -103,6 +107,10 @@ def build(settings: Settings | None = None):
         with engine.begin() as connection:
             inserted = store(connection, batch.messages, now)
         ids = [m.id for m in batch.messages]
+        audit.record(balp_event(
+            "create", source=NAME, agent="edge-forwarder", entities=[f"{m.resource['resourceType']}/{m.id}"
+                                                                    for m in batch.messages if m.id in inserted],
+            description=f"stored {len(inserted)} of {len(ids)} messages ({len(ids) - len(inserted)} duplicates)"))
         return BatchResult(committed=[i for i in ids if i in inserted], duplicates=[i for i in ids if i not in inserted])
 
     @router.get("/messages", tags=["read"])
@@ -129,7 +137,7 @@ def build(settings: Settings | None = None):
         return {"database": engine.dialect.name, "hasData": stored}
 
     app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
-    app.state.engine = engine
+    app.state.engine, app.state.audit = engine, audit
     return app, settings
 
 
