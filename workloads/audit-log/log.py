@@ -161,7 +161,8 @@ class AuditLog:
                                               entries.c.idx <= end).order_by(entries.c.idx))]
 
     def export(self, start: int = 1, end: int | None = None):
-        """JSON lines: entries in order, each checkpoint right after the entry at its size."""
+        """JSON lines: {"index", ["proof",] "entry": <the event>} in order, each signed checkpoint
+        ({"checkpoint": note}) right after the entry at its size."""
         end = end or self.size
         with self.engine.connect() as connection:
             stored = connection.execute(select(checkpoints.c.size, checkpoints.c.cosigned, checkpoints.c.note).where(
@@ -174,10 +175,12 @@ class AuditLog:
                 select(entries.c.idx, entries.c.entry).where(entries.c.log == self.log, entries.c.idx >= start,
                                                              entries.c.idx <= end).order_by(entries.c.idx))
             for row in result:
-                line = {"index": row.idx, "entry": row.entry.decode()}
+                # The entry's exact bytes are spliced in (they are canonical JSON): the
+                # verifier hashes them as they stand, without parsing or re-encoding.
+                head = {"index": row.idx}
                 if proof_size:
-                    line["proof"] = self.tree.prove_inclusion(row.idx, proof_size).serialize()
-                yield orjson.dumps(line) + b"\n"
+                    head["proof"] = self.tree.prove_inclusion(row.idx, proof_size).serialize()
+                yield orjson.dumps(head)[:-1] + b',"entry":' + row.entry + b"}\n"
                 if row.idx in notes:
                     yield orjson.dumps({"checkpoint": notes.pop(row.idx)}) + b"\n"
             for size in sorted(notes):  # checkpoints past the last stored entry: the log lost entries

@@ -82,3 +82,28 @@ class SqlTree(BaseMerkleTree):
 
     def _get_size(self) -> int:
         return self._size
+
+
+class LeafListTree(BaseMerkleTree):
+    """pymerkle over a plain list of leaf hashes: the offline verifier hashes the entries
+    itself (one SHA-256 each) and lets pymerkle compute roots and check proofs."""
+
+    def __init__(self) -> None:
+        super().__init__("sha256")
+        self.leaves: list[bytes] = []
+
+    def _encode_entry(self, data: bytes) -> bytes:
+        return data
+
+    def _store_leaf(self, data, digest: bytes) -> int:
+        self.leaves.append(digest)
+        return len(self.leaves)
+
+    def _get_leaf(self, index: int) -> bytes:
+        return self.leaves[index - 1]
+
+    def _get_leaves(self, offset: int, width: int) -> list[bytes]:
+        return self.leaves[offset:offset + width]
+
+    def _get_size(self) -> int:
+        return len(self.leaves)

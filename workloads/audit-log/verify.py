@@ -12,11 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
-from pymerkle import InmemoryTree, verify_inclusion
+import hashlib
+
+from pymerkle import verify_inclusion
 from pymerkle.proof import InclusionProof, InvalidProof
 
 from medplat.workloads.audit_log.note import Checkpoint, NoteError, Verifier
-from medplat.workloads.audit_log.tree import leaf_hash
+from medplat.workloads.audit_log.tree import LeafListTree
+
+ENTRY = b',"entry":'
 
 
 @dataclass
@@ -52,50 +56,62 @@ def _check_note(note: str, origin: str | None, log_key: Verifier, witness_key: V
     return checkpoint
 
 
+def _checkpoint_line(line: bytes, number: int, tree: LeafListTree, expected_index: int | None,
+                     pending: list, report: Report, origin, log_key, witness_key) -> None:
+    try:
+        note = orjson.loads(line)["checkpoint"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        report.problems.append(f"line {number}: malformed checkpoint line")
+        return
+    checkpoint = _check_note(note, origin, log_key, witness_key, report)
+    if checkpoint is None:
+        return
+    report.checkpoints += 1
+    if report.first in (0, 1) and expected_index is not None:
+        size = tree.get_size()
+        if checkpoint.size != size:
+            report.problems.append(f"checkpoint for size {checkpoint.size} where the log has {size} entries")
+        elif tree.get_root(size) != checkpoint.root:
+            report.problems.append(f"root at size {size} differs from its signed checkpoint: "
+                                   "an entry was changed, removed, inserted or reordered")
+    else:
+        pending.append((checkpoint, number))
+
+
 def verify_lines(lines: Iterable[bytes], log_key: Verifier, *, witness_key: Verifier | None = None,
                  trusted: Iterable[str] = (), origin: str | None = None, require_cosigned: bool = False) -> Report:
     report = Report()
-    tree = InmemoryTree("sha256")
+    tree = LeafListTree()
     expected_index: int | None = None
     pending: list[tuple[Checkpoint, int]] = []  # slice mode: (checkpoint, position of the line)
     slice_proofs: list[tuple[int, bytes, dict]] = []
     for number, line in enumerate(lines, 1):
+        line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            report.problems.append(f"line {number}: not JSON")
+        if line.startswith(b'{"checkpoint"'):
+            _checkpoint_line(line, number, tree, expected_index, pending, report, origin, log_key, witness_key)
             continue
-        if "checkpoint" in item:
-            checkpoint = _check_note(item["checkpoint"], origin, log_key, witness_key, report)
-            if checkpoint is None:
-                continue
-            report.checkpoints += 1
-            if report.first in (0, 1) and expected_index is not None:
-                size = tree.get_size()
-                if checkpoint.size != size:
-                    report.problems.append(f"checkpoint for size {checkpoint.size} where the log has {size} entries")
-                elif tree.get_root(size) != checkpoint.root:
-                    report.problems.append(f"root at size {size} differs from its signed checkpoint: "
-                                           "an entry was changed, removed, inserted or reordered")
-            else:
-                pending.append((checkpoint, number))
-            continue
-        index, entry = item.get("index"), item.get("entry")
-        if not isinstance(index, int) or not isinstance(entry, str):
+        split = line.find(ENTRY)
+        if not line.startswith(b'{"index":') or split < 0 or not line.endswith(b"}"):
             report.problems.append(f"line {number}: expected an index and an entry")
+            continue
+        try:
+            head = orjson.loads(line[:split] + b"}")
+            index = head["index"]
+        except (orjson.JSONDecodeError, KeyError):
+            report.problems.append(f"line {number}: malformed entry line")
             continue
         if expected_index is None:
             report.first = expected_index = index
         if index != expected_index:
             report.problems.append(f"entry {index} where {expected_index} was expected (gap or reorder)")
             expected_index = index
-        data = entry.encode()
+        leaf = hashlib.sha256(b"\x00" + line[split + len(ENTRY):-1]).digest()  # the exact stored bytes
         if report.first == 1:
-            tree.append_entry(data)
+            tree._store_leaf(None, leaf)
         else:
-            slice_proofs.append((index, leaf_hash(data), item.get("proof") or {}))
+            slice_proofs.append((index, leaf, head.get("proof") or {}))
         report.entries += 1
         expected_index += 1
     if report.first > 1:
