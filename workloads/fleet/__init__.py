@@ -1,0 +1,1 @@
+"""fleet: device registry by UDI, certificate-bound onboarding, heartbeats, maintenance, TUF updates."""
