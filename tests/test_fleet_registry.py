@@ -1,0 +1,104 @@
+"""fleet registry: GS1 UDIs parsed with biip (real GS1 examples, malformed ones refused with a
+reason), onboarding bound to a PlatformPki-style client certificate, heartbeats, inventory."""
+from __future__ import annotations
+
+import datetime
+import urllib.parse
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medplat.service.localpki import Ca
+from medplat.workloads.fleet.app import Settings, build
+from medplat.workloads.fleet.udi import UdiError, parse_udi
+
+# The GS1/FDA UDI example (GTIN 10884521062856 with lot, dates and serial), in the
+# human-readable form and as barcode data (symbology identifier ]d2, FNC1 as GS).
+HRI = "(01)10884521062856(11)141231(17)290707(10)A213B1(21)1234"
+BARCODE = "]d2" + "0110884521062856" + "11141231" + "17290707" + "10A213B1\x1d" + "211234"
+
+
+def test_gs1_udi_strings_give_di_and_pi():
+    for value in (HRI, BARCODE):
+        udi = parse_udi(value)
+        assert (udi.di, udi.serial, udi.lot) == ("10884521062856", "1234", "A213B1")
+        assert udi.manufactured == datetime.date(2014, 12, 31) and udi.expiry == datetime.date(2029, 7, 7)
+        assert udi.device_id == "10884521062856.1234"
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("(01)10884521062857(21)1234", "check digit"),
+    ("(01)1088452106285(21)1234", "pattern"),
+    ("(01)10884521062856(17)291399(21)1234", "(17)"),
+    ("(01)10884521062856(10)A213B1", "serial number"),
+    ("(21)1234", "UDI-DI"),
+    ("(01)10884521062856(99)promo(21)1234", "not part of a UDI"),
+    ("pump-42", "GS1"),
+    ("   ", "empty"),
+])
+def test_malformed_udis_are_refused_with_a_reason(value, reason):
+    with pytest.raises(UdiError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        parse_udi(value)
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    ca = Ca(tmp_path, "platform")
+    app, _ = build(Settings(data_dir=tmp_path / "fleet", device_ca=ca.cert_path))
+    with TestClient(app) as client:
+        yield client, ca, tmp_path
+
+
+def register(client, udi=HRI, **extra):
+    return client.post("/devices", json={"udi": udi, "site": "dresden", "hardware": "pump-x",
+                                         "rolloutGroup": "canary", "maintenanceIntervalDays": 180, **extra})
+
+
+def test_registration_refuses_bad_udis_and_duplicates_with_operation_outcomes(fleet):
+    client, _ca, _ = fleet
+    created = register(client)
+    assert created.status_code == 201 and created.json()["id"] == "10884521062856.1234"
+    assert register(client).status_code == 409
+    bad = register(client, udi="(01)10884521062857(21)1")
+    assert bad.status_code == 422 and "check digit" in bad.json()["issue"][0]["diagnostics"]
+    assert bad.json()["issue"][0]["expression"] == ["udi"]
+
+
+def test_onboarding_binds_the_certificate_and_heartbeats_must_present_it(fleet):
+    client, ca, tmp_path = fleet
+    device_id = register(client).json()["id"]
+    cert_path, _key, _ = ca.issue(device_id)
+    pem = cert_path.read_text()
+    assert client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"}).status_code == 403  # not onboarded
+    onboarded = client.post(f"/devices/{device_id}/onboard", json={"certificate": pem}).json()
+    assert onboarded["status"] == "onboarded" and len(onboarded["certificateFingerprint"]) == 64
+    header = {"x-forwarded-tls-client-cert": urllib.parse.quote(pem)}
+    beat = client.post(f"/devices/{device_id}/heartbeat", headers=header, json={
+        "status": "ok", "telemetry": {"battery": 87},
+        "software": [{"component": "pump-fw", "version": "1.0.0", "sbom": "urn:uuid:4f1c-sbom"}]})
+    assert beat.status_code == 200
+    device = client.get(f"/devices/{device_id}").json()
+    assert device["telemetry"] == {"battery": 87} and device["software"][0]["version"] == "1.0.0"
+    assert device["maintenanceDue"] == (datetime.date.today() + datetime.timedelta(days=180)).isoformat()
+    other, _, _ = ca.issue("someone-else")
+    stolen = client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"},
+                         headers={"x-forwarded-tls-client-cert": urllib.parse.quote(other.read_text())})
+    assert stolen.status_code == 403
+    assert client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"}).status_code == 401
+
+
+@pytest.mark.parametrize("problem", ["foreign-ca", "expired", "other-device", "garbage"])
+def test_onboarding_refuses_certificates_that_do_not_belong(fleet, problem):
+    client, ca, tmp_path = fleet
+    device_id = register(client).json()["id"]
+    if problem == "foreign-ca":
+        pem = Ca(tmp_path, "stranger").issue(device_id)[0].read_text()
+    elif problem == "expired":
+        pem = ca.issue(device_id, expired=True)[0].read_text()
+    elif problem == "other-device":
+        pem = ca.issue("10884521062856.9999")[0].read_text()
+    else:
+        pem = "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
+    response = client.post(f"/devices/{device_id}/onboard", json={"certificate": pem})
+    assert response.status_code == 422, response.text
+    assert client.get(f"/devices/{device_id}").json()["status"] == "registered"
