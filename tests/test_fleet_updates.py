@@ -161,3 +161,28 @@ def test_root_key_rotation_is_followed_and_a_root_below_threshold_is_not(fleet):
     repo._publish("root", root, [new_root[0]])
     with pytest.raises(UnsignedMetadataError):
         updater.update("pump-fw")
+
+
+def test_cli_creates_a_repository_the_service_serves_and_a_device_installs_from(tmp_path):
+    from typer.testing import CliRunner
+
+    from medplat.cli import app as cli
+
+    runner = CliRunner()
+    repository, keys, artifact = tmp_path / "tuf", tmp_path / "keys", tmp_path / "fw.bin"
+    assert runner.invoke(cli, ["fleet", "init", str(repository), "--keys", str(keys), "--root-threshold", "2"]).exit_code == 0
+    assert sorted(p.name for p in keys.iterdir()) == ["root-1.pem", "root-2.pem", "snapshot-1.pem", "targets-1.pem",
+                                                      "timestamp-1.pem"]
+    artifact.write_bytes(FIRMWARE_2)
+    bad = runner.invoke(cli, ["fleet", "release", str(repository), str(artifact), "--keys", str(keys),
+                              "--product", "pump-fw", "--version", "1.1-beta", "--hardware", "pump-x", "--group", "canary"])
+    assert bad.exit_code == 2 and "not numeric" in bad.stderr
+    released = runner.invoke(cli, ["fleet", "release", str(repository), str(artifact), "--keys", str(keys),
+                                   "--product", "pump-fw", "--version", "1.1.0", "--hardware", "pump-x",
+                                   "--group", "canary"])
+    assert released.exit_code == 0, released.output
+    app, _ = build(Settings(data_dir=tmp_path / "fleet", tuf_repository=repository))
+    with TestClient(app) as client:
+        updater = DeviceUpdater(tmp_path / "device", "http://testserver/tuf", hardware="pump-x", group="canary",
+                                trusted_root=(repository / "metadata" / "1.root.json").read_bytes(), client=client)
+        assert updater.update("pump-fw").version == "1.1.0" and installed(updater) == FIRMWARE_2

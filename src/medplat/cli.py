@@ -330,6 +330,57 @@ def audit_verify(
                   f"{report.cosignatures} cosigned by the witness", soft_wrap=True)
 
 
+fleet_app = typer.Typer(no_args_is_help=True, help="The fleet's TUF update repository.")
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("init")
+def fleet_init(
+    repository: Path = typer.Argument(..., help="Folder the fleet service serves (MEDPLAT_FLEET_TUF_REPOSITORY)."),
+    keys: Path = typer.Option(..., "--keys", help="Folder for the role keys (keep root and targets offline)."),
+    root_threshold: int = typer.Option(1, "--root-threshold", min=1, help="Root keys needed to sign a new root."),
+) -> None:
+    """Create a TUF repository with fresh Ed25519 keys for root, targets, snapshot and timestamp."""
+    from medplat.workloads.fleet import tuf_repo
+
+    if (repository / "metadata").exists():
+        fail(f"{repository} already holds a TUF repository")
+    signers = {role: [tuf_repo.new_signer() for _ in range(root_threshold if role == "root" else 1)]
+               for role in tuf_repo.ROLES}
+    tuf_repo.save_keys(keys, signers)
+    tuf_repo.UpdateRepository.create(repository, signers, thresholds={"root": root_threshold})
+    console.print(f"TUF repository {repository} (root threshold {root_threshold}); keys in {keys}; "
+                  f"provision devices with {repository / 'metadata' / '1.root.json'}", soft_wrap=True)
+
+
+@fleet_app.command("release")
+def fleet_release(
+    repository: Path = typer.Argument(..., help="The TUF repository folder."),
+    artifact: Path = typer.Argument(..., help="The update file."),
+    keys: Path = typer.Option(..., "--keys", help="Folder with the role keys."),
+    product: str = typer.Option(..., "--product"),
+    version: str = typer.Option(..., "--version", help="major.minor.patch"),
+    hardware: list[str] = typer.Option(..., "--hardware", help="Compatible hardware; repeatable."),
+    group: list[str] = typer.Option(..., "--group", help="Rollout group; repeatable."),
+    channel: str = typer.Option("stable", "--channel"),
+) -> None:
+    """Publish a release: signed targets, snapshot and timestamp metadata."""
+    import re
+
+    from medplat.workloads.fleet import tuf_repo
+
+    if not re.fullmatch(r"\d+(\.\d+)*", version):
+        fail(f"version {version!r} is not numeric (major.minor.patch)")
+    try:
+        repo = tuf_repo.UpdateRepository(repository, tuf_repo.load_keys(keys))
+        target = repo.release(product, version, artifact.read_bytes(), hardware=hardware, groups=group,
+                              channel=channel)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"released {product} {version} ({target.length} bytes, sha256 {target.hashes['sha256'][:16]}…) "
+                  f"for {', '.join(hardware)} to {', '.join(group)}", soft_wrap=True)
+
+
 def _atomic_write(target: Path, text: str) -> None:
     """Write through a temporary name: a reader never sees half a file."""
     partial = target.with_name(target.name + ".partial")

@@ -136,3 +136,31 @@ class UpdateRepository:
 
 def new_signer() -> CryptoSigner:
     return CryptoSigner.generate_ed25519()
+
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+
+
+def save_keys(folder: Path, signers: dict[str, Sequence[CryptoSigner]]) -> None:
+    """PEM private keys, one file per key (<role>-<n>.pem, mode 0600), for an offline key ceremony."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for role, role_signers in signers.items():
+        for number, signer in enumerate(role_signers, 1):
+            path = folder / f"{role}-{number}.pem"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(signer.private_bytes)
+
+
+def load_keys(folder: Path) -> dict[str, list[CryptoSigner]]:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    keys: dict[str, list[CryptoSigner]] = {role: [] for role in ROLES}
+    for path in sorted(folder.glob("*-*.pem")):
+        role = path.name.rsplit("-", 1)[0]
+        if role in keys:
+            keys[role].append(CryptoSigner(load_pem_private_key(path.read_bytes(), password=None)))
+    missing = [role for role, found in keys.items() if not found]
+    if missing:
+        raise ValueError(f"{folder}: no key for {', '.join(missing)} (expected <role>-<n>.pem files)")
+    return keys
