@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER_CONF = REPO / "workloads" / "mqtt-broker" / "mosquitto.conf"

@@ -1,21 +1,15 @@
 """ingest: idempotent, all-or-nothing FHIR batches on SQLite and real PostgreSQL; mTLS only."""
 from __future__ import annotations
 
-import os
-import socket
 import ssl
-import subprocess
-import sys
-import time
-import uuid
 
 import httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from medplat.workloads.ingest.app import Settings, build
 from medplat.service.localpki import Ca
+from services import Service, free_port
 
 def observation(value: float) -> dict:
     return {"resourceType": "Observation", "status": "final",
@@ -68,12 +62,6 @@ def test_key_material_and_unknown_types_are_refused(client):
     assert client.get("/messages/nope").status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pki")
@@ -85,23 +73,13 @@ def mtls_server(tmp_path_factory):
     foreign = other.issue("edge-foreign")
     crl = ca.crl([revoked[2]])
     # The server's CA file holds the CA and its CRL (VERIFY_CRL_CHECK_LEAF needs both).
-    port = _free_port()
-    env = {**os.environ, "MEDPLAT_INGEST_PORT": str(port), "MEDPLAT_INGEST_DATA_DIR": str(folder / "data"),
-           "MEDPLAT_INGEST_TLS_CERT": str(server_cert), "MEDPLAT_INGEST_TLS_KEY": str(server_key),
-           "MEDPLAT_INGEST_TLS_CLIENT_CA": str(ca.cert_path), "MEDPLAT_INGEST_TLS_CRL": str(crl),
-           "MEDPLAT_INGEST_LOG_LEVEL": "warning", "MEDPLAT_INGEST_HEALTH_PORT": str(_free_port())}
-    process = subprocess.Popen([sys.executable, "-m", "medplat", "serve", "ingest"], env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield {"url": f"https://127.0.0.1:{port}", "port": port, "health": int(env["MEDPLAT_INGEST_HEALTH_PORT"]), "ca": ca.cert_path, "good": good,
-           "revoked": revoked, "expired": expired, "foreign": foreign}
-    process.terminate()
-    process.wait(timeout=10)
+    health = free_port()
+    service = Service("ingest", {"data_dir": folder / "data", "tls_cert": server_cert, "tls_key": server_key,
+                                 "tls_client_ca": ca.cert_path, "tls_crl": crl, "health_port": health},
+                      free_port(), folder / "ingest.log").start()
+    yield {"url": f"https://127.0.0.1:{service.port}", "port": service.port, "health": health, "ca": ca.cert_path,
+           "good": good, "revoked": revoked, "expired": expired, "foreign": foreign}
+    service.stop()
 
 
 def _client(server, cert=None) -> httpx.Client:
@@ -144,4 +122,4 @@ def test_serve_names_the_runnable_workloads():
 
     result = CliRunner().invoke(app, ["serve", "no-such-workload"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "medplat: error: no runnable workload 'no-such-workload'; runnable: audit-log, edge-forwarder, ingest"
+    assert result.stderr.strip() == "medplat: error: no runnable workload 'no-such-workload'; runnable: audit-log, edge-forwarder, fleet, ingest"
