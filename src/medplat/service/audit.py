@@ -136,3 +136,16 @@ class AuditClient:
         self.flush()
         if self._client is not None:
             self._client.close()
+
+
+def balp_consent_decision(*, decision: str, patient: str, consents: list[str], actors: list[str], purpose: str,
+                          source: str, requester: str) -> dict[str, Any]:
+    """IHE BALP AuthZconsent: Security Alert (DCM 110113), subtype AuthZ-Consent."""
+    event = balp_event("execute", source=source, agent=requester, patient=patient, purpose=purpose,
+                       entities=consents, description=f"consent decision: {decision}")
+    event["type"] = {"system": DCM, "code": "110113", "display": "Security Alert"}
+    event["subtype"] = [{"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType",
+                         "code": "AuthZ-Consent", "display": "Authorization Decision using Roles and Consent"}]
+    event["agent"] += [{"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+                        "who": {"reference": actor}, "requestor": False} for actor in actors]
+    return event

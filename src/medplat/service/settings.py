@@ -25,6 +25,11 @@ class ServiceSettings(BaseSettings):
     # certificates, so an mTLS-only service exposes its health here.
     health_port: int | None = None
     log_level: str = "info"
+    # OAuth2 bearer tokens (services that use medplat.service.auth): the issuer, this
+    # service's audience (default: its name) and the issuer's JWKS (file or https URL).
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_jwks: str | None = None
 
     def resolved_database_url(self, name: str) -> str:
         if self.database_url:

@@ -1,0 +1,1 @@
+"""consent: FHIR R4 Consent store and decision service (permit / deny / not-applicable)."""
