@@ -1,0 +1,1 @@
+"""pseudonymizer: keyed pseudonyms per domain, optional reversible mapping, FHIR $pseudonymize."""
