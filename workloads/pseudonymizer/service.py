@@ -65,13 +65,13 @@ class Pseudonymizer:
 
     def create_domain(self, name: str, data_class: str, provider: str, *, alphabet: str = CROCKFORD,
                       length: int = 16, reversible: bool = False) -> Domain:
+        if data_class not in ALLOWED_CLASSES.get(provider, {data_class}):
+            raise PseudonymError(422, f"{provider} may hold keys only for {sorted(ALLOWED_CLASSES.get(provider, ()))} domains, "
+                                      f"not {data_class!r}: keys of PHI-linkable pseudonyms stay in the EU PHI zone",
+                                 "dataClass")
         if provider not in self.providers:
             raise PseudonymError(422, f"key provider {provider!r} is not configured here "
                                       f"({', '.join(sorted(self.providers))})", "provider")
-        if data_class not in ALLOWED_CLASSES.get(provider, set()):
-            raise PseudonymError(422, f"{provider} may hold keys only for {sorted(ALLOWED_CLASSES[provider])} domains, "
-                                      f"not {data_class!r}: keys of PHI-linkable pseudonyms stay in the EU PHI zone",
-                                 "dataClass")
         if len(set(alphabet)) != len(alphabet) or len(alphabet) < 10:
             raise PseudonymError(422, "alphabet must have at least 10 distinct characters", "alphabet")
         if not 6 <= length <= int(256 / math.log2(len(alphabet))):
