@@ -7,10 +7,11 @@ rejects the batch with an OperationOutcome and nothing of it is stored.
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, MetaData, String, Table, select
@@ -18,10 +19,13 @@ from sqlalchemy.dialects import sqlite
 
 from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
+from medplat.service.auth import Authenticator, Principal
+from medplat.service.clients import ServiceClient
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
+from medplat.workloads.ingest.export import research_export
 
 NAME = "ingest"
 DataClass = Literal["phi", "pseudonymized", "deidentified", "operational", "key-material"]
@@ -34,6 +38,9 @@ class Settings(ServiceSettings):
     allowed_data_classes: list[str] = ["phi", "pseudonymized", "deidentified", "operational"]
     max_batch: int = 5000
     audit_url: str | None = None  # the zone's audit-log; unset: records wait in the local spool
+    consent_url: str | None = None  # research exports ask consent and pseudonymizer
+    pseudonymizer_url: str | None = None
+    service_token_file: Path | None = None  # bearer token for those calls, rotated by the platform
 
 
 metadata = MetaData()
@@ -90,8 +97,21 @@ def _validate(batch: Batch, settings: Settings) -> None:
                             expression=[f"{where}.resource.{field}"]) from None
 
 
-def build(settings: Settings | None = None):
+class ExportRequest(BaseModel):
+    purpose: str = Field("HRESCH", description="purpose of use (v3-ActReason), e.g. HRESCH")
+    actor: str = Field(description="the recipient, e.g. Organization/uni-research")
+    domain: str = Field(description="pseudonymization domain of the study")
+    limit: int = Field(10_000, ge=1, le=100_000)
+
+
+def build(settings: Settings | None = None, *, consent: ServiceClient | None = None,
+          pseudonymizer: ServiceClient | None = None):
     settings = settings or Settings()
+    if consent is None and settings.consent_url:
+        consent = ServiceClient(settings.consent_url, token_file=settings.service_token_file, name="consent")
+    if pseudonymizer is None and settings.pseudonymizer_url:
+        pseudonymizer = ServiceClient(settings.pseudonymizer_url, token_file=settings.service_token_file,
+                                      name="pseudonymizer")
     engine = make_engine(settings.resolved_database_url(NAME))
     metadata.create_all(engine)
     store = _postgres_store if engine.dialect.name == "postgresql" else _sqlite_store
@@ -112,6 +132,19 @@ def build(settings: Settings | None = None):
                                                                     for m in batch.messages if m.id in inserted],
             description=f"stored {len(inserted)} of {len(ids)} messages ({len(ids) - len(inserted)} duplicates)"))
         return BatchResult(committed=[i for i in ids if i in inserted], duplicates=[i for i in ids if i not in inserted])
+
+    auth = Authenticator(NAME, settings)
+
+    @router.post("/exports/research", tags=["export"])
+    def export(body: ExportRequest, principal: Principal = Depends(auth.require("export.research"))) -> dict[str, Any]:
+        """Secondary-use export: consent decides, permitted data leaves pseudonymized, the rest is refused."""
+        if not (consent and pseudonymizer):
+            raise FhirError(503, "research export needs consent_url and pseudonymizer_url", code="not-supported")
+        result = research_export(engine, messages, consent, pseudonymizer, purpose=body.purpose, actor=body.actor,
+                                 domain=body.domain, limit=body.limit)
+        audit.record(balp_event("execute", source=NAME, agent=principal.subject, purpose=body.purpose,
+                                description=f"research export for {body.actor}: {result['counts']}"))
+        return result
 
     @router.get("/messages", tags=["read"])
     def list_messages(device: str | None = None, after_seq: int = Query(-1, alias="afterSeq"),
