@@ -1,0 +1,289 @@
+"""De-identify one pydicom Dataset under a policy: Table E.1-1 actions with options, recursive
+through sequences, consistent UIDs, pseudonymous PatientID, per-patient date shift; then
+collect the identifying values it saw so the leak scan can look for them in the output.
+
+Attributes the table does not list are kept when they are standard DICOM attributes (a
+policy can still classify them `identifying`, which removes them); attributes unknown to
+the DICOM dictionary and private attributes are removed unless the policy keeps them.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.valuerep import PersonName
+
+from medplat.workloads.dicom_anonymizer.policy import Policy
+from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile
+from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
+
+TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
+NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
+PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
+
+
+@dataclass(frozen=True)
+class Keys:
+    project: bytes  # UIDs and date shifts: stable across batches, so references stay linked
+    patient: bytes  # the pseudonymizer domain key for PatientID
+
+
+@dataclass
+class Outcome:
+    identifying: set[str] = field(default_factory=set)
+    retained: set[int] = field(default_factory=set)  # tags kept on purpose by the table or an option
+    actions: Counter = field(default_factory=Counter)
+
+
+def new_uid(key: bytes, uid: str) -> str:
+    """2.25 UID from HMAC-SHA256: the same input UID maps to the same output under one key."""
+    digest = hmac.new(key, b"uid|" + uid.encode(), hashlib.sha256).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def date_shift_days(key: bytes, patient_id: str) -> int:
+    digest = hmac.new(key, b"date-shift|" + patient_id.encode(), hashlib.sha256).digest()
+    return -(int.from_bytes(digest[:4], "big") % 3650 + 1)  # 1 day .. 10 years back, per patient
+
+
+def shift_date(value: str, days: int) -> str:
+    try:
+        return (datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + datetime.timedelta(days)).strftime(
+            "%Y%m%d")
+    except (ValueError, IndexError):
+        return ""
+
+
+IDENTIFYING_WORDS = re.compile(r"(ID|IDs|Number|Numbers|Address|Institution|InstitutionName|Station|Physician|"
+                               r"PhysicianName|Operator|Name|Names|TelephoneNumbers|Comments?)$|Institution|Physician|"
+                               r"Patient|Responsible|Performing|Requesting|Referring|Operator")
+
+
+def is_identifying(elem: DataElement) -> bool:
+    """Names, IDs, dates, addresses, institution and people strings: what the leak scan looks for."""
+    if elem.VR in ("PN", "DA", "DT"):
+        return True
+    return elem.VR in TEXT_VRS and bool(IDENTIFYING_WORDS.search(elem.keyword or ""))
+
+
+def _strings(value) -> list[str]:
+    values = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(
+        value, (str, bytes, PersonName)) else [value]
+    found = []
+    for item in values:
+        if item is None:
+            continue
+        text = str(item).strip()
+        if text:
+            found.append(text)
+            if isinstance(item, PersonName):
+                found += [part for part in (item.family_name, item.given_name) if len(part) >= 3]
+    return found
+
+
+class Deidentifier:
+    def __init__(self, profile: Profile, policy: Policy, keys: Keys) -> None:
+        self.profile, self.policy, self.keys = profile, policy, keys
+        self.options = policy.option_set
+        self.keep_private = {entry.lower() for entry in policy.keep_private}
+        self.identifying_tags = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
+                                 if kind == "identifying"}
+
+    def action(self, tag: int, elem: DataElement, dataset: Dataset) -> str:
+        override = self.policy.overrides.get(f"{tag:08x}")
+        if override:
+            return override
+        if elem.tag.is_private:
+            return self._private_action(elem, dataset)
+        rule = self.profile.rule(tag)
+        if rule is not None:
+            return self.profile.action(tag, self.options)[0]
+        if tag in self.identifying_tags or not dictionary_has_tag(elem.tag) or elem.tag.group == 0x0002:
+            return "X" if elem.tag.group != 0x0002 else "K"
+        return "K"
+
+    def _private_action(self, elem: DataElement, dataset: Dataset) -> str:
+        if elem.tag.is_private_creator:
+            return "K"  # dropped afterwards if its block ends up empty
+        creator = elem.private_creator or ""
+        key = f"{creator},{elem.tag.group:04x},{elem.tag.element & 0xFF:02x}".lower()
+        return "K" if key in self.keep_private and "retain-safe-private" in self.options else "X"
+
+    def apply(self, ds: Dataset) -> Outcome:
+        outcome = Outcome()
+        patient_id = str(ds.get("PatientID", "") or "")
+        self.shift = date_shift_days(self.keys.project, patient_id) if \
+            "retain-longitudinal-modified-dates" in self.options else None
+        self.patient_pseudonym = pseudonym(self.keys.patient, patient_id or "<no patient id>")
+        self._survey(ds, outcome)  # first every identifying value, so cleaning can scrub them all
+        self._walk(ds, outcome)
+        self._mark(ds)
+        if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        return outcome
+
+    def _survey(self, dataset: Dataset, outcome: Outcome) -> None:
+        for elem in dataset:
+            tag = int(elem.tag)
+            if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
+                outcome.identifying.update(_strings(elem.value))
+                continue
+            action = self.action(tag, elem, dataset)
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
+            elif action == "K":
+                if elem.VR in TEXT_VRS and self.profile.rule(tag) is not None:
+                    outcome.retained.add(tag)
+            elif action in ("X", "Z", "D", "C") and is_identifying(elem):
+                outcome.identifying.update(_strings(elem.value))
+
+    def _walk(self, dataset: Dataset, outcome: Outcome) -> None:
+        for elem in list(dataset):
+            tag = int(elem.tag)
+            if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
+                dataset[elem.tag].value = self.patient_pseudonym
+                outcome.actions["pseudonym"] += 1
+                continue
+            action = self.action(tag, elem, dataset)
+            outcome.actions[action] += 1
+            if elem.VR == "SQ":
+                self._sequence(dataset, elem, action, outcome)
+                continue
+            if action == "K":
+                continue
+            if action == "X":
+                del dataset[elem.tag]
+            elif action == "Z":
+                elem.value = None if elem.VR not in ("OB", "OW", "UN") else b""
+            elif action == "D":
+                elem.value = self._dummy(elem)
+            elif action == "U":
+                elem.value = self._uids(elem.value)
+            elif action == "C":
+                self._clean(elem, outcome)
+        self._drop_empty_private_blocks(dataset)
+
+    def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome) -> None:
+        if action in ("X", "Z"):
+            if action == "X":
+                del dataset[elem.tag]
+            else:
+                elem.value = Sequence([])
+            return
+        for item in elem.value or []:
+            self._walk(item, outcome)
+
+    def _collect(self, item: Dataset, outcome: Outcome) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for nested in elem.value or []:
+                    self._collect(nested, outcome)
+            elif is_identifying(elem):
+                outcome.identifying.update(_strings(elem.value))
+
+    def _dummy(self, elem: DataElement):
+        vr = elem.VR
+        if vr == "DA":
+            return shift_date(str(elem.value), self.shift) if self.shift is not None else "19000101"
+        if vr == "DT":
+            return (shift_date(str(elem.value), self.shift) + str(elem.value)[8:]) if self.shift is not None \
+                else "19000101000000"
+        if vr == "TM":
+            return "000000"
+        if vr == "UI":
+            return self._uids(elem.value)
+        if vr == "AS":
+            return "000Y"
+        if vr in NUMERIC_ZERO:
+            return NUMERIC_ZERO[vr]
+        if vr in ("OB", "OW", "UN", "OF", "OD", "OL"):
+            return b""
+        return "ANONYMIZED"
+
+    def _uids(self, value):
+        if value in (None, ""):
+            return value
+        if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+            return [new_uid(self.keys.project, str(v)) for v in value]
+        return new_uid(self.keys.project, str(value))
+
+    def _clean(self, elem: DataElement, outcome: Outcome) -> None:
+        if elem.VR in ("DA", "DT") and self.shift is not None:
+            values = elem.value if isinstance(elem.value, (list, tuple)) or hasattr(elem.value, "__iter__") and \
+                not isinstance(elem.value, str) else [elem.value]
+            shifted = [shift_date(str(v), self.shift) + str(v)[8:] for v in values if v]
+            elem.value = shifted if len(shifted) != 1 else shifted[0]
+        elif elem.VR in ("LO", "SH", "LT", "ST", "UT", "UC", "PN"):
+            elem.value = self._scrub(str(elem.value or ""), outcome)
+        # Other VRs under C (e.g. graphics data under Clean Graphics) are kept as they are.
+
+    def _scrub(self, text: str, outcome: Outcome) -> str:
+        cleaned = text
+        for value in sorted(outcome.identifying, key=len, reverse=True):
+            if len(value) >= 3 and value.lower() in cleaned.lower():
+                start = cleaned.lower().index(value.lower())
+                cleaned = cleaned[:start] + "***" + cleaned[start + len(value):]
+        return cleaned
+
+    @staticmethod
+    def _drop_empty_private_blocks(dataset: Dataset) -> None:
+        for elem in list(dataset):
+            if elem.tag.is_private_creator:
+                block_low = (elem.tag.element & 0xFF) << 8
+                if not any(e.tag.group == elem.tag.group and (e.tag.element & 0xFF00) == block_low for e in dataset):
+                    del dataset[elem.tag]
+
+    def _mark(self, ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = f"medplat {self.policy.name}; {self.profile.source}"[:64]
+        items = []
+        for option in ["basic", *sorted(self.options)]:
+            code, meaning = CID_7050[option]
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.LongitudinalTemporalInformationModified = (
+            "MODIFIED" if "retain-longitudinal-modified-dates" in self.options else
+            "UNMODIFIED" if "retain-longitudinal-full-dates" in self.options else "REMOVED")
+
+
+def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
+    """Identifying input values found anywhere in the output's text (private, nested, UN included).
+
+    A value the policy keeps on purpose elsewhere (e.g. the manufacturer under Retain Device
+    Identity) is not a leak; short values are skipped to avoid matching ordinary words.
+    """
+    needles = {v.lower() for v in outcome.identifying if (len(v) >= 4 and not v.isdigit() or len(v) >= 6)}
+    hits: list[str] = []
+
+    def scan(dataset: Dataset, path: str) -> None:
+        for elem in dataset:
+            where = f"{path}{elem.tag}"
+            if int(elem.tag) in outcome.retained:
+                continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity)
+            if elem.VR == "SQ":
+                for index, item in enumerate(elem.value or []):
+                    scan(item, f"{where}[{index}].")
+                continue
+            if elem.VR in ("OB", "OW", "UN") and isinstance(elem.value, bytes) and len(elem.value) < 65536:
+                text = elem.value.decode("latin-1", "ignore").lower()
+            elif isinstance(elem.value, (bytes, bytearray)):
+                continue
+            else:
+                text = " ".join(_strings(elem.value)).lower()
+            for needle in needles:
+                if needle in text:
+                    hits.append(f"{where} contains {needle!r}")
+
+    scan(ds, "")
+    return hits
