@@ -26,6 +26,9 @@ from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile
 from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
+FREE_TEXT = {"LO", "SH", "LT", "ST", "UT", "UC", "PN"}
+# Attributes of coded concepts describe the code, not the patient: the leak scan skips them.
+CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
 NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
 PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
 
@@ -96,6 +99,8 @@ class Deidentifier:
         self.keep_private = {entry.lower() for entry in policy.keep_private}
         self.identifying_tags = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                  if kind == "identifying"}
+        self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
+                                if kind != "identifying"}
 
     def action(self, tag: int, elem: DataElement, dataset: Dataset) -> str:
         override = self.policy.overrides.get(f"{tag:08x}")
@@ -141,12 +146,13 @@ class Deidentifier:
                 for item in elem.value or []:
                     (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
             elif action == "K":
-                if elem.VR in TEXT_VRS and self.profile.rule(tag) is not None:
-                    outcome.retained.add(tag)
+                if elem.VR in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept):
+                    outcome.retained.add(tag)  # kept on purpose by the table, an option or the policy
             elif action in ("X", "Z", "D", "C") and is_identifying(elem):
                 outcome.identifying.update(_strings(elem.value))
 
-    def _walk(self, dataset: Dataset, outcome: Outcome) -> None:
+    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False) -> None:
+        """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too."""
         for elem in list(dataset):
             tag = int(elem.tag)
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
@@ -156,8 +162,10 @@ class Deidentifier:
             action = self.action(tag, elem, dataset)
             outcome.actions[action] += 1
             if elem.VR == "SQ":
-                self._sequence(dataset, elem, action, outcome)
+                self._sequence(dataset, elem, action, outcome, cleaning)
                 continue
+            if action == "K" and cleaning and elem.VR in FREE_TEXT and tag not in CODE_ATTRIBUTES:
+                action = "C"
             if action == "K":
                 continue
             if action == "X":
@@ -172,7 +180,7 @@ class Deidentifier:
                 self._clean(elem, outcome)
         self._drop_empty_private_blocks(dataset)
 
-    def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome) -> None:
+    def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome, cleaning: bool) -> None:
         if action in ("X", "Z"):
             if action == "X":
                 del dataset[elem.tag]
@@ -180,7 +188,7 @@ class Deidentifier:
                 elem.value = Sequence([])
             return
         for item in elem.value or []:
-            self._walk(item, outcome)
+            self._walk(item, outcome, cleaning or action == "C")
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
         for elem in item:
@@ -269,8 +277,8 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
     def scan(dataset: Dataset, path: str) -> None:
         for elem in dataset:
             where = f"{path}{elem.tag}"
-            if int(elem.tag) in outcome.retained:
-                continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity)
+            if int(elem.tag) in outcome.retained or int(elem.tag) in CODE_ATTRIBUTES:
+                continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), or a code
             if elem.VR == "SQ":
                 for index, item in enumerate(elem.value or []):
                     scan(item, f"{where}[{index}].")

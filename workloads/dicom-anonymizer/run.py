@@ -1,0 +1,165 @@
+"""Anonymize a folder tree: one worker per file, nothing lost or half-written.
+
+- The input is never modified (unless `in_place`); output mirrors the input tree.
+- Writes go to a temporary file in the target folder, then `os.replace`.
+- A file that cannot be parsed, may hold burned-in text (BurnedInAnnotation YES, Secondary
+  Capture, quarantine modalities), is suppressed by k-anonymity, or fails the leak scan goes
+  to `<out>/quarantine/<same path>` (the original bytes, never a partial output) with
+  `<name>.reason.json`.
+- A per-run JSON report lists every file's outcome, the profile and options, and the
+  k-anonymity summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from medplat.workloads.dicom_anonymizer.cohort import CohortPlan, generalize, plan_cohort, read_quasi_identifiers
+from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys, leaks
+from medplat.workloads.dicom_anonymizer.policy import Policy
+from medplat.workloads.dicom_anonymizer.profile import load_profile
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    status: str  # anonymized | quarantined
+    reason: str = ""
+    output: str = ""
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path):
+    try:
+        return dcmread(path)
+    except InvalidDicomError:
+        dataset = dcmread(path, force=True)  # no preamble / file meta: accept only a real dataset
+        if "SOPClassUID" not in dataset and "PatientID" not in dataset and "DirectoryRecordSequence" not in dataset:
+            raise InvalidDicomError("not a DICOM file") from None
+        return dataset
+
+
+def _quarantine_reason(ds, policy: Policy) -> str | None:
+    rules = policy.quarantine
+    if rules.burned_in_annotation and str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return "BurnedInAnnotation is YES: pixel data holds burned-in text"
+    if rules.secondary_capture and str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE):
+        return "Secondary Capture: pixel data may hold burned-in text"
+    modality = str(ds.get("Modality", "")).upper()
+    if modality in rules.modalities:
+        return f"modality {modality} commonly carries burned-in text"
+    return None
+
+
+def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: Keys, plan: CohortPlan | None,
+                 in_place: bool = False) -> FileResult:
+    try:
+        ds = _read(source)
+        ds.ensure_file_meta() if hasattr(ds, "ensure_file_meta") else None
+    except Exception as exc:  # corrupt, truncated, not DICOM: reported, never crashes the run
+        return _quarantine(source, relative, out, f"cannot be read as DICOM: {type(exc).__name__}: {exc}")
+    reason = _quarantine_reason(ds, policy)
+    if reason is None and plan is not None:
+        reason = plan.suppressed.get(str(ds.get("PatientID", "")))
+    if reason:
+        return _quarantine(source, relative, out, reason)
+    try:
+        patient_id = str(ds.get("PatientID", "") or "")
+        outcome = Deidentifier(load_profile(), policy, keys).apply(ds)
+        if plan is not None:
+            generalize(ds, plan, patient_id)
+        found = leaks(ds, outcome)
+        if found:
+            return _quarantine(source, relative, out, "leak scan: " + "; ".join(found[:5]))
+        target = source if in_place else out / relative
+        _atomic_write(target, lambda path: ds.save_as(path, enforce_file_format=False))
+    except Exception as exc:
+        return _quarantine(source, relative, out, f"de-identification failed: {type(exc).__name__}: {exc}")
+    return FileResult(relative, "anonymized", output=str(target))
+
+
+def _quarantine(source: Path, relative: str, out: Path, reason: str) -> FileResult:
+    target = out / QUARANTINE / relative
+    _atomic_write(target, lambda path: shutil.copyfile(source, path))
+    _atomic_write(target.with_name(target.name + ".reason.json"),
+                  lambda path: path.write_text(json.dumps({"file": relative, "reason": reason}, indent=2)))
+    return FileResult(relative, "quarantined", reason, str(target))
+
+
+def _files(root: Path, out: Path) -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            if out != root and out in path.parents:
+                continue
+            found.append((path, path.relative_to(root).as_posix()))
+    return found
+
+
+def _work(args):
+    return process_file(*args)
+
+
+def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, workers: int = 1, in_place: bool = False,
+                   progress: Callable[[FileResult], None] | None = None) -> dict[str, Any]:
+    """Anonymize every file under `source` into `out` (or in place); returns the run report."""
+    started = time.time()
+    source, out = source.resolve(), out.resolve()
+    if source.is_file():
+        files, source_root = [(source, source.name)], source.parent
+    else:
+        files, source_root = _files(source, out), source
+    plan = plan_cohort(read_quasi_identifiers([f for f, _ in files], policy, keys), policy) \
+        if policy.k_anonymity.k > 1 else None
+    jobs = [(path, relative, out, policy, keys, plan, in_place) for path, relative in files]
+    results: list[FileResult] = []
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_work, jobs, chunksize=8):
+                results.append(result)
+                if progress:
+                    progress(result)
+    else:
+        for job in jobs:
+            result = _work(job)
+            results.append(result)
+            if progress:
+                progress(result)
+    statuses = Counter(r.status for r in results)
+    report = {
+        "policy": policy.name, "intendedUse": policy.intended_use, "profile": load_profile().source,
+        "options": sorted(policy.options), "source": str(source_root), "output": str(out),
+        "inPlace": in_place, "files": len(results), "anonymized": statuses["anonymized"],
+        "quarantined": statuses["quarantined"], "seconds": round(time.time() - started, 3),
+        "kAnonymity": plan.summary() if plan is not None else None,
+        "results": [r.__dict__ for r in results],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "anonymization-report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    return report
