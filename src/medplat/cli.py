@@ -381,6 +381,44 @@ def fleet_release(
                   f"for {', '.join(hardware)} to {', '.join(group)}", soft_wrap=True)
 
 
+@app.command()
+def anonymize(
+    source: Path = typer.Argument(..., help="A DICOM file or a folder tree."),
+    out: Path = typer.Argument(..., help="Output folder (mirrors the input tree; quarantine/ inside)."),
+    policy: str = typer.Option(..., "--policy", "-p", help="Policy YAML, or research-export / teleradiology."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes."),
+    keys: Path = typer.Option(Path(".medplat/dicom-anonymizer/keys"), "--keys",
+                              help="Key store (the pseudonymizer's local key file format)."),
+    in_place: bool = typer.Option(False, "--in-place", help="Overwrite the input files (quarantine still in OUT)."),
+) -> None:
+    """De-identify DICOM per DICOM PS3.15 Annex E under a policy; writes a JSON report."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medplat.workloads.dicom_anonymizer.keystore import keys_for, open_store
+    from medplat.workloads.dicom_anonymizer.policy import load_policy
+    from medplat.workloads.dicom_anonymizer.run import anonymize_tree
+
+    if not source.exists():
+        fail(f"{source} does not exist")
+    try:
+        chosen = load_policy(policy)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"policy {policy}: {'.'.join(str(p) for p in first['loc']) or 'policy'}: {first['msg']}")
+    except (OSError, ValueError) as exc:
+        fail(f"policy {policy}: {str(exc).splitlines()[0]}")
+    store_keys = keys_for(open_store(keys), chosen.patient_id_domain)
+    total = 1 if source.is_file() else sum(1 for p in source.rglob("*") if p.is_file())
+    with Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("files", total=total)
+        report = anonymize_tree(source, out, chosen, store_keys, workers=workers, in_place=in_place,
+                                progress=lambda _result: progress.advance(task))
+    console.print(f"{report['anonymized']} anonymized, {report['quarantined']} quarantined of {report['files']} "
+                  f"files in {report['seconds']} s; report {out / 'anonymization-report.json'}", soft_wrap=True)
+
+
 def _atomic_write(target: Path, text: str) -> None:
     """Write through a temporary name: a reader never sees half a file."""
     partial = target.with_name(target.name + ".partial")

@@ -27,6 +27,7 @@ from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
 FREE_TEXT = {"LO", "SH", "LT", "ST", "UT", "UC", "PN"}
+LONG_TEXT = {"LT", "ST", "UT", "UC"}
 # Attributes of coded concepts describe the code, not the patient: the leak scan skips them.
 CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
 NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
@@ -146,23 +147,27 @@ class Deidentifier:
                 for item in elem.value or []:
                     (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
             elif action == "K":
-                if elem.VR in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept):
-                    outcome.retained.add(tag)  # kept on purpose by the table, an option or the policy
+                # Kept on purpose: by the table or an option, classified by the policy, or a
+                # standard coded/short attribute the table does not list (free text stays scanned).
+                if elem.VR in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept or
+                                            (not elem.tag.is_private and elem.VR not in LONG_TEXT)):
+                    outcome.retained.add(tag)
             elif action in ("X", "Z", "D", "C") and is_identifying(elem):
                 outcome.identifying.update(_strings(elem.value))
 
-    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False) -> None:
-        """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too."""
+    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False) -> None:
+        """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too.
+        `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
         for elem in list(dataset):
             tag = int(elem.tag)
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 dataset[elem.tag].value = self.patient_pseudonym
                 outcome.actions["pseudonym"] += 1
                 continue
-            action = self.action(tag, elem, dataset)
+            action = "K" if private_kept and elem.tag.is_private else self.action(tag, elem, dataset)
             outcome.actions[action] += 1
             if elem.VR == "SQ":
-                self._sequence(dataset, elem, action, outcome, cleaning)
+                self._sequence(dataset, elem, action, outcome, cleaning, private_kept or elem.tag.is_private)
                 continue
             if action == "K" and cleaning and elem.VR in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
@@ -180,7 +185,8 @@ class Deidentifier:
                 self._clean(elem, outcome)
         self._drop_empty_private_blocks(dataset)
 
-    def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome, cleaning: bool) -> None:
+    def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome, cleaning: bool,
+                  private_kept: bool) -> None:
         if action in ("X", "Z"):
             if action == "X":
                 del dataset[elem.tag]
@@ -188,7 +194,7 @@ class Deidentifier:
                 elem.value = Sequence([])
             return
         for item in elem.value or []:
-            self._walk(item, outcome, cleaning or action == "C")
+            self._walk(item, outcome, cleaning or action == "C", private_kept)
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
         for elem in item:
@@ -277,7 +283,7 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
     def scan(dataset: Dataset, path: str) -> None:
         for elem in dataset:
             where = f"{path}{elem.tag}"
-            if int(elem.tag) in outcome.retained or int(elem.tag) in CODE_ATTRIBUTES:
+            if int(elem.tag) in outcome.retained or int(elem.tag) in CODE_ATTRIBUTES or elem.VR == "UI":
                 continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), or a code
             if elem.VR == "SQ":
                 for index, item in enumerate(elem.value or []):

@@ -57,12 +57,22 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
 
 def _read(path: Path):
     try:
-        return dcmread(path)
+        dataset = dcmread(path)
     except InvalidDicomError:
-        dataset = dcmread(path, force=True)  # no preamble / file meta: accept only a real dataset
-        if "SOPClassUID" not in dataset and "PatientID" not in dataset and "DirectoryRecordSequence" not in dataset:
-            raise InvalidDicomError("not a DICOM file") from None
-        return dataset
+        dataset = dcmread(path, force=True)  # no preamble / file meta: checked below like any other
+    _check_complete(dataset, path.stat().st_size)
+    if "SOPClassUID" not in dataset and "DirectoryRecordSequence" not in dataset:
+        raise InvalidDicomError("no SOP Class UID: not a DICOM instance or DICOMDIR")
+    return dataset
+
+
+def _check_complete(dataset, size: int) -> None:
+    """pydicom reads a truncated file without complaint; a declared length past the end gives it away."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+        if length is not None and start is not None and length != 0xFFFFFFFF and start + length > size:
+            raise InvalidDicomError(f"truncated: {tag} declares {length} bytes at offset {start}, the file has {size}")
 
 
 def _quarantine_reason(ds, policy: Policy) -> str | None:
