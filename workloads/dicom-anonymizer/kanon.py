@@ -1,7 +1,7 @@
 """k-anonymity over any table: generalization hierarchies, record suppression, and a search
-of the generalization lattice in the manner of ARX's Flash (bottom-up by height, predictive
-tagging: above an anonymous node everything is anonymous, below a non-anonymous node nothing
-is). The optimum is the anonymous node with the least discernibility among the minimal ones.
+of the generalization lattice with predictive tagging as in ARX's Flash (monotonicity: below
+a node that is not k-anonymous within the suppression limit, no node is). The result is the
+optimum: the anonymous node with the least discernibility over the whole lattice.
 Risk before and after: prosecutor, journalist and marketer re-identification risk, with the
 data set taken as its own population (no population table is known), so journalist risk
 equals prosecutor risk.
@@ -104,28 +104,29 @@ class Anonymizer:
     def anonymize(self, k: int, suppression_limit: float, risk_threshold: float = 0.2) -> Result:
         started = time.perf_counter()
         limit = int(suppression_limit * self.n)
-        lattice = sorted(itertools.product(*(range(h + 1) for h in self.heights)), key=lambda n: (sum(n), n))
-        anonymous: set[tuple[int, ...]] = set()
+        # Top-down: below a node that is not anonymous nothing is (monotonicity of k-anonymity
+        # with a suppression limit), so whole down-sets are tagged and never grouped. Every
+        # anonymous node is evaluated: with suppression, the least loss need not sit on the
+        # frontier of minimal anonymous nodes.
+        lattice = sorted(itertools.product(*(range(h + 1) for h in self.heights)), key=lambda n: (-sum(n), n))
         not_anonymous: set[tuple[int, ...]] = set()
-        minimal, checked = [], 0
+        best, best_key, checked = None, None, 0
         for node in lattice:
-            if node in anonymous or node in not_anonymous:
-                continue
-            if any(all(a <= b for a, b in zip(m, node)) for m in minimal):
-                anonymous.add(node)  # predictive tagging: above an anonymous node
+            if node in not_anonymous:
                 continue
             checked += 1
-            _, counts = self._classes(node)
-            outliers = int(counts[counts < k].sum())
-            if outliers <= limit:
-                minimal.append(node)
-                anonymous.add(node)
-            else:
-                for lower in itertools.product(*(range(level + 1) for level in node)):
-                    not_anonymous.add(lower)  # below a non-anonymous node
-        if not minimal:
+            inverse, counts = self._classes(node)
+            small = counts < k
+            outliers = int(counts[small].sum())
+            if outliers > limit:
+                not_anonymous.update(itertools.product(*(range(level + 1) for level in node)))
+                continue
+            kept = counts[~small].astype(np.int64)
+            key = (int((kept ** 2).sum()) + outliers * self.n, sum(node), node)
+            if best_key is None or key < best_key:
+                best, best_key = node, key
+        if best is None:
             raise ValueError(f"no generalization reaches k={k} within the suppression limit")
-        best = min(minimal, key=lambda node: (self._loss(node, k)[0], sum(node)))
         discernibility, suppressed = self._loss(best, k)
         inverse, counts = self._classes(best)
         keep = counts >= k
