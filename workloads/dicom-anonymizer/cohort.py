@@ -3,7 +3,6 @@ in the output (read from a de-identified copy of each patient's first header), g
 with built-in hierarchies; patients in classes smaller than k are suppressed (quarantined)."""
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

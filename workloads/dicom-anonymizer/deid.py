@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom.dataelem import DataElement
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
@@ -28,6 +29,7 @@ from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
 FREE_TEXT = {"LO", "SH", "LT", "ST", "UT", "UC", "PN"}
 LONG_TEXT = {"LT", "ST", "UT", "UC"}
+SCANNED_VRS = TEXT_VRS | {"SQ", "UN", "OB", "CS", "SH"}
 # Attributes of coded concepts describe the code, not the patient: the leak scan skips them.
 CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
 NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
@@ -71,11 +73,20 @@ IDENTIFYING_WORDS = re.compile(r"(ID|IDs|Number|Numbers|Address|Institution|Inst
                                r"Patient|Responsible|Performing|Requesting|Referring|Operator")
 
 
-def is_identifying(elem: DataElement) -> bool:
+def is_identifying(vr: str, tag: int) -> bool:
     """Names, IDs, dates, addresses, institution and people strings: what the leak scan looks for."""
-    if elem.VR in ("PN", "DA", "DT"):
+    if vr in ("PN", "DA", "DT"):
         return True
-    return elem.VR in TEXT_VRS and bool(IDENTIFYING_WORDS.search(elem.keyword or ""))
+    return vr in TEXT_VRS and bool(IDENTIFYING_WORDS.search(keyword_for_tag(tag) or ""))
+
+
+def _entries(dataset: Dataset):
+    """(tag, VR, is private) of each element without converting its value: most elements are
+    kept untouched, and pydicom writes raw elements back as they were read."""
+    for tag in list(dataset.keys()):
+        item = dataset.get_item(tag)
+        vr = item.VR or (dictionary_VR(tag) if dictionary_has_tag(tag) else "UN")
+        yield int(tag), vr, tag.is_private
 
 
 def _strings(value) -> list[str]:
@@ -102,25 +113,39 @@ class Deidentifier:
                                  if kind == "identifying"}
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
+        self._actions: dict[int, str] = {}
 
-    def action(self, tag: int, elem: DataElement, dataset: Dataset) -> str:
+    def action(self, tag: int, private: bool, dataset: Dataset) -> str:
+        if private:
+            return self._private_action(tag, dataset)
+        cached = self._actions.get(tag)
+        if cached is None:
+            cached = self._standard_action(tag)
+            self._actions[tag] = cached
+        return cached
+
+    def _standard_action(self, tag: int) -> str:
         override = self.policy.overrides.get(f"{tag:08x}")
         if override:
             return override
-        if elem.tag.is_private:
-            return self._private_action(elem, dataset)
-        rule = self.profile.rule(tag)
-        if rule is not None:
+        if self.profile.rule(tag) is not None:
             return self.profile.action(tag, self.options)[0]
-        if tag in self.identifying_tags or not dictionary_has_tag(elem.tag) or elem.tag.group == 0x0002:
-            return "X" if elem.tag.group != 0x0002 else "K"
-        return "K"
+        if tag >> 16 == 0x0002:
+            return "K"
+        return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
 
-    def _private_action(self, elem: DataElement, dataset: Dataset) -> str:
-        if elem.tag.is_private_creator:
-            return "K"  # dropped afterwards if its block ends up empty
-        creator = elem.private_creator or ""
-        key = f"{creator},{elem.tag.group:04x},{elem.tag.element & 0xFF:02x}".lower()
+    def _private_action(self, tag: int, dataset: Dataset) -> str:
+        override = self.policy.overrides.get(f"{tag:08x}")
+        if override:
+            return override
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:
+            return "K"  # a private creator: dropped afterwards if its block ends up empty
+        if not self.keep_private or "retain-safe-private" not in self.options:
+            return "X"
+        creator_tag = Tag(group, element >> 8)
+        creator = str(dataset[creator_tag].value) if creator_tag in dataset else ""
+        key = f"{creator},{group:04x},{element & 0xFF:02x}".lower()
         return "K" if key in self.keep_private and "retain-safe-private" in self.options else "X"
 
     def apply(self, ds: Dataset) -> Outcome:
@@ -137,45 +162,47 @@ class Deidentifier:
         return outcome
 
     def _survey(self, dataset: Dataset, outcome: Outcome) -> None:
-        for elem in dataset:
-            tag = int(elem.tag)
+        for tag, vr, private in _entries(dataset):
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
-                outcome.identifying.update(_strings(elem.value))
+                outcome.identifying.update(_strings(dataset[tag].value))
                 continue
-            action = self.action(tag, elem, dataset)
-            if elem.VR == "SQ":
-                for item in elem.value or []:
+            action = self.action(tag, private, dataset)
+            if vr == "SQ":
+                for item in dataset[tag].value or []:
                     (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
             elif action == "K":
                 # Kept on purpose: by the table or an option, classified by the policy, or a
                 # standard coded/short attribute the table does not list (free text stays scanned).
-                if elem.VR in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept or
-                                            (not elem.tag.is_private and elem.VR not in LONG_TEXT)):
+                if vr in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept or
+                                       (not private and vr not in LONG_TEXT)):
                     outcome.retained.add(tag)
-            elif action in ("X", "Z", "D", "C") and is_identifying(elem):
-                outcome.identifying.update(_strings(elem.value))
+            elif action in ("X", "Z", "D", "C") and is_identifying(vr, tag):
+                outcome.identifying.update(_strings(dataset[tag].value))
 
     def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False) -> None:
         """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too.
         `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
-        for elem in list(dataset):
-            tag = int(elem.tag)
+        any_private = False
+        for tag, vr, private in _entries(dataset):
+            any_private |= private
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
-                dataset[elem.tag].value = self.patient_pseudonym
+                dataset[tag].value = self.patient_pseudonym
                 outcome.actions["pseudonym"] += 1
                 continue
-            action = "K" if private_kept and elem.tag.is_private else self.action(tag, elem, dataset)
+            action = "K" if private_kept and private else self.action(tag, private, dataset)
             outcome.actions[action] += 1
-            if elem.VR == "SQ":
-                self._sequence(dataset, elem, action, outcome, cleaning, private_kept or elem.tag.is_private)
+            if vr == "SQ":
+                self._sequence(dataset, dataset[tag], action, outcome, cleaning, private_kept or private)
                 continue
-            if action == "K" and cleaning and elem.VR in FREE_TEXT and tag not in CODE_ATTRIBUTES:
+            if action == "K" and cleaning and vr in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
             if action == "K":
                 continue
             if action == "X":
-                del dataset[elem.tag]
-            elif action == "Z":
+                del dataset[tag]
+                continue
+            elem = dataset[tag]
+            if action == "Z":
                 elem.value = None if elem.VR not in ("OB", "OW", "UN") else b""
             elif action == "D":
                 elem.value = self._dummy(elem)
@@ -183,7 +210,8 @@ class Deidentifier:
                 elem.value = self._uids(elem.value)
             elif action == "C":
                 self._clean(elem, outcome)
-        self._drop_empty_private_blocks(dataset)
+        if any_private:
+            self._drop_empty_private_blocks(dataset)
 
     def _sequence(self, dataset: Dataset, elem: DataElement, action: str, outcome: Outcome, cleaning: bool,
                   private_kept: bool) -> None:
@@ -197,12 +225,12 @@ class Deidentifier:
             self._walk(item, outcome, cleaning or action == "C", private_kept)
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
-        for elem in item:
-            if elem.VR == "SQ":
-                for nested in elem.value or []:
+        for tag, vr, _private in _entries(item):
+            if vr == "SQ":
+                for nested in item[tag].value or []:
                     self._collect(nested, outcome)
-            elif is_identifying(elem):
-                outcome.identifying.update(_strings(elem.value))
+            elif is_identifying(vr, tag):
+                outcome.identifying.update(_strings(item[tag].value))
 
     def _dummy(self, elem: DataElement):
         vr = elem.VR
@@ -281,10 +309,11 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
     hits: list[str] = []
 
     def scan(dataset: Dataset, path: str) -> None:
-        for elem in dataset:
+        for tag, vr, _private in _entries(dataset):
+            if tag in outcome.retained or tag in CODE_ATTRIBUTES or vr not in SCANNED_VRS:
+                continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), a code, binary
+            elem = dataset[tag]
             where = f"{path}{elem.tag}"
-            if int(elem.tag) in outcome.retained or int(elem.tag) in CODE_ATTRIBUTES or elem.VR == "UI":
-                continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), or a code
             if elem.VR == "SQ":
                 for index, item in enumerate(elem.value or []):
                     scan(item, f"{where}[{index}].")
