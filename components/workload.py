@@ -140,6 +140,27 @@ class Workload(LabelledComponent):
                 },
             )
 
+        self.batch_job = None
+        if spec.batch is not None:
+            pod = self._pod_spec(args, claims)
+            container = {k: v for k, v in pod["containers"][0].items() if k not in ("livenessProbe", "readinessProbe")}
+            container["args"] = list(spec.batch.args)
+            self.batch_job = self.child(
+                k8s.batch.v1.Job, "batch",
+                metadata={**meta, "name": f"{spec.name}-batch", "annotations": flow_annotations(spec, args.peers)},
+                spec={
+                    "completionMode": "Indexed",
+                    "completions": spec.batch.completions,
+                    "parallelism": spec.batch.parallelism,
+                    "backoffLimitPerIndex": spec.batch.backoff_limit_per_index,
+                    "ttlSecondsAfterFinished": 86400,
+                    "template": {
+                        "metadata": {"labels": pod_labels},
+                        "spec": {**pod, "containers": [container], "restartPolicy": "Never"},
+                    },
+                },
+            )
+
         self.network_policy = self.child(
             k8s.networking.v1.NetworkPolicy, "netpol",
             metadata={**meta, "name": f"{spec.name}-allow"},

@@ -73,6 +73,16 @@ class Volume(_Strict):
     size: str = Field(description="persistent volume claim size, e.g. 10Gi")
 
 
+class Batch(_Strict):
+    """Batch work as a Kubernetes Indexed Job: `completions` shards, `parallelism` at a time.
+    Each pod gets JOB_COMPLETION_INDEX from Kubernetes and runs `args` (which may use it)."""
+
+    completions: int = Field(ge=1, le=10_000)
+    parallelism: int = Field(ge=1, le=1_000)
+    args: list[str] = Field(min_length=1)
+    backoff_limit_per_index: int = Field(2, alias="backoffLimitPerIndex", ge=0, le=10)
+
+
 class DataClasses(_Strict):
     reads: list[DataClass] = Field(default_factory=list)
     writes: list[DataClass] = Field(default_factory=list)
@@ -104,6 +114,7 @@ class WorkloadSpec(_Strict):
     # Files shipped beside workload.yaml, mounted read-only at /etc/medplat/files/<name>.
     # In YAML a list of file names; loaded, the name -> content map.
     config_files: dict[str, str] = Field(default_factory=dict, alias="configFiles")
+    batch: Batch | None = Field(None, description="also deploy an Indexed Job for sharded batch work")
 
     @field_validator("name")
     @classmethod

@@ -254,3 +254,23 @@ def test_service_anonymizes_an_instance_and_a_zip(tmp_path):
     names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
     assert "study/mr.dcm" in names and "anonymization-report.json" in names
     assert TestClient(app).post("/instances", content=b"x").status_code == 401
+
+
+def test_shards_split_top_level_folders_and_cover_everything_once(tmp_path):
+    source = tmp_path / "in"
+    for study in range(5):
+        (source / f"study-{study}").mkdir(parents=True)
+        shutil.copy(sample("CT_small.dcm"), source / f"study-{study}" / "ct.dcm")
+    runner = CliRunner()
+    seen = []
+    for index in range(2):
+        result = runner.invoke(cli, ["anonymize", str(source), str(tmp_path / "out"), "--policy", "teleradiology",
+                                     "--keys", str(tmp_path / "keys"), "--shards", "2"],
+                               env={"JOB_COMPLETION_INDEX": str(index)})
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "out" / f"anonymization-report-shard-{index}-of-2.json").read_text())
+        seen += [r["path"] for r in report["results"]]
+    assert sorted(seen) == sorted(f"study-{i}/ct.dcm" for i in range(5))
+    missing = runner.invoke(cli, ["anonymize", str(source), str(tmp_path / "o"), "--policy", "teleradiology",
+                                  "--shards", "2"], env={"JOB_COMPLETION_INDEX": ""})
+    assert missing.exit_code == 2 and "JOB_COMPLETION_INDEX" in missing.stderr

@@ -101,3 +101,15 @@ def test_broker_runs_with_the_shipped_config_that_does_not_drop_queued_messages(
     assert container["args"] == ["/usr/sbin/mosquitto", "-c", "/etc/medplat/files/mosquitto.conf"]
     assert {"name": "files", "mountPath": "/etc/medplat/files", "readOnly": True} in container["volumeMounts"]
     assert any(v.get("configMap", {}).get("name") == "mqtt-broker-files" for v in pod["volumes"])
+
+
+def test_dicom_anonymizer_batch_runs_as_an_indexed_job(inventories):
+    job = named(inventories["edge-dresden"], "dicom-anonymizer-batch")
+    assert job["type"] == "kubernetes:batch/v1:Job"
+    spec = job["inputs"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 4 and spec["parallelism"] == 2
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["args"][:1] == ["anonymize"] and "--shards" in container["args"]
+    assert "livenessProbe" not in container

@@ -390,8 +390,12 @@ def anonymize(
     keys: Path = typer.Option(Path(".medplat/dicom-anonymizer/keys"), "--keys",
                               help="Key store (the pseudonymizer's local key file format)."),
     in_place: bool = typer.Option(False, "--in-place", help="Overwrite the input files (quarantine still in OUT)."),
+    shards: int = typer.Option(1, "--shards", min=1, help="Split the top-level folders into this many shards."),
+    shard_index: int | None = typer.Option(None, "--shard-index", min=0,
+                                           help="Shard to run (default: $JOB_COMPLETION_INDEX of an Indexed Job)."),
 ) -> None:
     """De-identify DICOM per DICOM PS3.15 Annex E under a policy; writes a JSON report."""
+    import os
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -408,13 +412,20 @@ def anonymize(
         fail(f"policy {policy}: {'.'.join(str(p) for p in first['loc']) or 'policy'}: {first['msg']}")
     except (OSError, ValueError) as exc:
         fail(f"policy {policy}: {str(exc).splitlines()[0]}")
+    shard = None
+    if shards > 1:
+        from_env = os.environ.get("JOB_COMPLETION_INDEX", "")
+        index = shard_index if shard_index is not None else int(from_env) if from_env.isdigit() else -1
+        if not 0 <= index < shards:
+            fail(f"--shards {shards} needs --shard-index 0..{shards - 1} or JOB_COMPLETION_INDEX")
+        shard = (index, shards)
     store_keys = keys_for(open_store(keys), chosen.patient_id_domain)
     total = 1 if source.is_file() else sum(1 for p in source.rglob("*") if p.is_file())
     with Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("files", total=total)
         report = anonymize_tree(source, out, chosen, store_keys, workers=workers, in_place=in_place,
-                                progress=lambda _result: progress.advance(task))
+                                progress=lambda _result: progress.advance(task), shard=shard)
     console.print(f"{report['anonymized']} anonymized, {report['quarantined']} quarantined of {report['files']} "
                   f"files in {report['seconds']} s; report {out / 'anonymization-report.json'}", soft_wrap=True)
 

@@ -136,15 +136,29 @@ def _work(args):
     return process_file(*args)
 
 
+def shard_of(files: list[tuple[Path, str]], index: int, count: int) -> list[tuple[Path, str]]:
+    """Shard `index` of `count`: every count-th top-level entry (a patient or study folder), so
+    one study never spans two shards (UIDs and dates are keyed, so shards agree anyway)."""
+    tops = sorted({relative.split("/", 1)[0] for _, relative in files})
+    mine = {top for position, top in enumerate(tops) if position % count == index}
+    return [(path, relative) for path, relative in files if relative.split("/", 1)[0] in mine]
+
+
 def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, workers: int = 1, in_place: bool = False,
-                   progress: Callable[[FileResult], None] | None = None) -> dict[str, Any]:
-    """Anonymize every file under `source` into `out` (or in place); returns the run report."""
+                   progress: Callable[[FileResult], None] | None = None,
+                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Anonymize every file under `source` into `out` (or in place); returns the run report.
+
+    With `shard=(index, count)` only that shard's studies are processed (Kubernetes Indexed
+    Jobs); k-anonymity is then planned over the shard's cohort only."""
     started = time.time()
     source, out = source.resolve(), out.resolve()
     if source.is_file():
         files, source_root = [(source, source.name)], source.parent
     else:
         files, source_root = _files(source, out), source
+    if shard is not None:
+        files = shard_of(files, *shard)
     plan = plan_cohort(read_quasi_identifiers([f for f, _ in files], policy, keys), policy) \
         if policy.k_anonymity.k > 1 else None
     jobs = [(path, relative, out, policy, keys, plan, in_place) for path, relative in files]
@@ -168,8 +182,10 @@ def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, worke
         "inPlace": in_place, "files": len(results), "anonymized": statuses["anonymized"],
         "quarantined": statuses["quarantined"], "seconds": round(time.time() - started, 3),
         "kAnonymity": plan.summary() if plan is not None else None,
+        "shard": list(shard) if shard else None,
         "results": [r.__dict__ for r in results],
     }
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "anonymization-report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    name = f"anonymization-report-shard-{shard[0]}-of-{shard[1]}.json" if shard else "anonymization-report.json"
+    _atomic_write(out / name, lambda p: p.write_text(json.dumps(report, indent=2)))
     return report
