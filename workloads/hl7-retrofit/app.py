@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import re
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +28,7 @@ from medplat.workloads.hl7_retrofit.mapping import Rejected, message_type, parse
 
 NAME = "hl7-retrofit"
 log = logging.getLogger("medplat.hl7-retrofit")
-CONTROL_ID = re.compile(rb"MSH\|[^\r]*?\|(?:[^|\r]*\|){7}([^|\r]*)")
+ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "&": "\\T\\", "\r": " "}
 
 
 class Settings(ServiceSettings):
@@ -80,7 +79,7 @@ def ack(original: bytes, code: str, text: str = "") -> bytes:
     segments = [f"MSH|^~\\&|{field(4) or 'MEDPLAT'}|{field(5) or 'MEDPLAT'}|{field(2)}|{field(3)}|{now}||ACK^R01^ACK|"
                 f"{uuid.uuid4().hex[:20]}|P|{version}", f"MSA|{code}|{control}"]
     if code != "AA":
-        clean = text.replace("|", "/").replace("^", " ").replace("~", "-").replace("\\", "/").replace("&", "+")
+        clean = "".join(ESCAPES.get(c, c) for c in text)  # HL7 escape sequences
         segments.append(f"ERR|||{'207' if code == 'AE' else '200'}^{'Application internal error' if code == 'AE' else 'Unsupported message type'}^HL70357|E||||{clean[:400]}")
     return ("\r".join(segments) + "\r").encode()
 
