@@ -14,15 +14,14 @@ import datetime
 import logging
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
-import paho.mqtt.client as mqtt
 import uvicorn
 from fastapi import APIRouter
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from medplat.service.app import create_app
+from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.workloads.hl7_retrofit.mapping import Rejected, message_type, parse, to_bundle
 
@@ -40,30 +39,6 @@ class Settings(ServiceSettings):
     topic_prefix: str = "medplat/devices"
     client_id: str = "medplat-hl7-retrofit"
     publish_timeout_s: float = 10
-
-
-class Publisher:
-    """Publishes envelopes QoS 1 and waits for the broker's PUBACK."""
-
-    def __init__(self, url: str, client_id: str) -> None:
-        parsed = urlparse(url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(1, 30)
-        self.client.connect_async(parsed.hostname or "127.0.0.1", parsed.port or 1883)
-        self.client.loop_start()
-
-    def publish(self, topic: str, payload: bytes, timeout: float) -> None:
-        if not self.client.is_connected():
-            raise ConnectionError("site broker not connected")
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            raise TimeoutError("site broker did not acknowledge the publish")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def ack(original: bytes, code: str, text: str = "") -> bytes:

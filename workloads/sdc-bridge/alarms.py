@@ -1,0 +1,152 @@
+"""Alarm workflow: SDC alert condition states -> DetectedIssue and Communication events.
+
+- De-duplication: a condition already active on a device produces no new alarm (repeats are
+  counted); a new alarm starts only when presence goes from false to true.
+- Routing: rules (YAML) match on priority and location (fnmatch patterns) and name the
+  recipients; the first matching rule wins.
+- Escalation: an alarm not acknowledged within the rule's `escalateAfterSeconds` is sent to
+  the rule's `escalateTo` recipients with priority stat, once.
+- Every decision (raised, deduplicated, routed, escalated, acknowledged, ended) is recorded.
+"""
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+PRIORITY = {"Hi": ("high", "urgent"), "Me": ("moderate", "urgent"), "Lo": ("low", "routine"), "None": ("low", "routine")}
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    priorities: list[str] = Field(default_factory=lambda: ["Hi", "Me", "Lo"])
+    location: str = "*"
+    recipients: list[str] = Field(min_length=1)
+    escalate_after_seconds: float | None = Field(None, alias="escalateAfterSeconds", gt=0)
+    escalate_to: list[str] = Field(default_factory=list, alias="escalateTo")
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rules: list[Rule] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: Path) -> Rules:
+        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+    def route(self, priority: str, location: str) -> Rule | None:
+        return next((r for r in self.rules if priority in r.priorities and fnmatch.fnmatch(location, r.location)),
+                    None)
+
+
+@dataclass
+class Alarm:
+    id: str
+    device: str
+    condition: str
+    code: dict[str, Any]
+    priority: str
+    location: str
+    started: float
+    rule: Rule | None
+    acknowledged: bool = False
+    escalated: bool = False
+    repeats: int = 0
+
+
+@dataclass
+class AlarmRouter:
+    rules: Rules
+    emit: Callable[[str, dict[str, Any]], None]  # (device, FHIR resource) -> published
+    record: Callable[[dict[str, Any]], None] = lambda decision: None
+    active: dict[tuple[str, str], Alarm] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _decide(self, kind: str, alarm: Alarm, **details: Any) -> None:
+        decision = {"decision": kind, "alarm": alarm.id, "device": alarm.device, "condition": alarm.condition,
+                    "priority": alarm.priority, "at": time.time(), **details}
+        self.decisions.append(decision)
+        self.record(decision)
+
+    def condition(self, device: str, condition: str, code: dict[str, Any], priority: str, present: bool,
+                  location: str) -> None:
+        key = (device, condition)
+        with self._lock:
+            alarm = self.active.get(key)
+            if present and alarm is not None:
+                alarm.repeats += 1
+                self._decide("deduplicated", alarm, repeats=alarm.repeats)
+                return
+            if present:
+                alarm = Alarm(f"alarm-{uuid.uuid4().hex[:16]}", device, condition, code, priority, location,
+                              time.time(), self.rules.route(priority, location))
+                self.active[key] = alarm
+                self._decide("raised", alarm, location=location)
+                self.emit(device, self._issue(alarm, "preliminary"))
+                if alarm.rule is not None:
+                    self.emit(device, self._communication(alarm, alarm.rule.recipients, escalation=False))
+                    self._decide("routed", alarm, rule=alarm.rule.name, recipients=alarm.rule.recipients)
+                else:
+                    self._decide("unrouted", alarm, reason="no rule matches priority and location")
+                return
+            if alarm is not None:
+                del self.active[key]
+                self._decide("ended", alarm, duration_s=round(time.time() - alarm.started, 3))
+                self.emit(device, self._issue(alarm, "final"))
+
+    def acknowledge(self, alarm_id: str, by: str) -> bool:
+        with self._lock:
+            for alarm in self.active.values():
+                if alarm.id == alarm_id:
+                    alarm.acknowledged = True
+                    self._decide("acknowledged", alarm, by=by)
+                    return True
+        return False
+
+    def escalate_due(self, now: float | None = None) -> int:
+        now = now or time.time()
+        escalated = 0
+        with self._lock:
+            for alarm in self.active.values():
+                rule = alarm.rule
+                if (rule and rule.escalate_after_seconds and rule.escalate_to and not alarm.acknowledged
+                        and not alarm.escalated and now - alarm.started >= rule.escalate_after_seconds):
+                    alarm.escalated = True
+                    self.emit(alarm.device, self._communication(alarm, rule.escalate_to, escalation=True))
+                    self._decide("escalated", alarm, recipients=rule.escalate_to,
+                                 after_s=round(now - alarm.started, 3))
+                    escalated += 1
+        return escalated
+
+    def _issue(self, alarm: Alarm, status: str) -> dict[str, Any]:
+        severity = PRIORITY.get(alarm.priority, ("low", "routine"))[0]
+        return {"resourceType": "DetectedIssue", "id": f"{alarm.id}-{status}", "status": status,
+                "code": {"coding": [alarm.code]}, "severity": severity,
+                "implicated": [{"reference": f"Device/{alarm.device}"}],
+                "identifiedDateTime": _iso(alarm.started),
+                "detail": f"{alarm.condition} on {alarm.device} at {alarm.location}"}
+
+    def _communication(self, alarm: Alarm, recipients: list[str], *, escalation: bool) -> dict[str, Any]:
+        priority = "stat" if escalation else PRIORITY.get(alarm.priority, ("low", "routine"))[1]
+        return {"resourceType": "Communication", "id": f"{alarm.id}-{'esc' if escalation else 'msg'}",
+                "status": "in-progress", "priority": priority,
+                "about": [{"reference": f"DetectedIssue/{alarm.id}-preliminary"}],
+                "recipient": [{"reference": r} for r in recipients],
+                "payload": [{"contentString": f"{'ESCALATED: ' if escalation else ''}{alarm.condition} "
+                                              f"({alarm.priority}) on {alarm.device} at {alarm.location}"}]}
+
+
+def _iso(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,143 @@
+"""sdc-bridge service: SDC providers -> FHIR R4 on the site broker, with the alarm workflow.
+
+Providers come from `PROVIDERS` (xaddrs; the k3s pod network carries no multicast, so sites
+list their monitors' addresses) and, where multicast works, WS-Discovery on
+`DISCOVERY_INTERFACE`. Every produced resource is validated with fhir.resources (R4B) before
+it is published (QoS 1); an invalid one is dropped with its OperationOutcome logged.
+Alarm rules: `ALARM_RULES` (YAML file); acknowledge with POST /alarms/{id}/acknowledge.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import APIRouter, Query
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from medplat.service.app import create_app
+from medplat.service.audit import AuditClient, balp_event
+from medplat.service.fhir import FhirError, operation_outcome
+from medplat.service.mqtt import Publisher
+from medplat.service.settings import ServiceSettings, service_config
+from medplat.workloads.sdc_bridge.alarms import AlarmRouter, Rules
+from medplat.workloads.sdc_bridge.bridge import Bridge
+
+NAME = "sdc-bridge"
+log = logging.getLogger("medplat.sdc-bridge")
+DEFAULT_RULES = {"rules": [{"name": "all-to-unit", "priorities": ["Hi", "Me", "Lo"], "location": "*",
+                            "recipients": ["PractitionerRole/unit-nurse"], "escalateAfterSeconds": 60,
+                            "escalateTo": ["PractitionerRole/charge-nurse"]}]}
+
+
+class Settings(ServiceSettings):
+    model_config = service_config(NAME)
+    port: int = 8080
+    providers: list[str] = []
+    discovery_interface: str | None = None
+    location: str = "unknown"
+    alarm_rules: Path | None = None
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "medplat/devices"
+    client_id: str = "medplat-sdc-bridge"
+    audit_url: str | None = None
+    check_interval_s: float = 2.0
+    # Folder with userkey.pem, usercert.pem and cacert.pem (sdc11073's layout) for providers
+    # that offer TLS (https xaddrs); the certificates come from PlatformPki.
+    tls_folder: Path | None = None
+
+
+class Output:
+    """Validate, wrap in an edge-forwarder envelope, publish; counts what was refused."""
+
+    def __init__(self, publisher: Publisher | None, prefix: str) -> None:
+        self.publisher, self.prefix = publisher, prefix
+        self.published = self.invalid = self.failed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, device: str, resource: dict[str, Any]) -> None:
+        try:
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        except (ValidationError, KeyError, ValueError) as exc:
+            with self._lock:
+                self.invalid += 1
+            log.error("invalid FHIR dropped: %s", orjson.dumps(operation_outcome(422, str(exc)[:500])).decode())
+            return
+        envelope = {"id": f"{resource['resourceType']}-{resource['id']}", "device": device, "dataClass": "phi",
+                    "resource": resource}
+        try:
+            if self.publisher is None:
+                raise ConnectionError("no site broker")
+            self.publisher.publish(f"{self.prefix}/{device}/{resource['resourceType'].lower()}",
+                                   orjson.dumps(envelope), 10)
+            with self._lock:
+                self.published += 1
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            with self._lock:
+                self.failed += 1
+            log.error("not published (%s): %s %s", exc, resource["resourceType"], resource["id"])
+
+
+def build(settings: Settings | None = None, publisher: Publisher | None = None):
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    rules = Rules.load(settings.alarm_rules) if settings.alarm_rules else Rules.model_validate(DEFAULT_RULES)
+    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+    output = Output(publisher, settings.topic_prefix)
+
+    def record(decision: dict[str, Any]) -> None:
+        audit.record(balp_event("execute", source=NAME, agent=NAME,
+                                description=f"alarm {decision['alarm']} {decision['decision']}: "
+                                            f"{decision['condition']} on {decision['device']}"))
+
+    router = AlarmRouter(rules, emit=output, record=record)
+    ssl_context = None
+    if settings.tls_folder:
+        from sdc11073.certloader import mk_ssl_contexts_from_folder
+
+        ssl_context = mk_ssl_contexts_from_folder(settings.tls_folder)
+    bridge = Bridge(settings.providers, output, router, location=settings.location,
+                    discovery_interface=settings.discovery_interface, check_interval_s=settings.check_interval_s,
+                    ssl_context=ssl_context)
+    api = APIRouter()
+
+    @api.get("/alarms", tags=["alarms"])
+    def alarms() -> dict[str, Any]:
+        return {"active": [{"id": a.id, "device": a.device, "condition": a.condition, "priority": a.priority,
+                            "acknowledged": a.acknowledged, "escalated": a.escalated, "repeats": a.repeats}
+                           for a in router.active.values()]}
+
+    @api.post("/alarms/{alarm_id}/acknowledge", tags=["alarms"])
+    def acknowledge(alarm_id: str, by: str = Query("unknown")) -> dict[str, Any]:
+        if not router.acknowledge(alarm_id, by):
+            raise FhirError(404, f"no active alarm {alarm_id}")
+        return {"acknowledged": alarm_id}
+
+    @api.get("/alarms/decisions", tags=["alarms"])
+    def decisions(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        return {"decisions": router.decisions[-limit:]}
+
+    def health() -> dict[str, Any]:
+        return {**bridge.status(), "published": output.published, "invalid": output.invalid,
+                "notPublished": output.failed}
+
+    app = create_app(NAME, __doc__.strip().splitlines()[0], api, health)
+    app.state.bridge, app.state.router, app.state.output, app.state.audit = bridge, router, output, audit
+    return app, settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    publisher = Publisher(settings.broker_url, settings.client_id)
+    app, settings = build(settings, publisher)
+    app.state.bridge.start()
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    finally:
+        app.state.bridge.stop()
+        publisher.close()

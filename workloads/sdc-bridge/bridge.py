@@ -1,0 +1,140 @@
+"""Consumers for SDC providers: statically configured xaddrs (networks without multicast) and
+WS-Discovery; a live MDIB per device; episodic metric, alert and waveform reports mapped to
+FHIR and published; reconnect when a provider is lost."""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sdc11073 import observableproperties
+from sdc11073.consumer.consumerimpl import SdcConsumer
+from sdc11073.definitions_sdc import SdcV1Definitions
+from sdc11073.mdib import ConsumerMdib
+from sdc11073.xml_types.actions import periodic_actions
+
+from medplat.workloads.sdc_bridge.alarms import AlarmRouter
+from medplat.workloads.sdc_bridge.mapping import coding, device, device_id, device_metric, observation
+
+log = logging.getLogger("medplat.sdc-bridge")
+
+
+class DeviceSession:
+    """One provider: consumer, MDIB and the bound callbacks (bound methods: sdc11073 keeps weak refs)."""
+
+    def __init__(self, xaddr: str, publish: Callable[[str, dict[str, Any]], None], router: AlarmRouter,
+                 location: str, ssl_context=None) -> None:
+        self.xaddr, self.publish, self.router, self.location = xaddr, publish, router, location
+        # https xaddrs (providers that offer TLS) use the site's certificates; plain http none.
+        tls = ssl_context if xaddr.startswith("https://") else None
+        self.consumer = SdcConsumer(xaddr, sdc_definitions=SdcV1Definitions, ssl_context_container=tls)
+        self.consumer.start_all(not_subscribed_actions=periodic_actions)
+        self.mdib = ConsumerMdib(self.consumer)
+        self.mdib.init_mdib()
+        self.epr = getattr(self.consumer, "_epr_urn", None) or xaddr  # urn:uuid:... of the provider
+        self.published = 0
+        observableproperties.bind(self.mdib, metrics_by_handle=self.on_metrics)
+        observableproperties.bind(self.mdib, alert_by_handle=self.on_alerts)
+        observableproperties.bind(self.mdib, waveform_by_handle=self.on_metrics)
+        self._publish_devices()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.consumer.is_connected)
+
+    def _publish_devices(self) -> None:
+        from sdc11073.xml_types import pm_qnames as pm
+
+        for node_type in (pm.MdsDescriptor, pm.VmdDescriptor, pm.ChannelDescriptor):
+            for descriptor in self.mdib.descriptions.NODETYPE.get(node_type, []):
+                resource = device(self.epr, descriptor, descriptor.parent_handle)
+                self.publish(resource["id"], resource)
+        for node_type in (pm.NumericMetricDescriptor, pm.EnumStringMetricDescriptor, pm.StringMetricDescriptor,
+                          pm.RealTimeSampleArrayMetricDescriptor):
+            for descriptor in self.mdib.descriptions.NODETYPE.get(node_type, []):
+                self.publish(device_id(self.epr, descriptor.parent_handle), device_metric(self.epr, descriptor))
+
+    def on_metrics(self, metrics_by_handle: dict) -> None:
+        for handle, state in metrics_by_handle.items():
+            descriptor = self.mdib.descriptions.handle.get_one(handle, allow_none=True)
+            if descriptor is None:
+                continue
+            resource = observation(self.epr, descriptor, state, f"obs-{uuid.uuid4().hex}")
+            if resource is not None:
+                self.publish(device_id(self.epr, descriptor.parent_handle or handle), resource)
+                self.published += 1
+
+    def on_alerts(self, alerts_by_handle: dict) -> None:
+        for handle, state in alerts_by_handle.items():
+            descriptor = self.mdib.descriptions.handle.get_one(handle, allow_none=True)
+            if descriptor is None or type(descriptor).__name__ != "AlertConditionDescriptor" and \
+                    "AlertCondition" not in type(descriptor).__name__:
+                continue
+            source = (descriptor.Source or [descriptor.parent_handle])[0]
+            self.router.condition(device_id(self.epr, str(source)), handle, coding(descriptor.Type),
+                                  str(getattr(descriptor.Priority, "value", descriptor.Priority)),
+                                  bool(state.Presence), self.location)
+
+    def stop(self) -> None:
+        try:
+            self.consumer.stop_all(unsubscribe=False)
+        except Exception:  # a lost provider cannot be unsubscribed from
+            log.debug("stopping consumer for %s", self.xaddr, exc_info=True)
+
+
+class Bridge:
+    def __init__(self, xaddrs: list[str], publish: Callable[[str, dict[str, Any]], None], router: AlarmRouter, *,
+                 location: str, discovery_interface: str | None = None, check_interval_s: float = 2.0,
+                 ssl_context=None) -> None:
+        self.ssl_context = ssl_context
+        self.xaddrs, self.publish, self.router, self.location = list(xaddrs), publish, router, location
+        self.discovery_interface, self.check_interval_s = discovery_interface, check_interval_s
+        self.sessions: dict[str, DeviceSession] = {}
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="sdc-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for session in self.sessions.values():
+            session.stop()
+
+    def _discover(self) -> list[str]:
+        if not self.discovery_interface:
+            return []
+        from sdc11073.wsdiscovery import WSDiscovery
+
+        with WSDiscovery(self.discovery_interface) as discovery:
+            services = discovery.search_services(types=SdcV1Definitions.MedicalDeviceTypesFilter, timeout=2)
+        return [xaddr for service in services for xaddr in service.x_addrs[:1]]
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            wanted = list(dict.fromkeys(self.xaddrs + self._discover()))
+            for xaddr in wanted:
+                session = self.sessions.get(xaddr)
+                if session is not None and session.connected:
+                    continue
+                if session is not None:
+                    log.warning("provider %s lost; reconnecting", xaddr)
+                    session.stop()
+                    self.reconnects += 1
+                try:
+                    self.sessions[xaddr] = DeviceSession(xaddr, self.publish, self.router, self.location,
+                                                         self.ssl_context)
+                    log.info("connected to %s", xaddr)
+                except Exception as exc:  # unreachable provider: try again next round
+                    self.sessions.pop(xaddr, None)
+                    log.warning("cannot connect to %s: %s", xaddr, exc)
+            self.router.escalate_due()
+            self._stop.wait(self.check_interval_s)
+
+    def status(self) -> dict[str, Any]:
+        return {"providers": {x: s.connected for x, s in self.sessions.items()}, "reconnects": self.reconnects,
+                "published": sum(s.published for s in self.sessions.values())}
