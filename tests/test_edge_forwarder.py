@@ -10,7 +10,7 @@ import pytest
 
 from medplat.service.localpki import Ca
 from medplat.workloads.edge_forwarder.outbox import Outbox
-from medplat.workloads.edge_forwarder.sender import Backoff
+from medplat.service.backoff import Backoff
 from services import Mosquitto, free_port
 from store_forward import (Pki, Publisher, forwarder_service, ingest_service, observation, status, stored,
                            stored_count, wait_until)

@@ -22,7 +22,8 @@ from medplat.service.app import create_app
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
-from medplat.service.tls import serve
+from medplat.service.backoff import Backoff
+from medplat.service.tls import client_context, serve
 from medplat.workloads.audit_log.log import AuditLog, LogError, Witness
 from medplat.workloads.audit_log.note import Signer, Verifier
 from medplat.workloads.audit_log.tree import metadata
@@ -77,8 +78,6 @@ class Shipper:
     """Edge side: ship new entries and the latest checkpoint to the witness, keep its cosignature."""
 
     def __init__(self, audit: AuditLog, settings: Settings) -> None:
-        from medplat.workloads.edge_forwarder.sender import Backoff, client_context
-
         self.audit, self.url = audit, settings.witness_url.rstrip("/")
         self.witness = Verifier.from_text(settings.witness_key) if settings.witness_key else None
         context = client_context(settings.cloud_ca, settings.client_cert, settings.client_key)

@@ -24,11 +24,12 @@ from pydantic import Field, field_validator
 from medplat.service.app import create_app
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
-from medplat.service.tls import serve
+from medplat.service.backoff import Backoff
+from medplat.service.tls import client_context, serve
 from medplat.workloads.edge_forwarder.intake import Capacity, Intake
 from medplat.workloads.edge_forwarder.mqtt import MqttIntake
 from medplat.workloads.edge_forwarder.outbox import Outbox
-from medplat.workloads.edge_forwarder.sender import Backoff, Sender, client_context
+from medplat.workloads.edge_forwarder.sender import Sender
 from medplat.workloads.edge_forwarder.site_policy import PolicySource
 
 NAME = "edge-forwarder"

@@ -9,45 +9,21 @@ message to `refused` with the OperationOutcome, so one bad message cannot block 
 from __future__ import annotations
 
 import logging
-import random
 import re
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import orjson
 
+from medplat.service.backoff import Backoff
 from medplat.workloads.edge_forwarder.outbox import Entry, Outbox, Refusal
 from medplat.workloads.edge_forwarder.site_policy import SitePolicy
 
 log = logging.getLogger("medplat.edge-forwarder.sender")
 _INDEX = re.compile(r"^messages\[(\d+)\]")
-
-
-def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert and key:
-        context.load_cert_chain(str(cert), str(key))
-    return context
-
-
-class Backoff:
-    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.base * 2 ** self.attempt))
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Sender:

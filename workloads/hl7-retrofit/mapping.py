@@ -15,12 +15,9 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from pydantic import ValidationError
 
-MDC = "urn:iso:std:iso:11073:10101"
-UCUM = "http://unitsofmeasure.org"
+from medplat.service.terminology import MDC, UCUM, mdc_unit
+
 STATUS = {"F": "final", "R": "preliminary", "P": "preliminary", "C": "amended", "X": "cancelled", "D": "entered-in-error"}
-# MDC dimension codes -> UCUM for the units PCD-01 monitors send most (partial, extend as met).
-MDC_TO_UCUM = {"262688": "%", "264864": "/min", "264928": "/min", "266016": "mm[Hg]", "268192": "Cel",
-               "266560": "cm[H2O]", "263872": "kg", "263441": "cm", "265266": "L/min", "262656": "1"}
 NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -148,10 +145,8 @@ def _observation(obx, index: int, base: str, patient: str, fallback_time: str | 
             quantity["unit"] = unit[1] if len(unit) > 1 and unit[1] else unit[0]
             if len(unit) > 2 and unit[2] == "UCUM":
                 quantity.update(system=UCUM, code=unit[0])
-            elif len(unit) > 2 and unit[2] == "MDC" and unit[0] in MDC_TO_UCUM:
-                quantity.update(system=UCUM, code=MDC_TO_UCUM[unit[0]])
             elif len(unit) > 2 and unit[2] == "MDC":
-                quantity.update(system=MDC, code=unit[0])
+                quantity.update(mdc_unit(unit[0]))
         observation["valueQuantity"] = quantity
     elif value_type in ("ST", "TX", "CWE", "CE"):
         observation["valueString"] = raw

@@ -9,7 +9,7 @@ import datetime
 from decimal import Decimal
 from typing import Any
 
-from medplat.workloads.hl7_retrofit.mapping import MDC, MDC_TO_UCUM, UCUM
+from medplat.service.terminology import MDC, MDC_TO_UCUM, UCUM, mdc_unit
 
 VALIDITY_STATUS = {"Vld": "final", "Vldated": "final", "Ong": "preliminary", "Qst": "preliminary",
                    "Calib": "preliminary", "Inv": "entered-in-error", "Oflw": "final", "Uflw": "final",
@@ -53,8 +53,7 @@ def device_metric(epr: str, descriptor) -> dict[str, Any]:
     unit = getattr(descriptor, "Unit", None)
     if unit is not None:
         code = str(unit.Code)
-        resource["unit"] = {"coding": [{"system": UCUM, "code": MDC_TO_UCUM[code]} if code in MDC_TO_UCUM
-                                       else {"system": MDC, "code": code}]}
+        resource["unit"] = {"coding": [mdc_unit(code)]}
     return resource
 
 
@@ -91,8 +90,7 @@ def observation(epr: str, descriptor, state, observation_id: str) -> dict[str, A
         quantity: dict[str, Any] = {"value": float(Decimal(value.Value))}
         if unit is not None:
             code = str(unit.Code)
-            quantity.update({"system": UCUM, "code": MDC_TO_UCUM[code]} if code in MDC_TO_UCUM else
-                            {"system": MDC, "code": code})
+            quantity.update(mdc_unit(code))
             quantity["unit"] = coding(unit).get("display", code)
         resource["valueQuantity"] = quantity
     elif "Enum" in kind or "String" in kind:

@@ -3,10 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 
 import uvicorn
 
 from medplat.service.settings import ServiceSettings
+
+
+def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """TLS 1.2+ client context trusting `ca`, presenting `cert`/`key` when given (mutual TLS)."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert and key:
+        context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
