@@ -40,7 +40,6 @@ consents = Table(
 class Settings(ServiceSettings):
     model_config = service_config(NAME)
     port: int = 8060
-    audit_url: str | None = None
     # Decision when no consent applies, per purpose of use (v3-ActReason); default deny.
     when_nothing_applies: dict[str, str] = {}
     # Obligations attached to a permit, per purpose of use.
@@ -91,9 +90,8 @@ def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
     metadata.create_all(engine)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     auth = Authenticator(NAME, settings)
-    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+    audit = AuditClient.for_service(settings)
     cache: dict[str, list[CompiledConsent]] = {}
     lock = threading.Lock()
     router = APIRouter()

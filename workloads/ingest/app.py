@@ -37,7 +37,6 @@ class Settings(ServiceSettings):
     # What edge sites may send here; key material never leaves a site.
     allowed_data_classes: list[str] = ["phi", "pseudonymized", "deidentified", "operational"]
     max_batch: int = 5000
-    audit_url: str | None = None  # the zone's audit-log; unset: records wait in the local spool
     consent_url: str | None = None  # research exports ask consent and pseudonymizer
     pseudonymizer_url: str | None = None
     service_token_file: Path | None = None  # bearer token for those calls, rotated by the platform
@@ -115,8 +114,7 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
     engine = make_engine(settings.resolved_database_url(NAME))
     metadata.create_all(engine)
     store = _postgres_store if engine.dialect.name == "postgresql" else _sqlite_store
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+    audit = AuditClient.for_service(settings)
     router = APIRouter()
 
     @router.post("/batches", response_model=BatchResult, tags=["ingest"])

@@ -31,7 +31,6 @@ NAME = "pseudonymizer"
 class Settings(ServiceSettings):
     model_config = service_config(NAME)
     port: int = 8050
-    audit_url: str | None = None
     key_file: Path | None = None  # local provider; default <data_dir>/keys.json
     key_passphrase: str | None = None  # default: a generated passphrase file beside the key file
     barbican_endpoint: str | None = None
@@ -102,9 +101,8 @@ def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
     metadata.create_all(engine)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     auth = Authenticator(NAME, settings)
-    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+    audit = AuditClient.for_service(settings)
     core = Pseudonymizer(engine, providers(settings))
     router = APIRouter()
 

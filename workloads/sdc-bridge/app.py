@@ -44,7 +44,6 @@ class Settings(ServiceSettings):
     broker_url: str = "mqtt://127.0.0.1:1883"
     topic_prefix: str = "medplat/devices"
     client_id: str = "medplat-sdc-bridge"
-    audit_url: str | None = None
     check_interval_s: float = 2.0
     # Folder with userkey.pem, usercert.pem and cacert.pem (sdc11073's layout) for providers
     # that offer TLS (https xaddrs); the certificates come from PlatformPki.
@@ -84,9 +83,8 @@ class Output:
 
 def build(settings: Settings | None = None, publisher: Publisher | None = None):
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     rules = Rules.load(settings.alarm_rules) if settings.alarm_rules else Rules.model_validate(DEFAULT_RULES)
-    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+    audit = AuditClient.for_service(settings)
     output = Output(publisher, settings.topic_prefix)
 
     def record(decision: dict[str, Any]) -> None:

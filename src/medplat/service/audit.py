@@ -77,6 +77,11 @@ class AuditClient:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
+    @classmethod
+    def for_service(cls, settings) -> AuditClient:
+        """The client a workload uses: its settings' audit log, its data folder's spool."""
+        return cls(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+
     def record(self, event: dict[str, Any]) -> None:
         with self._lock:
             self._queue.append(event)

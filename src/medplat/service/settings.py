@@ -25,6 +25,8 @@ class ServiceSettings(BaseSettings):
     # certificates, so an mTLS-only service exposes its health here.
     health_port: int | None = None
     log_level: str = "info"
+    # The zone's audit-log service; unset, audit records wait in <data_dir>/audit-spool.jsonl.
+    audit_url: str | None = None
     # OAuth2 bearer tokens (services that use medplat.service.auth): the issuer, this
     # service's audience (default: its name) and the issuer's JWKS (file or https URL).
     auth_issuer: str | None = None
