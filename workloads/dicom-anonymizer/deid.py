@@ -20,6 +20,7 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from medplat.workloads.dicom_anonymizer.policy import Policy
@@ -89,11 +90,14 @@ def _entries(dataset: Dataset):
         yield int(tag), vr, tag.is_private
 
 
+def _as_list(value) -> list:
+    """The values of a possibly multi-valued element (pydicom gives one value or a MultiValue)."""
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+
 def _strings(value) -> list[str]:
-    values = value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(
-        value, (str, bytes, PersonName)) else [value]
     found = []
-    for item in values:
+    for item in _as_list(value):
         if item is None:
             continue
         text = str(item).strip()
@@ -254,15 +258,13 @@ class Deidentifier:
     def _uids(self, value):
         if value in (None, ""):
             return value
-        if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        if isinstance(value, (list, tuple, MultiValue)):
             return [new_uid(self.keys.project, str(v)) for v in value]
         return new_uid(self.keys.project, str(value))
 
     def _clean(self, elem: DataElement, outcome: Outcome) -> None:
         if elem.VR in ("DA", "DT") and self.shift is not None:
-            values = elem.value if isinstance(elem.value, (list, tuple)) or hasattr(elem.value, "__iter__") and \
-                not isinstance(elem.value, str) else [elem.value]
-            shifted = [shift_date(str(v), self.shift) + str(v)[8:] for v in values if v]
+            shifted = [shift_date(str(v), self.shift) + str(v)[8:] for v in _as_list(elem.value) if v]
             elem.value = shifted if len(shifted) != 1 else shifted[0]
         elif elem.VR in ("LO", "SH", "LT", "ST", "UT", "UC", "PN"):
             elem.value = self._scrub(str(elem.value or ""), outcome)

@@ -91,7 +91,7 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
                  in_place: bool = False) -> FileResult:
     try:
         ds = _read(source)
-        ds.ensure_file_meta() if hasattr(ds, "ensure_file_meta") else None
+        ds.ensure_file_meta()
     except Exception as exc:  # corrupt, truncated, not DICOM: reported, never crashes the run
         return _quarantine(source, relative, out, f"cannot be read as DICOM: {type(exc).__name__}: {exc}")
     reason = _quarantine_reason(ds, policy)

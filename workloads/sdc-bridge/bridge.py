@@ -69,9 +69,8 @@ class DeviceSession:
     def on_alerts(self, alerts_by_handle: dict) -> None:
         for handle, state in alerts_by_handle.items():
             descriptor = self.mdib.descriptions.handle.get_one(handle, allow_none=True)
-            if descriptor is None or type(descriptor).__name__ != "AlertConditionDescriptor" and \
-                    "AlertCondition" not in type(descriptor).__name__:
-                continue
+            if descriptor is None or "AlertCondition" not in type(descriptor).__name__:
+                continue  # alert signals and systems: only conditions (incl. limit conditions) raise alarms
             source = (descriptor.Source or [descriptor.parent_handle])[0]
             self.router.condition(device_id(self.epr, str(source)), handle, coding(descriptor.Type),
                                   str(getattr(descriptor.Priority, "value", descriptor.Priority)),

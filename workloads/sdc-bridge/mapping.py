@@ -68,8 +68,8 @@ def observation(epr: str, descriptor, state, observation_id: str) -> dict[str, A
     value = getattr(state, "MetricValue", None)
     if value is None:
         return None
-    validity = str(getattr(value, "Validity", "") or "")
-    validity = getattr(getattr(value, "Validity", None), "value", validity)
+    validity = getattr(value, "Validity", None)
+    validity = str(getattr(validity, "value", validity) or "")  # an enum member, or absent
     resource: dict[str, Any] = {
         "resourceType": "Observation", "id": observation_id,
         "status": VALIDITY_STATUS.get(validity, "final"),
