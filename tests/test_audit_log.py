@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from identities import bearer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymerkle import verify_consistency, verify_inclusion
@@ -127,7 +128,7 @@ def events(count: int, patient: str = "Patient/p1", start: int = 0) -> list[dict
 @pytest.fixture
 def service(tmp_path):
     app, settings = build(Settings(data_dir=tmp_path / "log", origin="dresden.medplat/audit"))
-    with TestClient(app) as client:
+    with TestClient(app, headers=bearer(tmp_path / "log", "audit-log", "audit.write", "audit.read")) as client:
         yield client, app
 
 
@@ -273,7 +274,7 @@ def test_witness_countersigns_consistent_growth_and_refuses_rewritten_history(tm
     edge: AuditLog = edge_app.state.audit
     cloud_app, _ = build(Settings(data_dir=tmp_path / "cloud", origin="eu.medplat/audit",
                                   trusted_logs={"dresden.medplat/audit": edge.signer.verifier().text()}))
-    with TestClient(cloud_app) as cloud:
+    with TestClient(cloud_app, headers=bearer(tmp_path / "cloud", "audit-log", "audit.witness")) as cloud:
         witness_key = cloud.get("/witness/verifier").text
         shipper = Shipper(edge, edge_settings.model_copy(update={"witness_url": "http://testserver",
                                                                    "witness_key": witness_key}))

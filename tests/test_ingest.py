@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from medplat.workloads.ingest.app import Settings, build
 from medplat.service.localpki import Ca
+from identities import INGRESS, bearer, forwarded_cert
 from services import Service, free_port
 
 def observation(value: float) -> dict:
@@ -25,8 +26,9 @@ def batch(*items):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def client(request, tmp_path):
     url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    app, _settings = build(Settings(data_dir=tmp_path, database_url=url))
-    with TestClient(app) as test_client:
+    app, _settings = build(Settings(data_dir=tmp_path, database_url=url, trusted_proxies=INGRESS))
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    with TestClient(app, headers={**site, **bearer(tmp_path, "ingest", "ingest.read")}) as test_client:
         yield test_client
 
 
@@ -37,7 +39,7 @@ def test_duplicates_are_acknowledged_and_stored_once(client):
     assert again.json() == {"committed": ["c"], "duplicates": ["b"]}
     stored = client.get("/messages", params={"device": "pump-1"}).json()["messages"]
     assert [m["id"] for m in stored] == ["a", "b", "c"]
-    assert client.get("/healthz").json()["hasData"] is True
+    assert client.get("/readyz").json()["hasData"] is True
 
 
 def test_one_invalid_resource_rejects_the_whole_batch(client):

@@ -3,6 +3,12 @@
 Every site runs one (origin `<site>.medplat/audit`); the EU zone's instance also witnesses
 the edge logs: it mirrors their entries, recomputes their checkpoints and countersigns them
 (C2SP tlog-cosignature). Edge instances ship to it when `WITNESS_URL` is set.
+
+Access: appending needs a service identity (a workload's client certificate over mutual TLS,
+or the bearer scope `audit.write`); reading, searching, proofs and export need `audit.read`
+(auditors); witnessing needs an edge site's certificate or `audit.witness`. Public: the
+signed checkpoint and the verifier keys, which exist to be gossiped. One event may be at
+most `MAX_EVENT_BYTES` (64 KiB) of JSON.
 """
 from __future__ import annotations
 
@@ -14,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from medplat.service.access import Peers, either, public
 from medplat.service.app import create_app
+from medplat.service.auth import Authenticator
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
@@ -44,6 +53,7 @@ class Settings(ServiceSettings):
     cloud_ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    max_event_bytes: int = Field(64 * 1024, ge=1024)
 
 
 class AppendRequest(BaseModel):
@@ -138,61 +148,70 @@ def build(settings: Settings | None = None):
     signer = load_signer(settings)
     audit = AuditLog(engine, settings.origin, signer)
     witness = Witness(engine, signer, {origin: Verifier.from_text(key) for origin, key in settings.trusted_logs.items()})
+    peers, auth = Peers(settings), Authenticator(NAME, settings)
+    writer = either(peers.require(kind="workload"), auth.require("audit.write"))
+    auditor = auth.require("audit.read")
+    gossip = public("signed checkpoints and verifier keys exist to be gossiped; no PHI")
     router = APIRouter()
 
-    @router.post("/entries", tags=["log"])
+    @router.post("/entries", tags=["log"], dependencies=[Depends(writer)])
     def append(body: AppendRequest) -> dict[str, Any]:
         """Append a batch of AuditEvents (all or nothing) and return the new signed checkpoint."""
+        for index, event in enumerate(body.events):
+            if len(orjson.dumps(event)) > settings.max_event_bytes:
+                raise FhirError(413, f"events[{index}] exceeds {settings.max_event_bytes} bytes", code="too-costly",
+                                expression=[f"events[{index}]"])
         try:
             first, size, note = audit.append(body.events)
         except LogError as exc:
             raise _fail(exc) from None
         return {"first": first, "size": size, "checkpoint": note}
 
-    @router.get("/entries/{index}", tags=["log"])
+    @router.get("/entries/{index}", tags=["log"], dependencies=[Depends(auditor)])
     def get_entry(index: int) -> dict[str, Any]:
         try:
             return audit.entry(index)
         except LogError as exc:
             raise _fail(exc) from None
 
-    @router.get("/entries", tags=["log"])
+    @router.get("/entries", tags=["log"], dependencies=[Depends(auditor)])
     def search(patient: str | None = None, agent: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         return {"entries": audit.search(patient, agent, since, until, limit)}
 
-    @router.get("/proofs/inclusion", tags=["proofs"])
+    @router.get("/proofs/inclusion", tags=["proofs"], dependencies=[Depends(auditor)])
     def inclusion(index: int, size: int | None = None) -> dict[str, Any]:
         try:
             return audit.inclusion(index, size)
         except LogError as exc:
             raise _fail(exc) from None
 
-    @router.get("/proofs/consistency", tags=["proofs"])
+    @router.get("/proofs/consistency", tags=["proofs"], dependencies=[Depends(auditor)])
     def consistency(prior: int = Query(alias="from"), later: int | None = Query(None, alias="to")) -> dict[str, Any]:
         try:
             return audit.consistency(prior, later)
         except LogError as exc:
             raise _fail(exc) from None
 
-    @router.get("/checkpoint", tags=["log"])
+    @router.get("/checkpoint", tags=["log"], dependencies=[gossip])
     def checkpoint() -> dict[str, Any]:
         return audit.latest_checkpoint()
 
-    @router.get("/verifier", tags=["log"], response_class=PlainTextResponse)
+    @router.get("/verifier", tags=["log"], response_class=PlainTextResponse, dependencies=[gossip])
     def verifier() -> str:
         return signer.verifier().text() + "\n"
 
-    @router.get("/witness/verifier", tags=["witness"], response_class=PlainTextResponse)
+    @router.get("/witness/verifier", tags=["witness"], response_class=PlainTextResponse, dependencies=[gossip])
     def witness_verifier() -> str:
         return Verifier(signer.name, signer.public, kind=0x04).text() + "\n"
 
-    @router.get("/export", tags=["log"])
+    @router.get("/export", tags=["log"], dependencies=[Depends(auditor)])
     def export(start: int = Query(1, ge=1), end: int | None = Query(None, ge=1)) -> StreamingResponse:
         """The log (or a slice) as JSON lines with its checkpoints, for `medplat audit verify`."""
         return StreamingResponse(audit.export(start, end), media_type="application/x-ndjson")
 
-    @router.post("/witness", tags=["witness"])
+    @router.post("/witness", tags=["witness"],
+                 dependencies=[Depends(either(peers.require(kind="site"), auth.require("audit.witness")))])
     def witness_endpoint(body: WitnessRequest, request: Request) -> dict[str, Any]:
         """Mirror an edge log's new entries and countersign its checkpoint if they reproduce it."""
         try:
@@ -203,15 +222,14 @@ def build(settings: Settings | None = None):
     def health() -> dict[str, Any]:
         return {"origin": settings.origin, "size": audit.size, "database": engine.dialect.name}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
-    app.state.audit, app.state.witness, app.state.settings = audit, witness, settings
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings)
+    app.state.audit, app.state.witness, app.state.settings, app.state.auth = audit, witness, settings, auth
     app.state.shipper = Shipper(audit, settings) if settings.witness_url else None
     return app, settings
 
 
 def main() -> None:
     app, settings = build()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if app.state.shipper:
         app.state.shipper.start()
     serve(app, settings)

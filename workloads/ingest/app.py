@@ -1,8 +1,13 @@
 """ingest service: batches from edge forwarders, validated as FHIR R4B, stored exactly once.
 
-Idempotent by message id: a retried batch is acknowledged again but stored once, so the
-forwarder may resend after any failure. A batch is all or nothing: one invalid resource
+Idempotent by message id per site: a retried batch is acknowledged again but stored once, so
+the forwarder may resend after any failure. A batch is all or nothing: one invalid resource
 rejects the batch with an OperationOutcome and nothing of it is stored.
+
+Access: writers are edge sites over mutual TLS (certificate CN `edge-<site>`); every message
+is stored under the authenticated site, so a site can neither write nor pre-empt another
+site's message ids, and a batch naming another site is refused. Readers need the bearer scope
+`ingest.read`; every read is audited with the reader's identity.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, MetaData, String, Table, select
 from sqlalchemy.dialects import sqlite
 
+from medplat.service.access import Peer, Peers
 from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
@@ -45,6 +51,7 @@ class Settings(ServiceSettings):
 metadata = MetaData()
 messages = Table(
     "messages", metadata,
+    Column("site", String(64), primary_key=True),
     Column("id", String(128), primary_key=True),
     Column("device", String(256), nullable=False),
     Column("seq", BigInteger, nullable=False),
@@ -59,12 +66,13 @@ messages = Table(
 class Message(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     device: str = Field(min_length=1, max_length=256)
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=2**63 - 1)
     data_class: DataClass = Field(alias="dataClass")
     resource: dict[str, Any]
 
 
 class Batch(BaseModel):
+    site: str | None = Field(None, max_length=64, description="optional; must be the caller's own site")
     messages: list[Message] = Field(min_length=1)
 
 
@@ -117,21 +125,27 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
     audit = AuditClient.for_service(settings)
     router = APIRouter()
 
+    peers = Peers(settings)
+    auth = Authenticator(NAME, settings)
+    reader = auth.require("ingest.read")
+
     @router.post("/batches", response_model=BatchResult, tags=["ingest"])
-    def post_batch(batch: Batch) -> BatchResult:
-        """Store a batch exactly once per message id; all or nothing."""
+    def post_batch(batch: Batch, peer: Peer = Depends(peers.require(kind="site"))) -> BatchResult:
+        """Store a batch exactly once per (site, message id); all or nothing. Site from the client certificate."""
+        if batch.site is not None and batch.site != peer.site:
+            audit.record(balp_event("create", source=NAME, agent=peer.identity, outcome="4",
+                                    description=f"batch for site {batch.site[:64]!r} refused: caller is another site"))
+            raise FhirError(403, "a site may only write its own messages", code="forbidden", expression=["site"])
         _validate(batch, settings)
         now = datetime.datetime.now(datetime.timezone.utc)
         with engine.begin() as connection:
-            inserted = store(connection, batch.messages, now)
+            inserted = store(connection, peer.site, batch.messages, now)
         ids = [m.id for m in batch.messages]
         audit.record(balp_event(
-            "create", source=NAME, agent="edge-forwarder", entities=[f"{m.resource['resourceType']}/{m.id}"
-                                                                    for m in batch.messages if m.id in inserted],
+            "create", source=NAME, agent=peer.identity, entities=[f"{m.resource['resourceType']}/{m.id}"
+                                                                 for m in batch.messages if m.id in inserted],
             description=f"stored {len(inserted)} of {len(ids)} messages ({len(ids) - len(inserted)} duplicates)"))
         return BatchResult(committed=[i for i in ids if i in inserted], duplicates=[i for i in ids if i not in inserted])
-
-    auth = Authenticator(NAME, settings)
 
     @router.post("/exports/research", tags=["export"])
     def export(body: ExportRequest, principal: Principal = Depends(auth.require("export.research"))) -> dict[str, Any]:
@@ -145,56 +159,71 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
         return result
 
     @router.get("/messages", tags=["read"])
-    def list_messages(device: str | None = None, after_seq: int = Query(-1, alias="afterSeq"),
-                      limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        query = select(messages).where(messages.c.seq > after_seq).order_by(messages.c.device, messages.c.seq)
+    def list_messages(device: str | None = Query(None, max_length=256), site: str | None = Query(None, max_length=64),
+                      after_seq: int = Query(-1, alias="afterSeq", ge=-1, le=2**63 - 1),
+                      limit: int = Query(100, ge=1, le=1000), principal: Principal = Depends(reader)) -> dict[str, Any]:
+        query = select(messages).where(messages.c.seq > after_seq).order_by(messages.c.site, messages.c.device,
+                                                                            messages.c.seq)
         if device is not None:
             query = query.where(messages.c.device == device)
+        if site is not None:
+            query = query.where(messages.c.site == site)
         with engine.connect() as connection:
             rows = connection.execute(query.limit(limit)).mappings().all()
+        audit.record(balp_event("search-type", source=NAME, agent=principal.subject,
+                                entities=[f"{r['resource_type']}/{r['id']}" for r in rows],
+                                description=f"read {len(rows)} messages"))
         return {"messages": [_public(row) for row in rows]}
 
     @router.get("/messages/{message_id}", tags=["read"])
-    def get_message(message_id: str) -> dict[str, Any]:
+    def get_message(message_id: str, site: str | None = Query(None, max_length=64),
+                    principal: Principal = Depends(reader)) -> dict[str, Any]:
+        query = select(messages).where(messages.c.id == message_id)
+        if site is not None:
+            query = query.where(messages.c.site == site)
         with engine.connect() as connection:
-            row = connection.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
-        if row is None:
-            raise FhirError(404, f"no message with id {message_id!r}")
-        return _public(row)
+            rows = connection.execute(query.limit(2)).mappings().all()
+        if not rows:
+            raise FhirError(404, "no such message")
+        if len(rows) > 1:
+            raise FhirError(409, "message id exists at several sites; name the site", code="multiple-matches")
+        audit.record(balp_event("read", source=NAME, agent=principal.subject,
+                                entities=[f"{rows[0]['resource_type']}/{message_id}"]))
+        return _public(rows[0])
 
     def health() -> dict[str, Any]:
         with engine.connect() as connection:
             stored = connection.execute(select(messages.c.id).limit(1)).first() is not None
         return {"database": engine.dialect.name, "hasData": stored}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings)
     app.state.engine, app.state.audit = engine, audit
     return app, settings
 
 
 # One INSERT over arrays: a 1,000-row batch costs ~10 us per row instead of ~100 us for
 # SQLAlchemy's multi-row VALUES; ON CONFLICT makes retries idempotent.
-_UNNEST = ("INSERT INTO messages (id, device, seq, data_class, resource_type, payload, received_at) "
-           "SELECT i, d, s, c, t, p, %s FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
-           "%s::json[]) AS u(i, d, s, c, t, p) ON CONFLICT (id) DO NOTHING RETURNING id")
+_UNNEST = ("INSERT INTO messages (site, id, device, seq, data_class, resource_type, payload, received_at) "
+           "SELECT %s, i, d, s, c, t, p, %s FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], "
+           "%s::text[], %s::json[]) AS u(i, d, s, c, t, p) ON CONFLICT (site, id) DO NOTHING RETURNING id")
 
 
-def _postgres_store(connection, batch: list[Message], now: datetime.datetime) -> set[str]:
+def _postgres_store(connection, site: str, batch: list[Message], now: datetime.datetime) -> set[str]:
     columns = ([m.id for m in batch], [m.device for m in batch], [m.seq for m in batch],
                [m.data_class for m in batch], [m.resource["resourceType"] for m in batch],
                [orjson.dumps(m.resource).decode() for m in batch])
-    return {row[0] for row in connection.exec_driver_sql(_UNNEST, (now, *columns)).fetchall()}
+    return {row[0] for row in connection.exec_driver_sql(_UNNEST, (site, now, *columns)).fetchall()}
 
 
-def _sqlite_store(connection, batch: list[Message], now: datetime.datetime) -> set[str]:
-    rows = [{"id": m.id, "device": m.device, "seq": m.seq, "data_class": m.data_class,
+def _sqlite_store(connection, site: str, batch: list[Message], now: datetime.datetime) -> set[str]:
+    rows = [{"site": site, "id": m.id, "device": m.device, "seq": m.seq, "data_class": m.data_class,
              "resource_type": m.resource["resourceType"], "payload": m.resource, "received_at": now} for m in batch]
-    statement = sqlite.insert(messages).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
+    statement = sqlite.insert(messages).on_conflict_do_nothing(index_elements=["site", "id"]).returning(messages.c.id)
     return set(connection.execute(statement.values(rows)).scalars())
 
 
 def _public(row) -> dict[str, Any]:
-    return {"id": row["id"], "device": row["device"], "seq": row["seq"], "dataClass": row["data_class"],
+    return {"id": row["id"], "site": row["site"], "device": row["device"], "seq": row["seq"], "dataClass": row["data_class"],
             "resource": row["payload"], "receivedAt": row["received_at"].isoformat()}
 
 

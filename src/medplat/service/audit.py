@@ -2,8 +2,13 @@
 batches to the site's audit-log service.
 
 Events are queued and posted by a background thread; while the audit log is unreachable
-they wait in a local spool file (JSON lines, fsync'd) and are sent first when it is back,
-so an outage delays audit records but never loses them.
+(or answers 5xx, 401, 403, 429) they wait in a local spool file (JSON lines, fsync'd, 0600)
+and are sent first when it is back, so an outage delays audit records but never loses them.
+An event the log refuses as invalid (400, 413, 422) is never retried: it goes to the
+dead-letter file beside the spool, is logged at ERROR and counted
+(`medplat_audit_dead_lettered_total`), and delivery of the rest continues.
+The client authenticates with the workload's client certificate (mutual TLS) or a bearer
+token file (`AUDIT_TOKEN_FILE`, re-read per batch).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from medplat.service.settings import private_dir
 
 log = logging.getLogger("medplat.audit")
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -62,11 +69,16 @@ def balp_event(interaction: str, *, source: str, agent: str, patient: str | None
     return event
 
 
+INVALID = {400, 413, 422}  # the log's verdict on the event itself: retrying cannot help
+
+
 class AuditClient:
     def __init__(self, url: str | None, spool: Path, *, verify: Any = True, flush_s: float = 0.5,
-                 batch: int = 500) -> None:
+                 batch: int = 500, token_file: Path | None = None) -> None:
         self.url = url.rstrip("/") if url else None
-        self.spool, self.flush_s, self.batch = spool, flush_s, batch
+        self.spool, self.flush_s, self.batch, self.token_file = spool, flush_s, batch, token_file
+        self.dead_letters = spool.with_name(spool.stem + "-dead-letter.jsonl")
+        self.dead_lettered = 0
         self._client = httpx.Client(verify=verify, timeout=30) if url else None
         self._queue: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -74,13 +86,68 @@ class AuditClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-client", daemon=True)
         self.sent = 0
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool.parent)
         self._thread.start()
 
     @classmethod
     def for_service(cls, settings) -> AuditClient:
-        """The client a workload uses: its settings' audit log, its data folder's spool."""
-        return cls(settings.audit_url, settings.data_dir / "audit-spool.jsonl")
+        """The client a workload uses: its settings' audit log and credentials, its data folder's spool."""
+        verify: Any = True
+        if settings.audit_url and settings.audit_url.startswith("https://"):
+            from medplat.service.tls import client_context
+
+            verify = client_context(settings.audit_ca, settings.audit_client_cert, settings.audit_client_key)
+        return cls(settings.audit_url, settings.data_dir / "audit-spool.jsonl", verify=verify,
+                   token_file=settings.audit_token_file)
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token_file.read_text().strip()}"} if self.token_file else {}
+
+    def _post(self, events: list[dict[str, Any]]) -> httpx.Response:
+        return self._client.post(f"{self.url}/entries", json={"events": events}, headers=self._headers())
+
+    def _deliver(self, events: list[dict[str, Any]]) -> None:
+        """Send one batch; an invalid batch is retried event by event so only the invalid ones are set aside."""
+        response = self._post(events)
+        if response.status_code in INVALID:
+            if len(events) == 1:
+                self._dead_letter(events[0], response)
+                return
+            for event in events:
+                self._deliver([event])
+            return
+        response.raise_for_status()
+        self.sent += len(events)
+
+    def _dead_letter(self, event: dict[str, Any], response: httpx.Response) -> None:
+        reason = response.text[:300]
+        fd = os.open(self.dead_letters, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as handle:
+            handle.write(orjson.dumps({"status": response.status_code, "reason": reason, "event": event}) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.dead_lettered += 1
+        log.error("audit log refused event %s with %d; dead-lettered to %s", event.get("id"), response.status_code,
+                  self.dead_letters)
+
+    def collector(self):
+        """Prometheus collector: events sent, dead-lettered, waiting in the spool."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        client = self
+
+        class _Collector:
+            def collect(self):
+                yield CounterMetricFamily("medplat_audit_sent", "Audit events delivered", value=client.sent)
+                yield CounterMetricFamily("medplat_audit_dead_lettered", "Audit events the log refused as invalid",
+                                          value=client.dead_lettered)
+                yield GaugeMetricFamily("medplat_audit_pending", "Audit events queued or spooled",
+                                        value=client.pending())
+        return _Collector()
+
+    def pending(self) -> int:
+        spooled = self.spool.read_bytes().count(b"\n") if self.spool.exists() else 0
+        return spooled + len(self._queue)
 
     def record(self, event: dict[str, Any]) -> None:
         with self._lock:
@@ -100,10 +167,7 @@ class AuditClient:
             offset = 0
             try:
                 for offset in range(0, len(pending), self.batch):
-                    response = self._client.post(f"{self.url}/entries",
-                                                 json={"events": pending[offset:offset + self.batch]})
-                    response.raise_for_status()
-                    self.sent += len(pending[offset:offset + self.batch])
+                    self._deliver(pending[offset:offset + self.batch])
                 self._write_spool([])
                 return True
             except httpx.HTTPError as exc:
@@ -119,7 +183,8 @@ class AuditClient:
 
     def _write_spool(self, events: list[dict[str, Any]]) -> None:
         temporary = self.spool.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(b"".join(orjson.dumps(e) + b"\n" for e in events))
             handle.flush()
             os.fsync(handle.fileno())

@@ -21,11 +21,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
 
+from medplat.service.access import mark
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings
 
 ALGORITHMS = ["Ed25519", "ES256", "RS256", "PS256"]  # "Ed25519": RFC 9864 name of EdDSA over Ed25519
 LOCAL_ISSUER = "urn:medplat:local-issuer"
+JWKS_REFETCH_INTERVAL_S = 60.0  # an unknown key id refetches the issuer's JWKS at most this often
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Authenticator:
     def __init__(self, service: str, settings: ServiceSettings) -> None:
         self.audience = settings.auth_audience or service
         self.source = settings.auth_jwks
+        self._fetched_at = time.monotonic()
         if settings.auth_issuer and settings.auth_jwks:
             self.issuer = settings.auth_issuer
             self.keys = self._fetch()
@@ -76,25 +79,31 @@ class Authenticator:
             Path(source).read_text())
         return KeySet.import_key_set(data)
 
+    def _refetch_allowed(self) -> bool:
+        """Remote JWKS only, and not more often than JWKS_REFETCH_INTERVAL_S (bad tokens must not DoS the IdP)."""
+        if not (self.source and str(self.source).startswith("https://")):
+            return False
+        if time.monotonic() - self._fetched_at < JWKS_REFETCH_INTERVAL_S:
+            return False
+        self._fetched_at = time.monotonic()
+        return True
+
     def verify(self, token: str) -> Principal:
         try:
             decoded = jwt.decode(token, self.keys, algorithms=ALGORITHMS)
         except (JoseError, ValueError) as exc:
-            if self.source and str(self.source).startswith("https://"):
+            if not self._refetch_allowed():
+                raise FhirError(401, f"invalid bearer token: {exc}", code="login") from None
+            try:
                 self.keys = self._fetch()  # the issuer may have rotated its keys
-                try:
-                    decoded = jwt.decode(token, self.keys, algorithms=ALGORITHMS)
-                except (JoseError, ValueError):
-                    raise FhirError(401, f"invalid bearer token: {exc}", code="login") from None
-            else:
+                decoded = jwt.decode(token, self.keys, algorithms=ALGORITHMS)
+            except (JoseError, ValueError, httpx.HTTPError):
                 raise FhirError(401, f"invalid bearer token: {exc}", code="login") from None
         try:
             self.registry.validate(decoded.claims)
         except JoseError as exc:
             raise FhirError(401, f"bearer token rejected: {exc}", code="login") from None
-        scopes = decoded.claims.get("scope", "")
-        return Principal(str(decoded.claims["sub"]), frozenset(scopes.split() if isinstance(scopes, str) else scopes),
-                         decoded.claims)
+        return Principal(str(decoded.claims["sub"]), _scopes(decoded.claims.get("scope", "")), decoded.claims)
 
     def require(self, *scopes: str) -> Callable[[Request], Principal]:
         """FastAPI dependency: a valid token carrying every one of `scopes`."""
@@ -108,4 +117,13 @@ class Authenticator:
             if missing:
                 raise FhirError(403, f"token lacks scope {' '.join(missing)}", code="forbidden")
             return principal
-        return dependency
+        return mark(dependency, kind="bearer", scopes=list(scopes))
+
+
+def _scopes(claim) -> frozenset[str]:
+    """RFC 8693 `scope`: a space-separated string (a list of strings tolerated); anything else is refused."""
+    if isinstance(claim, str):
+        return frozenset(claim.split())
+    if isinstance(claim, list) and all(isinstance(item, str) for item in claim):
+        return frozenset(claim)
+    raise FhirError(401, "bearer token rejected: scope claim is not a string", code="login")

@@ -27,17 +27,33 @@ class ServiceSettings(BaseSettings):
     log_level: str = "info"
     # The zone's audit-log service; unset, audit records wait in <data_dir>/audit-spool.jsonl.
     audit_url: str | None = None
+    audit_token_file: Path | None = None  # bearer token (scope audit.write), rotated in place by the platform
+    audit_ca: Path | None = None  # https audit log: its CA, and this workload's client certificate
+    audit_client_cert: Path | None = None
+    audit_client_key: Path | None = None
     # OAuth2 bearer tokens (services that use medplat.service.auth): the issuer, this
     # service's audience (default: its name) and the issuer's JWKS (file or https URL).
     auth_issuer: str | None = None
     auth_audience: str | None = None
     auth_jwks: str | None = None
+    # Peers (IPs, CIDRs) whose X-Forwarded-Tls-Client-Cert is believed: the TLS-terminating
+    # ingress only. Empty: forwarded certificates are refused, only the TLS connection counts.
+    trusted_proxies: list[str] = []
+    client_cert_header: str = "x-forwarded-tls-client-cert"
+    max_body_bytes: int = 10 * 1024 * 1024  # request bodies beyond this get 413 while streaming
 
     def resolved_database_url(self, name: str) -> str:
         if self.database_url:
             return self.database_url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         return f"sqlite:///{(self.data_dir / f'{name}.sqlite').resolve()}"
+
+
+def private_dir(path: Path) -> Path:
+    """A folder only the service user can enter (0700): databases, keys and spools live here."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def service_config(name: str) -> SettingsConfigDict:

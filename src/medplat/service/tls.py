@@ -6,8 +6,31 @@ import ssl
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from medplat.service.logs import configure_logging
 from medplat.service.settings import ServiceSettings
+
+
+def _with_client_certificate(app, pem: str):
+    """Wrap the ASGI app for one connection: its requests carry the ASGI TLS extension."""
+    async def wrapped(scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            scope.setdefault("extensions", {})["tls"] = {"client_cert_chain": [pem], "tls_version": None}
+        return await app(scope, receive, send)
+    return wrapped
+
+
+class ClientCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the verified client certificate in `scope["extensions"]["tls"]`
+    (uvicorn does not implement the ASGI TLS extension itself)."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            self.app = _with_client_certificate(self.app, ssl.DER_cert_to_PEM_cert(der))
 
 
 def client_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
@@ -26,7 +49,7 @@ def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
         if settings.tls_client_ca:
             tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, **tls)
+                            access_log=False, http=ClientCertH11Protocol, log_config=None, **tls)
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -38,10 +61,11 @@ def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
 
 def serve(app, settings: ServiceSettings) -> None:
     """Run the service, plus the health-only listener when `health_port` is set."""
+    configure_logging(settings.log_level)
     servers = [uvicorn.Server(server_config(app, settings))]
     if settings.health_port:
         health = uvicorn.Config(app.state.health_app, host=settings.host, port=settings.health_port,
-                                log_level=settings.log_level, access_log=False)
+                                log_level=settings.log_level, access_log=False, log_config=None)
         servers.append(uvicorn.Server(health))
 
     async def run_all() -> None:
