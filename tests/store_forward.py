@@ -87,8 +87,17 @@ def stored_count(database_url: str) -> int:
         return connection.execute("SELECT count(*) FROM messages").fetchone()[0]
 
 
+def forwarder_headers(service: Service) -> dict[str, str]:
+    """A bearer token from the forwarder's local issuer, for producers and operators."""
+    from medplat.service.auth import mint_local_token
+
+    data_dir = Path(service.env["MEDPLAT_EDGE_FORWARDER_DATA_DIR"])
+    token = mint_local_token(data_dir, "edge-forwarder", ["forwarder.submit", "forwarder.read"], "test-producer")
+    return {"authorization": f"Bearer {token}"}
+
+
 def status(service: Service) -> dict:
-    return httpx.get(f"http://127.0.0.1:{service.port}/status", timeout=10).json()
+    return httpx.get(f"http://127.0.0.1:{service.port}/status", headers=forwarder_headers(service), timeout=10).json()
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):

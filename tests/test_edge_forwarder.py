@@ -12,7 +12,7 @@ from medplat.service.localpki import Ca
 from medplat.workloads.edge_forwarder.outbox import Outbox
 from medplat.service.backoff import Backoff
 from services import Mosquitto, free_port
-from store_forward import (Pki, Publisher, forwarder_service, ingest_service, observation, status, stored,
+from store_forward import (Pki, Publisher, forwarder_headers, forwarder_service, ingest_service, observation, status, stored,
                            stored_count, wait_until)
 
 PAD = "x" * 1000
@@ -26,7 +26,8 @@ def message(n: int, data_class: str = "phi", device: str = "pump-1", pad: bool =
 
 
 def post(service, *messages) -> httpx.Response:
-    return httpx.post(f"http://127.0.0.1:{service.port}/messages", json=list(messages), timeout=30)
+    return httpx.post(f"http://127.0.0.1:{service.port}/messages", json=list(messages), timeout=30,
+                      headers=forwarder_headers(service))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_disk_full_refuses_new_data_loudly_and_keeps_what_is_queued(services, po
     assert full["status"] == "full" and full["queueDepth"] == accepted, "queued data must stay untouched"
     assert full["refused"]["outbox-full"] == refused
     assert "medplat_outbox_alarm 1.0" in httpx.get(f"http://127.0.0.1:{forwarder.port}/metrics").text
-    refusal = httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals").json()["refusals"][0]
+    refusal = httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals", headers=forwarder_headers(forwarder)).json()["refusals"][0]
     assert refusal["reason"] == "outbox-full" and refusal["id"] == f"pump-1-{n - 1}"
 
     ingest.start()  # the uplink is back: the backlog drains and intake reopens
@@ -124,7 +125,7 @@ def test_site_policy_refuses_data_classes_that_may_not_leave(services, tmp_path,
     wait_until(lambda: status(forwarder)["queueDepth"] == 0, 30, what="the queue to settle")
     assert stored_count(postgres_url) == 0, "nothing the policy forbids reaches the cloud"
     assert status(forwarder)["refused"] == {"policy": 3}
-    reasons = {r["id"]: r["reason"] for r in httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals").json()["refusals"]}
+    reasons = {r["id"]: r["reason"] for r in httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals", headers=forwarder_headers(forwarder)).json()["refusals"]}
     assert reasons == {"pump-1-1": "policy", "pump-1-2": "policy", "pump-1-3": "policy"}
 
 
@@ -136,7 +137,7 @@ def test_a_message_the_cloud_rejects_is_set_aside_and_the_rest_flows(services, p
     assert post(forwarder, message(1), invalid, message(3)).status_code == 202
     wait_until(lambda: status(forwarder)["queueDepth"] == 0, 30, what="the queue to settle")
     assert sorted(row[0] for row in stored(postgres_url)) == ["pump-1-1", "pump-1-3"]
-    refusal = httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals").json()["refusals"][0]
+    refusal = httpx.get(f"http://127.0.0.1:{forwarder.port}/refusals", headers=forwarder_headers(forwarder)).json()["refusals"][0]
     assert refusal["id"] == "pump-1-2" and refusal["reason"] == "rejected-by-cloud"
     assert "messages[1].resource.code" in refusal["detail"]
 
@@ -155,7 +156,8 @@ def test_a_client_certificate_from_another_ca_sends_nothing_and_deletes_nothing(
 
 def test_malformed_http_intake_gets_an_operation_outcome(services):
     forwarder = services("forwarder", cloud_port=free_port()).start()
-    response = httpx.post(f"http://127.0.0.1:{forwarder.port}/messages", content=b"{not json", timeout=10)
+    response = httpx.post(f"http://127.0.0.1:{forwarder.port}/messages", content=b"{not json", timeout=10,
+                          headers=forwarder_headers(forwarder))
     assert response.status_code == 400 and response.json()["resourceType"] == "OperationOutcome"
     body = post(forwarder, {"id": "x", "device": "d", "dataClass": "gossip", "resource": {}}).json()
     assert body["stored"] == 0 and "malformed: dataClass" in body["refused"][0]["reason"]

@@ -8,6 +8,11 @@ import urllib.parse
 import pytest
 from fastapi.testclient import TestClient
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+import base64
+
+from identities import INGRESS, bearer
 from medplat.service.localpki import Ca
 from medplat.workloads.fleet.app import Settings, build
 from medplat.workloads.fleet.udi import UdiError, parse_udi
@@ -44,9 +49,21 @@ def test_malformed_udis_are_refused_with_a_reason(value, reason):
 @pytest.fixture
 def fleet(tmp_path):
     ca = Ca(tmp_path, "platform")
-    app, _ = build(Settings(data_dir=tmp_path / "fleet", device_ca=ca.cert_path))
-    with TestClient(app) as client:
+    app, _ = build(Settings(data_dir=tmp_path / "fleet", device_ca=ca.cert_path, trusted_proxies=INGRESS))
+    with TestClient(app, headers=bearer(tmp_path / "fleet", "fleet", "fleet.admin", "fleet.read",
+                                        "fleet.onboard")) as client:
         yield client, ca, tmp_path
+    app.state.audit.close()
+
+
+def onboard(client, device_id, cert_pem: str, key_path, **extra):
+    """The device's side of onboarding: sign the server's challenge with its own key."""
+    challenge = client.post(f"/devices/{device_id}/challenge").json()
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    signature = key.sign(challenge["sign"].encode(), ec.ECDSA(hashes.SHA256()))
+    return client.post(f"/devices/{device_id}/onboard", json={
+        "certificate": cert_pem, "challenge": challenge["challenge"],
+        "signature": base64.b64encode(signature).decode(), **extra})
 
 
 def register(client, udi=HRI, **extra):
@@ -67,12 +84,13 @@ def test_registration_refuses_bad_udis_and_duplicates_with_operation_outcomes(fl
 def test_onboarding_binds_the_certificate_and_heartbeats_must_present_it(fleet):
     client, ca, tmp_path = fleet
     device_id = register(client).json()["id"]
-    cert_path, _key, _ = ca.issue(device_id)
+    cert_path, key_path, _ = ca.issue(device_id)
     pem = cert_path.read_text()
-    assert client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"}).status_code == 403  # not onboarded
-    onboarded = client.post(f"/devices/{device_id}/onboard", json={"certificate": pem}).json()
-    assert onboarded["status"] == "onboarded" and len(onboarded["certificateFingerprint"]) == 64
     header = {"x-forwarded-tls-client-cert": urllib.parse.quote(pem)}
+    assert client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"},
+                       headers=header).status_code == 403  # not onboarded
+    onboarded = onboard(client, device_id, pem, key_path).json()
+    assert onboarded["status"] == "onboarded" and len(onboarded["certificateFingerprint"]) == 64
     beat = client.post(f"/devices/{device_id}/heartbeat", headers=header, json={
         "status": "ok", "telemetry": {"battery": 87},
         "software": [{"component": "pump-fw", "version": "1.0.0", "sbom": "urn:uuid:4f1c-sbom"}]})
@@ -92,13 +110,48 @@ def test_onboarding_refuses_certificates_that_do_not_belong(fleet, problem):
     client, ca, tmp_path = fleet
     device_id = register(client).json()["id"]
     if problem == "foreign-ca":
-        pem = Ca(tmp_path, "stranger").issue(device_id)[0].read_text()
+        cert, key, _ = Ca(tmp_path, "stranger").issue(device_id)
     elif problem == "expired":
-        pem = ca.issue(device_id, expired=True)[0].read_text()
+        cert, key, _ = ca.issue(device_id, expired=True)
     elif problem == "other-device":
-        pem = ca.issue("10884521062856.9999")[0].read_text()
+        cert, key, _ = ca.issue("10884521062856.9999")
     else:
-        pem = "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
-    response = client.post(f"/devices/{device_id}/onboard", json={"certificate": pem})
+        cert, key, _ = ca.issue("garbage")
+        cert.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    response = onboard(client, device_id, cert.read_text(), key)
     assert response.status_code == 422, response.text
     assert client.get(f"/devices/{device_id}").json()["status"] == "registered"
+
+
+def test_onboarding_needs_proof_of_possession_and_cannot_take_over_an_onboarded_device(fleet):
+    client, ca, _ = fleet
+    device_id = register(client).json()["id"]
+    cert, key, _ = ca.issue(device_id)
+    # An attacker holding only the certificate (it is public) signs with another key: refused.
+    _other_cert, other_key, _ = ca.issue("attacker")
+    assert onboard(client, device_id, cert.read_text(), other_key).status_code == 403
+    assert client.get(f"/devices/{device_id}").json()["status"] == "registered"
+    assert onboard(client, device_id, cert.read_text(), key).status_code == 200
+    bound = client.get(f"/devices/{device_id}").json()["certificateFingerprint"]
+    # Takeover: onboarding an onboarded device again is refused...
+    again = onboard(client, device_id, cert.read_text(), key)
+    assert again.status_code == 409, "already onboarded"
+    # ...and re-provisioning needs its own scope.
+    assert onboard(client, device_id, cert.read_text(), key, reprovision=True).status_code == 403
+    assert client.get(f"/devices/{device_id}").json()["certificateFingerprint"] == bound
+    for path in ("/devices", f"/devices/{device_id}"):
+        assert client.get(path, headers={"authorization": ""}).status_code == 401
+
+
+def test_forwarded_certificates_count_only_from_the_trusted_ingress(tmp_path):
+    ca = Ca(tmp_path, "platform")
+    app, _ = build(Settings(data_dir=tmp_path / "fleet", device_ca=ca.cert_path, trusted_proxies=["10.0.0.0/8"]))
+    admin = bearer(tmp_path / "fleet", "fleet", "fleet.admin", "fleet.onboard")
+    with TestClient(app, headers=admin) as client:
+        device_id = register(client).json()["id"]
+        cert, key, _ = ca.issue(device_id)
+        assert onboard(client, device_id, cert.read_text(), key).status_code == 200
+        forged = {"x-forwarded-tls-client-cert": urllib.parse.quote(cert.read_text())}
+        response = client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"}, headers=forged)
+        assert response.status_code == 401 and "ingress" in response.json()["issue"][0]["diagnostics"]
+    app.state.audit.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from identities import INGRESS, forwarded_cert
+from medplat.service.localpki import Ca
 
 from medplat.service.auth import mint_local_token
 from medplat.service.clients import ServiceClient
@@ -46,13 +48,14 @@ def platform(tmp_path):
     assert pseudo.post("/domains", json={"name": "study-7", "dataClass": "pseudonymized",
                                          "reversible": True}).status_code == 201
     ingest_app, ingest_settings = build_ingest(
-        IngestSettings(data_dir=tmp_path / "ingest"),
+        IngestSettings(data_dir=tmp_path / "ingest", trusted_proxies=INGRESS),
         consent=ServiceClient("http://testserver", client=consents, name="consent"),
         pseudonymizer=ServiceClient("http://testserver", client=pseudo, name="pseudonymizer"))
     ingest = authed(ingest_app, ingest_settings.data_dir, "ingest", ["export.research"])
     batch = {"messages": [observation("m1", "Patient/anna", 1), observation("m2", "Patient/bert", 2),
                           observation("m3", "Patient/anna", 3)]}
-    assert ingest.post("/batches", json=batch).status_code == 200
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    assert ingest.post("/batches", json=batch, headers=site).status_code == 200
     return consents, pseudo, ingest
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request, Response
-from prometheus_client import CollectorRegistry, generate_latest
+from fastapi import APIRouter, Depends, Query, Request
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import Field, field_validator
 
+from medplat.service.access import Peers, either
 from medplat.service.app import create_app
+from medplat.service.auth import Authenticator
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.backoff import Backoff
@@ -156,11 +157,12 @@ class _Metrics:
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     forwarder = Forwarder(settings)
-    registry = CollectorRegistry()
-    registry.register(_Metrics(forwarder))
+    peers, auth = Peers(settings), Authenticator(NAME, settings)
+    producer = either(peers.require(kind="workload"), auth.require("forwarder.submit"))
+    reader = auth.require("forwarder.read")
     router = APIRouter()
 
-    @router.post("/messages", status_code=202, tags=["intake"])
+    @router.post("/messages", status_code=202, tags=["intake"], dependencies=[Depends(producer)])
     async def post_messages(request: Request) -> dict[str, Any]:
         """Durably queue one envelope or a JSON array of them; answered after the commit."""
         try:
@@ -172,19 +174,16 @@ def build(settings: Settings | None = None):
             raise FhirError(400, "no messages")
         return await _settle(forwarder, [orjson.dumps(item) for item in items])
 
-    @router.get("/status", tags=["status"])
+    @router.get("/status", tags=["status"], dependencies=[Depends(reader)])
     def status() -> dict[str, Any]:
         return forwarder.status()
 
-    @router.get("/refusals", tags=["status"])
-    def refusals(limit: int = 100) -> dict[str, Any]:
+    @router.get("/refusals", tags=["status"], dependencies=[Depends(reader)])
+    def refusals(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
         return {"refusals": forwarder.outbox.refusals(limit)}
 
-    @router.get("/metrics", tags=["status"])
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
-
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, forwarder.status)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, forwarder.status, settings=settings,
+                     collectors=[_Metrics(forwarder)])
     app.state.forwarder = forwarder
     return app, settings
 
@@ -226,8 +225,6 @@ async def _settle(forwarder: Forwarder, raws: list[bytes]) -> dict[str, Any]:
 
 def main() -> None:
     app, settings = build()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per batch is noise
     forwarder: Forwarder = app.state.forwarder
     forwarder.start()
     try:

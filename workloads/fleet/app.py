@@ -1,27 +1,42 @@
 """fleet service: device registry keyed by UDI, certificate-bound onboarding, heartbeats,
 maintenance intervals, software inventory with SBOM links, and the TUF update repository.
 
-Devices reach the service through the zone's TLS-terminating ingress, which verifies their
-client certificate and forwards it in `X-Forwarded-Tls-Client-Cert` (Traefik's
-passTLSClientCert); a heartbeat is accepted only with the certificate bound at onboarding.
+Devices reach the service over mutual TLS, directly or through the zone's TLS-terminating
+ingress, which forwards the verified client certificate in `X-Forwarded-Tls-Client-Cert`
+(Traefik's passTLSClientCert) — believed only from `TRUSTED_PROXIES`; a heartbeat is accepted
+only with the certificate bound at onboarding.
+
+Access: registering needs `fleet.admin`, reading `fleet.read`; onboarding needs `fleet.onboard`
+(the provisioning station) and proof of possession: the device signs a fresh server challenge
+with the key of the certificate it presents. An onboarded device is re-bound only by an explicit
+re-provision (`reprovision: true`) with `fleet.reprovision`. Every onboarding decision is
+audited. TUF metadata and targets are public (signed; clients verify them).
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
-import urllib.parse
+import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, Header, Query
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from medplat.service.access import Peers, public
 from medplat.service.app import create_app
+from medplat.service.audit import AuditClient, balp_event
+from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
@@ -37,7 +52,7 @@ class Settings(ServiceSettings):
     port: int = 8070
     device_ca: Path | None = None  # PlatformPki CA that issues device certificates
     tuf_repository: Path | None = None  # default: <data_dir>/tuf
-    client_cert_header: str = "x-forwarded-tls-client-cert"
+    challenge_ttl_s: int = Field(300, ge=10, le=3600)
 
 
 class Registration(BaseModel):
@@ -49,7 +64,33 @@ class Registration(BaseModel):
 
 
 class Onboarding(BaseModel):
-    certificate: str = Field(description="PEM client certificate issued by PlatformPki for this device")
+    certificate: str = Field(max_length=16_384, description="PEM client certificate issued by PlatformPki for this device")
+    challenge: str = Field(max_length=128, description="the nonce from POST /devices/{id}/challenge")
+    signature: str = Field(max_length=2048, description="base64 signature by the device key over "
+                                                        "'medplat-fleet-onboard:<device id>:<challenge>'")
+    reprovision: bool = Field(False, description="re-bind an onboarded device (scope fleet.reprovision)")
+
+
+def challenge_message(device_id: str, challenge: str) -> bytes:
+    """What the device signs to prove it holds the certificate's key (bound to device and nonce)."""
+    return f"medplat-fleet-onboard:{device_id}:{challenge}".encode()
+
+
+def _verify_possession(certificate: x509.Certificate, message: bytes, signature_b64: str) -> None:
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+        key = certificate.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, message)
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise InvalidSignature()
+    except (InvalidSignature, ValueError):
+        raise FhirError(403, "signature: the challenge is not signed by the certificate's key", code="security",
+                        expression=["signature"]) from None
 
 
 class SoftwareItem(BaseModel):
@@ -119,6 +160,10 @@ def build(settings: Settings | None = None):
     metadata.create_all(engine)
     ca = x509.load_pem_x509_certificate(settings.device_ca.read_bytes()) if settings.device_ca else None
     repository = settings.tuf_repository or settings.data_dir / "tuf"
+    peers, auth, audit = Peers(settings), Authenticator(NAME, settings), AuditClient.for_service(settings)
+    challenges: dict[str, tuple[str, float]] = {}  # device -> (nonce, expiry); one use each
+    challenges_lock = threading.Lock()
+    signed_metadata = public("TUF metadata and targets are signed; devices verify them before use")
     router = APIRouter()
 
     def load(device_id: str):
@@ -129,7 +174,7 @@ def build(settings: Settings | None = None):
         return row
 
     @router.post("/devices", status_code=201, tags=["registry"])
-    def register(body: Registration) -> dict[str, Any]:
+    def register(body: Registration, principal: Principal = Depends(auth.require("fleet.admin"))) -> dict[str, Any]:
         """Register a device instance by its GS1 UDI (UDI-DI + serial)."""
         try:
             udi = parse_udi(body.udi)
@@ -144,10 +189,13 @@ def build(settings: Settings | None = None):
                 connection.execute(insert(devices).values(**row))
         except IntegrityError:
             raise FhirError(409, f"device {udi.device_id} is already registered", code="duplicate") from None
+        audit.record(balp_event("create", source=NAME, agent=principal.subject, entities=[f"Device/{udi.device_id}"],
+                                description="device registered"))
         return _public(load(udi.device_id))
 
-    @router.get("/devices", tags=["registry"])
-    def list_devices(site: str | None = None, maintenance_due: bool = Query(False, alias="maintenanceDue")):
+    @router.get("/devices", tags=["registry"], dependencies=[Depends(auth.require("fleet.read"))])
+    def list_devices(site: str | None = Query(None, max_length=64),
+                     maintenance_due: bool = Query(False, alias="maintenanceDue")):
         query = select(devices).order_by(devices.c.id)
         if site:
             query = query.where(devices.c.site == site)
@@ -158,8 +206,7 @@ def build(settings: Settings | None = None):
             rows = [r for r in rows if r["maintenanceDue"] and r["maintenanceDue"] <= today]
         return {"devices": rows}
 
-    @router.get("/devices/{device_id}", tags=["registry"])
-    def get_device(device_id: str) -> dict[str, Any]:
+    def device_with_software(device_id: str) -> dict[str, Any]:
         device = _public(load(device_id))
         with engine.connect() as connection:
             device["software"] = [dict(r) for r in connection.execute(
@@ -167,29 +214,65 @@ def build(settings: Settings | None = None):
                 .where(software.c.device == device_id).order_by(software.c.component)).mappings()]
         return device
 
-    @router.post("/devices/{device_id}/onboard", tags=["registry"])
-    def onboard(device_id: str, body: Onboarding) -> dict[str, Any]:
-        """Bind the device to its PlatformPki client certificate (chain, validity, name checked)."""
+    @router.get("/devices/{device_id}", tags=["registry"], dependencies=[Depends(auth.require("fleet.read"))])
+    def get_device(device_id: str) -> dict[str, Any]:
+        return device_with_software(device_id)
+
+    @router.post("/devices/{device_id}/challenge", tags=["registry"])
+    def challenge(device_id: str, principal: Principal = Depends(auth.require("fleet.onboard"))) -> dict[str, Any]:
+        """A one-time nonce the device signs with its key to prove possession at onboarding."""
         load(device_id)
-        certificate = _check_certificate(body.certificate, device_id, ca)
+        nonce = secrets.token_urlsafe(32)
+        with challenges_lock:
+            challenges[device_id] = (nonce, time.monotonic() + settings.challenge_ttl_s)
+        return {"challenge": nonce, "sign": challenge_message(device_id, nonce).decode(),
+                "expiresInSeconds": settings.challenge_ttl_s}
+
+    def refuse(principal: Principal, device_id: str, error: FhirError) -> FhirError:
+        audit.record(balp_event("update", source=NAME, agent=principal.subject, entities=[f"Device/{device_id}"],
+                                outcome="4", description=f"onboarding refused: {str(error.detail)[:120]}"))
+        return error
+
+    @router.post("/devices/{device_id}/onboard", tags=["registry"])
+    def onboard(device_id: str, body: Onboarding, principal: Principal = Depends(auth.require("fleet.onboard"))):
+        """Bind the device to its PlatformPki client certificate (chain, validity, name, possession checked)."""
+        row = load(device_id)
+        if row["cert_fingerprint"] is not None:
+            if not body.reprovision:
+                raise refuse(principal, device_id, FhirError(
+                    409, f"device {device_id} is already onboarded; re-provisioning must be explicit", code="conflict"))
+            if "fleet.reprovision" not in principal.scopes:
+                raise refuse(principal, device_id, FhirError(403, "re-provisioning needs scope fleet.reprovision",
+                                                             code="forbidden"))
+        with challenges_lock:
+            issued = challenges.pop(device_id, None)
+        if issued is None or issued[1] < time.monotonic() or not secrets.compare_digest(issued[0], body.challenge):
+            raise refuse(principal, device_id, FhirError(403, "challenge: unknown, used or expired; request a new one",
+                                                         code="security", expression=["challenge"]))
+        try:
+            certificate = _check_certificate(body.certificate, device_id, ca)
+        except FhirError as exc:
+            raise refuse(principal, device_id, exc) from None
+        try:
+            _verify_possession(certificate, challenge_message(device_id, body.challenge), body.signature)
+        except FhirError as exc:
+            raise refuse(principal, device_id, exc) from None
         with engine.begin() as connection:
             connection.execute(update(devices).where(devices.c.id == device_id).values(
                 cert_fingerprint=_fingerprint(certificate), onboarded_at=_now(), status="onboarded"))
+        audit.record(balp_event("update", source=NAME, agent=principal.subject, entities=[f"Device/{device_id}"],
+                                description="device re-provisioned" if row["cert_fingerprint"] else "device onboarded"))
         return _public(load(device_id))
 
-    @router.post("/devices/{device_id}/heartbeat", tags=["telemetry"])
-    def heartbeat(device_id: str, body: Heartbeat,
-                  client_cert: str | None = Header(None, alias=settings.client_cert_header)) -> dict[str, Any]:
+    device_peer = peers.require()
+
+    @router.post("/devices/{device_id}/heartbeat", tags=["telemetry"], dependencies=[Depends(device_peer)])
+    def heartbeat(device_id: str, body: Heartbeat, request: Request) -> dict[str, Any]:
         row = load(device_id)
         if row["cert_fingerprint"] is None:
             raise FhirError(403, f"device {device_id} is not onboarded", code="forbidden")
-        if not client_cert:
-            raise FhirError(401, "no client certificate forwarded by the ingress", code="login")
-        try:
-            presented = x509.load_pem_x509_certificate(urllib.parse.unquote(client_cert).encode())
-        except ValueError:
-            raise FhirError(401, "forwarded client certificate is not PEM", code="login") from None
-        if _fingerprint(presented) != row["cert_fingerprint"]:
+        presented = peers.certificate(request)
+        if presented is None or _fingerprint(presented) != row["cert_fingerprint"]:
             raise FhirError(403, "client certificate is not the one bound to this device", code="forbidden")
         now = _now()
         values: dict[str, Any] = {"status": body.status, "last_heartbeat": now, "telemetry": body.telemetry}
@@ -202,21 +285,22 @@ def build(settings: Settings | None = None):
                 if body.software:
                     connection.execute(insert(software), [{"device": device_id, **item.model_dump()}
                                                           for item in body.software])
-        return get_device(device_id)
+        return device_with_software(device_id)
 
-    @router.get("/tuf/metadata/{name}", tags=["updates"])
+    @router.get("/tuf/metadata/{name}", tags=["updates"], dependencies=[signed_metadata])
     def tuf_metadata(name: str) -> FileResponse:
         return _static(repository / "metadata", name)
 
-    @router.get("/tuf/targets/{name:path}", tags=["updates"])
+    @router.get("/tuf/targets/{name:path}", tags=["updates"], dependencies=[signed_metadata])
     def tuf_target(name: str) -> FileResponse:
         return _static(repository / "targets", name)
 
     def health() -> dict[str, Any]:
         return {"database": engine.dialect.name, "tufRepository": (repository / "metadata").is_dir()}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
-    app.state.engine, app.state.repository = engine, repository
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings,
+                     collectors=[audit.collector()])
+    app.state.engine, app.state.repository, app.state.audit, app.state.auth = engine, repository, audit, auth
     return app, settings
 
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import orjson
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from medplat.service.app import create_app
+from medplat.service.auth import Authenticator
 from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.workloads.hl7_retrofit.mapping import Rejected, message_type, parse, to_bundle
@@ -121,7 +122,9 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     listener = Listener(settings, publisher)
     router = APIRouter()
 
-    @router.get("/counts", tags=["status"])
+    auth = Authenticator(NAME, settings)
+
+    @router.get("/counts", tags=["status"], dependencies=[Depends(auth.require("hl7.read"))])
     def counts() -> dict[str, Any]:
         return {"acks": listener.counts}
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 import uvicorn
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from medplat.service.app import create_app
+from medplat.service.auth import Authenticator
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.fhir import FhirError, operation_outcome
 from medplat.service.mqtt import Publisher
@@ -101,21 +102,24 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     bridge = Bridge(settings.providers, output, router, location=settings.location,
                     discovery_interface=settings.discovery_interface, check_interval_s=settings.check_interval_s,
                     ssl_context=ssl_context)
+    auth = Authenticator(NAME, settings)
+    reader = Depends(auth.require("alarms.read"))
     api = APIRouter()
 
-    @api.get("/alarms", tags=["alarms"])
+    @api.get("/alarms", tags=["alarms"], dependencies=[reader])
     def alarms() -> dict[str, Any]:
         return {"active": [{"id": a.id, "device": a.device, "condition": a.condition, "priority": a.priority,
                             "acknowledged": a.acknowledged, "escalated": a.escalated, "repeats": a.repeats}
                            for a in router.active.values()]}
 
-    @api.post("/alarms/{alarm_id}/acknowledge", tags=["alarms"])
+    @api.post("/alarms/{alarm_id}/acknowledge", tags=["alarms"],
+              dependencies=[Depends(auth.require("alarms.acknowledge"))])
     def acknowledge(alarm_id: str, by: str = Query("unknown")) -> dict[str, Any]:
         if not router.acknowledge(alarm_id, by):
             raise FhirError(404, f"no active alarm {alarm_id}")
         return {"acknowledged": alarm_id}
 
-    @api.get("/alarms/decisions", tags=["alarms"])
+    @api.get("/alarms/decisions", tags=["alarms"], dependencies=[reader])
     def decisions(limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
         return {"decisions": router.decisions[-limit:]}
 
