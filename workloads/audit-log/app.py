@@ -80,6 +80,31 @@ def load_signer(settings: Settings) -> Signer:
     return signer
 
 
+def _first_null(value: Any, where: str) -> str | None:
+    """FHIR JSON never carries null (R4 JSON representation: absent elements are omitted)."""
+    if value is None:
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _first_null(item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def _check_event(event: Any, index: int, max_bytes: int) -> None:
+    where = f"events[{index}]"
+    try:
+        size = len(orjson.dumps(event))
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise FhirError(422, f"{where}: {exc}", code="invalid", expression=[where]) from None
+    if size > max_bytes:
+        raise FhirError(413, f"{where} exceeds {max_bytes} bytes", code="too-costly", expression=[where])
+    null = _first_null(event, where)
+    if null:
+        raise FhirError(422, f"{null}: null is not allowed in FHIR JSON", code="invalid", expression=[null])
+
+
 def _fail(exc: LogError) -> FhirError:
     return FhirError(exc.status, str(exc), code=exc.code, expression=[exc.where] if exc.where else None)
 
@@ -158,9 +183,7 @@ def build(settings: Settings | None = None):
     def append(body: AppendRequest) -> dict[str, Any]:
         """Append a batch of AuditEvents (all or nothing) and return the new signed checkpoint."""
         for index, event in enumerate(body.events):
-            if len(orjson.dumps(event)) > settings.max_event_bytes:
-                raise FhirError(413, f"events[{index}] exceeds {settings.max_event_bytes} bytes", code="too-costly",
-                                expression=[f"events[{index}]"])
+            _check_event(event, index, settings.max_event_bytes)
         try:
             first, size, note = audit.append(body.events)
         except LogError as exc:

@@ -2,7 +2,8 @@
 
 Consent resources are validated with fhir.resources (R4B, whose Consent is R4's) and stored
 in PostgreSQL (SQLite by default). Revocation is an update of `status` (e.g. `inactive`).
-Scopes: consent.read, consent.write, consent.decide.
+Scopes: consent.read, consent.write, consent.decide. Every write, read and decision is audited
+with the caller's identity.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert, select, update
 
 from medplat.service.app import create_app
-from medplat.service.audit import AuditClient, balp_consent_decision
+from medplat.service.audit import AuditClient, balp_consent_decision, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
@@ -67,8 +68,9 @@ def validate_consent(resource: Any) -> dict[str, Any]:
         first = exc.errors()[0]
         where = "Consent." + ".".join(str(p) for p in first["loc"])
         raise FhirError(422, f"{where}: {first['msg']}", code="invalid", expression=[where]) from None
-    patient = resource.get("patient", {}).get("reference", "")
-    if not patient.startswith("Patient/"):
+    patient = resource.get("patient")
+    patient = patient.get("reference") if isinstance(patient, dict) else None
+    if not isinstance(patient, str) or not patient.startswith("Patient/"):
         raise FhirError(422, "Consent.patient must reference a Patient", code="required", expression=["Consent.patient"])
     if not resource.get("provision"):
         raise FhirError(422, "Consent.provision is required to decide anything", code="required",
@@ -123,43 +125,55 @@ def build(settings: Settings | None = None):
             cache.pop(row["patient"], None)
         return resource
 
+    def audited(interaction: str, principal: Principal, resource: dict[str, Any]) -> None:
+        audit.record(balp_event(interaction, source=NAME, agent=principal.subject,
+                                patient=resource["patient"]["reference"], entities=[f"Consent/{resource['id']}"],
+                                description=f"Consent status {resource.get('status')}"))
+
     @router.post("/Consent", status_code=201, tags=["Consent"])
     def create(response: Response, resource: dict[str, Any] = Body(...),
-               _p: Principal = Depends(auth.require("consent.write"))) -> dict[str, Any]:
+               principal: Principal = Depends(auth.require("consent.write"))) -> dict[str, Any]:
         resource = validate_consent(resource)
         resource["id"] = resource.get("id") or uuid.uuid4().hex
         with engine.connect() as connection:
             if connection.execute(select(consents.c.id).where(consents.c.id == resource["id"])).first():
                 raise FhirError(409, f"Consent/{resource['id']} exists; update it with PUT", code="duplicate")
         response.headers["Location"] = f"Consent/{resource['id']}"
-        return store(resource, new=True)
+        stored = store(resource, new=True)
+        audited("create", principal, stored)
+        return stored
 
     @router.put("/Consent/{consent_id}", tags=["Consent"])
     def replace(consent_id: str, resource: dict[str, Any] = Body(...),
-                _p: Principal = Depends(auth.require("consent.write"))) -> dict[str, Any]:
+                principal: Principal = Depends(auth.require("consent.write"))) -> dict[str, Any]:
         """Update, e.g. revoke by setting status to inactive."""
         resource = validate_consent(resource)
         if resource.get("id") not in (None, consent_id):
             raise FhirError(400, "resource id does not match the URL", expression=["Consent.id"])
         resource["id"] = consent_id
-        return store(resource, new=False)
+        stored = store(resource, new=False)
+        audited("update", principal, stored)
+        return stored
 
     @router.get("/Consent/{consent_id}", tags=["Consent"])
-    def read(consent_id: str, _p: Principal = Depends(auth.require("consent.read"))) -> dict[str, Any]:
+    def read(consent_id: str, principal: Principal = Depends(auth.require("consent.read"))) -> dict[str, Any]:
         with engine.connect() as connection:
             row = connection.execute(select(consents.c.resource).where(consents.c.id == consent_id)).first()
         if row is None:
             raise FhirError(404, f"no Consent/{consent_id}")
+        audited("read", principal, row.resource)
         return row.resource
 
     @router.get("/Consent", tags=["Consent"])
-    def search(patient: str = Query(...), status: str | None = None,
-               _p: Principal = Depends(auth.require("consent.read"))) -> dict[str, Any]:
+    def search(patient: str = Query(..., max_length=200), status: str | None = Query(None, max_length=32),
+               principal: Principal = Depends(auth.require("consent.read"))) -> dict[str, Any]:
         query = select(consents.c.resource).where(consents.c.patient == patient).order_by(consents.c.id)
         if status:
             query = query.where(consents.c.status == status)
         with engine.connect() as connection:
             found = [r.resource for r in connection.execute(query)]
+        audit.record(balp_event("search-type", source=NAME, agent=principal.subject, patient=patient,
+                                entities=[f"Consent/{r['id']}" for r in found], description=f"{len(found)} found"))
         return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
                 "entry": [{"fullUrl": f"Consent/{r['id']}", "resource": r} for r in found]}
 
@@ -184,7 +198,8 @@ def build(settings: Settings | None = None):
     def health() -> dict[str, Any]:
         return {"database": engine.dialect.name, "issuer": auth.issuer}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings,
+                     collectors=[audit.collector()])
     app.state.engine, app.state.audit, app.state.auth, app.state.decide = engine, audit, auth, decision_for
     return app, settings
 

@@ -196,7 +196,8 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
             stored = connection.execute(select(messages.c.id).limit(1)).first() is not None
         return {"database": engine.dialect.name, "hasData": stored}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings,
+                     collectors=[audit.collector()])
     app.state.engine, app.state.audit = engine, audit
     return app, settings
 

@@ -8,7 +8,7 @@ distinct role for de-pseudonymization; every use is audited).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from fhir.resources.R4B.parameters import Parameters
@@ -49,12 +49,15 @@ class DomainRequest(BaseModel):
     reversible: bool = False
 
 
+Value = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
 class Values(BaseModel):
-    values: list[str] = Field(min_length=1)
+    values: list[Value] = Field(min_length=1)
 
 
 class Pseudonyms(BaseModel):
-    pseudonyms: list[str] = Field(min_length=1)
+    pseudonyms: list[Value] = Field(min_length=1)
 
 
 def providers(settings: Settings) -> dict[str, KeyProvider]:
@@ -172,7 +175,8 @@ def build(settings: Settings | None = None):
     def health() -> dict[str, Any]:
         return {"database": engine.dialect.name, "keyProviders": sorted(core.providers)}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings,
+                     collectors=[audit.collector()])
     app.state.core, app.state.audit, app.state.auth = core, audit, auth
     return app, settings
 

@@ -219,7 +219,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _is_input_error(exc: BaseException) -> bool:
     """Errors that only bad input causes: text the codec or database cannot hold, numbers out of range."""
-    if isinstance(exc, (UnicodeError, OverflowError, DataError)):
+    if isinstance(exc, (UnicodeError, OverflowError, DataError, orjson.JSONEncodeError)):
         return True
     return isinstance(exc, StatementError) and isinstance(exc.orig, (UnicodeError, OverflowError))
 
