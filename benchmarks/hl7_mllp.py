@@ -34,7 +34,7 @@ def main() -> None:
         folder = Path(tmp)
         broker = Mosquitto(folder / "broker")
         mllp = free_port()
-        service = Service("hl7-retrofit", {"mllp_port": mllp, "broker_url": broker.url, "data_dir": folder / "d"},
+        service = Service("hl7-retrofit", {"mllp_port": mllp, "broker_url": broker.url_for("hl7-retrofit"), "data_dir": folder / "d"},
                           free_port(), folder / "hl7.log").start()
         wait_for_port(mllp)
         time.sleep(0.5)

@@ -32,11 +32,12 @@ def main() -> None:
         received = []
         subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
         subscriber.on_message = lambda _c, _u, m: received.append(m.payload)
+        broker.login(subscriber, "edge-forwarder")
         subscriber.connect("127.0.0.1", broker.port)
         subscriber.subscribe("medplat/devices/+/observation", qos=1)
         subscriber.loop_start()
         monitor = Monitor()
-        app, publisher = bridge_for(folder, broker.url, providers=[monitor.xaddr])
+        app, publisher = bridge_for(folder, broker.url_for("sdc-bridge"), providers=[monitor.xaddr])
         try:
             wait(lambda: app.state.bridge.status()["providers"].get(monitor.xaddr))
             start = time.perf_counter()

@@ -43,6 +43,7 @@ def publish(broker: Mosquitto, lines: list[bytes], producers: int = 2) -> None:
     processes = []
     for index in range(producers):
         process = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-l",
+                                    "-u", "sdc-bridge", "-P", "pw-sdc-bridge",
                                     "-i", f"bench-producer-{index}-{uuid.uuid4().hex[:6]}",
                                     "-t", f"medplat/devices/bench-{index}/observation"], stdin=subprocess.PIPE)
         processes.append(process)

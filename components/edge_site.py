@@ -23,6 +23,9 @@ PSA_RESTRICTED = {
 } | {f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")}
 
 
+BROKER_PASSWORDS_SECRET = "mqtt-broker-passwords"
+
+
 @dataclass
 class EdgeSiteArgs:
     site: str
@@ -114,7 +117,10 @@ class EdgeSite(LabelledComponent):
                 f"{name}-{spec.name}",
                 WorkloadArgs(
                     spec=spec, image=args.images[spec.name], namespace=ns, peers=peers,
-                    secret_names={"mtls-client": mtls.metadata.name},
+                    # The broker's per-workload passwords: an operator-provisioned Secret
+                    # (mosquitto_passwd format); pods fail closed until it exists.
+                    secret_names={"mtls-client": mtls.metadata.name,
+                                  "mqtt-broker-passwords": BROKER_PASSWORDS_SECRET},
                     config_map_names={"site-policy": policy_map.metadata.name},
                     storage_class=args.storage_class, volume_sizes=volume_sizes,
                 ),

@@ -63,7 +63,8 @@ class Resources(_Strict):
 
 
 class SecretMount(_Strict):
-    name: Literal["mtls-client", "mtls-server"] = Field(description="credential issued by PlatformPki")
+    name: Literal["mtls-client", "mtls-server", "mqtt-broker-passwords"] = Field(
+        description="credential issued by PlatformPki, or the site broker's per-workload passwords")
     mount_path: str = Field(alias="mountPath", pattern=r"^/")
 
 

@@ -36,8 +36,13 @@ def wait_for_port(port: int, timeout: float = 30, process: subprocess.Popen | No
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+BROKER_ACL = REPO / "workloads" / "mqtt-broker" / "acl"
+BROKER_USERS = ("edge-forwarder", "sdc-bridge", "hl7-retrofit", "dicom-anonymizer")
+
+
 class Mosquitto:
-    """The real broker binary, run with workloads/mqtt-broker/mosquitto.conf (port and paths local)."""
+    """The real broker binary, run with workloads/mqtt-broker/mosquitto.conf and its ACL (port and
+    paths local); each workload user gets a password made with the real mosquitto_passwd."""
 
     def __init__(self, folder: Path) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -54,13 +59,34 @@ class Mosquitto:
                 line = f"persistence_location {folder / 'data'}/"
             elif key == "log_dest":
                 line = f"log_dest file {folder / 'mosquitto.log'}"
+            elif key == "password_file":
+                line = f"password_file {self._passwords(folder)}"
+            elif key == "acl_file":
+                line = f"acl_file {BROKER_ACL}"
             lines.append(line)
         lines.append(f"user {getpass.getuser()}")  # run as root, mosquitto would switch to 'mosquitto'
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen([binary, "-c", str(self.conf)])
         wait_for_port(self.port, process=self.process)
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.anonymous_url = f"mqtt://127.0.0.1:{self.port}"
+
+    def _passwords(self, folder: Path) -> Path:
+        path = folder / "passwords"
+        path.touch(mode=0o600)
+        for user in BROKER_USERS:
+            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(path), user,
+                            f"pw-{user}"], check=True, capture_output=True)
+        return path
+
+    @staticmethod
+    def login(client, user: str) -> None:
+        """Log a paho client in as one of the workload users."""
+        client.username_pw_set(user, f"pw-{user}")
+
+    def url_for(self, user: str) -> str:
+        """The broker URL a workload uses, logging in as itself."""
+        return f"mqtt://{user}:pw-{user}@127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.process.terminate()

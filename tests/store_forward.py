@@ -46,7 +46,7 @@ def forwarder_service(folder: Path, pki: Pki, cloud_port: int, broker: Mosquitto
                 "cloud_ca": pki.ca.cert_path, "client_cert": pki.client[0], "client_key": pki.client[1],
                 "backoff_cap_s": 2, **extra}
     if broker is not None:
-        settings["broker_url"] = broker.url
+        settings["broker_url"] = broker.url_for("edge-forwarder")
     return Service("edge-forwarder", settings, free_port(), folder / "forwarder.log")
 
 
@@ -57,6 +57,7 @@ class Publisher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
+        broker.login(self.client, "sdc-bridge")  # a device adapter: may publish device data
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         self.infos: list[mqtt.MQTTMessageInfo] = []

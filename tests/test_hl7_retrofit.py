@@ -60,11 +60,12 @@ def listener(tmp_path_factory):
     received = []
     subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hl7-test-subscriber")
     subscriber.on_message = lambda _c, _u, message: received.append(orjson.loads(message.payload))
+    broker.login(subscriber, "edge-forwarder")  # the one reader of device data
     subscriber.connect("127.0.0.1", broker.port)
     subscriber.subscribe("medplat/devices/#", qos=1)
     subscriber.loop_start()
     mllp = free_port()
-    service = Service("hl7-retrofit", {"mllp_port": mllp, "broker_url": broker.url, "max_message_bytes": 4096,
+    service = Service("hl7-retrofit", {"mllp_port": mllp, "broker_url": broker.url_for("hl7-retrofit"), "max_message_bytes": 4096,
                                        "data_dir": folder / "data"}, free_port(), folder / "hl7.log").start()
     from services import wait_for_port
     wait_for_port(mllp)

@@ -64,6 +64,7 @@ def broker(tmp_path):
     received: list[dict] = []
     subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-test-{uuid.uuid4().hex[:6]}")
     subscriber.on_message = lambda _c, _u, message: received.append(orjson.loads(message.payload))
+    server.login(subscriber, "edge-forwarder")  # the one reader of device data
     subscriber.connect("127.0.0.1", server.port)
     subscriber.subscribe("medplat/devices/#", qos=1)
     subscriber.loop_start()
@@ -100,7 +101,7 @@ def of_type(received, kind):
 def test_metrics_and_alarms_from_a_real_provider(tmp_path, broker):
     server, received = broker
     monitor = Monitor()
-    app, publisher = bridge_for(tmp_path, server.url, providers=[monitor.xaddr])
+    app, publisher = bridge_for(tmp_path, server.url_for("sdc-bridge"), providers=[monitor.xaddr])
     try:
         assert wait(lambda: len(of_type(received, "Device")) >= 3), "MDS, VMD and channel as Devices"
         devices = {d["identifier"][1]["value"]: d for d in of_type(received, "Device")}
@@ -154,7 +155,7 @@ def test_metrics_and_alarms_from_a_real_provider(tmp_path, broker):
 def test_a_lost_provider_is_noticed_and_reconnected(tmp_path, broker):
     server, received = broker
     monitor = Monitor()
-    app, publisher = bridge_for(tmp_path, server.url, providers=[monitor.xaddr])
+    app, publisher = bridge_for(tmp_path, server.url_for("sdc-bridge"), providers=[monitor.xaddr])
     bridge = app.state.bridge
     try:
         assert wait(lambda: bridge.status()["providers"].get(monitor.xaddr))

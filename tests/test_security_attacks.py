@@ -260,3 +260,49 @@ def test_databases_and_keys_are_private_files_in_private_folders(tmp_path):
     for path in (settings.data_dir / "consent.sqlite", settings.data_dir / "auth" / "issuer.jwk"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
+
+
+def test_site_broker_refuses_anonymous_clients_and_enforces_the_topic_acl(tmp_path):
+    """The shipped mosquitto.conf and ACL on the real broker: no anonymous login, adapters cannot
+    read device data, the forwarder cannot inject it."""
+    import paho.mqtt.client as mqtt
+
+    from services import Mosquitto
+
+    broker = Mosquitto(tmp_path / "broker")
+    clients = []
+
+    def connect(user: str | None, password: str | None = None) -> tuple[mqtt.Client, list, list]:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:6]}")
+        outcome, received = [], []
+        client.on_connect = lambda _c, _u, _f, reason, _p: outcome.append(reason.is_failure)
+        client.on_message = lambda _c, _u, message: received.append(message.payload)
+        if user:
+            client.username_pw_set(user, password if password is not None else f"pw-{user}")
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        clients.append(client)
+        deadline = time.monotonic() + 5
+        while not outcome and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return client, outcome, received
+
+    try:
+        assert connect(None)[1] == [True], "anonymous login refused"
+        assert connect("sdc-bridge", "wrong")[1] == [True], "wrong password refused"
+        forwarder, ok, forwarded = connect("edge-forwarder")
+        adapter, ok2, snooped = connect("sdc-bridge")
+        assert ok == [False] and ok2 == [False]
+        forwarder.subscribe("medplat/devices/#", qos=1)
+        adapter.subscribe("medplat/devices/#", qos=1)
+        time.sleep(0.3)
+        adapter.publish("medplat/devices/pump-1/observation", b"legit", qos=1).wait_for_publish(5)
+        forwarder.publish("medplat/devices/pump-1/observation", b"injected", qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+        assert forwarded == [b"legit"], "the forwarder reads device data but cannot inject any"
+        assert snooped == [], "an adapter cannot read other devices' data"
+    finally:
+        for client in clients:
+            client.loop_stop()
+            client.disconnect()
+        broker.stop()

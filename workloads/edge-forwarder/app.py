@@ -93,7 +93,8 @@ class Forwarder:
         context = client_context(settings.cloud_ca, settings.client_cert, settings.client_key)
         self.sender = Sender(self.outbox, self.policy, self.cloud_url, context, batch_size=settings.batch_size,
                              backoff=Backoff(settings.backoff_base_s, settings.backoff_cap_s))
-        self.mqtt = (MqttIntake(settings.broker_url, settings.topic, settings.client_id, self.intake)
+        self.mqtt = (MqttIntake(settings.broker_url, settings.topic, settings.client_id, self.intake,
+                                ca=settings.broker_ca, password_file=settings.broker_password_file)
                      if settings.broker_url else None)
 
     def cloud_url(self) -> str | None:

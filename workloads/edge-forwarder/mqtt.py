@@ -7,30 +7,21 @@ the broker and are redelivered after a reconnect, in their original order.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlparse
+from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
+from medplat.service.mqtt import make_client
 from medplat.workloads.edge_forwarder.intake import Intake
 
 log = logging.getLogger("medplat.edge-forwarder.mqtt")
 
 
 class MqttIntake:
-    def __init__(self, url: str, topic: str, client_id: str, intake: Intake) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError(f"broker URL must look like mqtt://host:1883, not {url!r}")
-        self.host, self.port = parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+    def __init__(self, url: str, topic: str, client_id: str, intake: Intake, *, ca: Path | None = None,
+                 password_file: Path | None = None) -> None:
         self.topic, self.intake = topic, intake
         self.connected = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  protocol=mqtt.MQTTv311, manual_ack=True)
-        if parsed.scheme == "mqtts":
-            self.client.tls_set()
-        if parsed.username:
-            self.client.username_pw_set(parsed.username, parsed.password)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client, self.host, self.port = make_client(url, client_id, ca=ca, password_file=password_file,
+                                                        clean_session=False, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

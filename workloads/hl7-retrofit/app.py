@@ -150,7 +150,7 @@ async def run(app, settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    publisher = Publisher(settings.broker_url, settings.client_id)
+    publisher = Publisher.for_service(settings)
     app, settings = build(settings, publisher)
     try:
         asyncio.run(run(app, settings))

@@ -135,7 +135,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    publisher = Publisher(settings.broker_url, settings.client_id)
+    publisher = Publisher.for_service(settings)
     app, settings = build(settings, publisher)
     app.state.bridge.start()
     try:

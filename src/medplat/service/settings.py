@@ -40,6 +40,8 @@ class ServiceSettings(BaseSettings):
     # ingress only. Empty: forwarded certificates are refused, only the TLS connection counts.
     trusted_proxies: list[str] = []
     client_cert_header: str = "x-forwarded-tls-client-cert"
+    broker_ca: Path | None = None  # mqtts:// site broker: its CA
+    broker_password_file: Path | None = None  # this workload's broker password (mounted secret)
     max_body_bytes: int = 10 * 1024 * 1024  # request bodies beyond this get 413 while streaming
 
     def resolved_database_url(self, name: str) -> str:
