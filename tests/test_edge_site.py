@@ -94,13 +94,16 @@ def test_broker_runs_with_the_shipped_config_that_does_not_drop_queued_messages(
     inv = inventories["edge-dresden"]
     files = named(inv, "mqtt-broker-files")["inputs"]["data"]
     conf = (REPO / "workloads" / "mqtt-broker" / "mosquitto.conf").read_text()
-    assert files == {"mosquitto.conf": conf}
+    assert files == {"mosquitto.conf": conf, "acl": (REPO / "workloads" / "mqtt-broker" / "acl").read_text()}
     assert "max_queued_messages 0" in conf and "max_queued_bytes" in conf
+    assert "allow_anonymous false" in conf and "acl_file /etc/medplat/files/acl" in conf
     pod = named(inv, "mqtt-broker-deployment")["inputs"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["/usr/sbin/mosquitto", "-c", "/etc/medplat/files/mosquitto.conf"]
     assert {"name": "files", "mountPath": "/etc/medplat/files", "readOnly": True} in container["volumeMounts"]
     assert any(v.get("configMap", {}).get("name") == "mqtt-broker-files" for v in pod["volumes"])
+    assert {"name": "mqtt-broker-passwords", "mountPath": "/etc/medplat/broker-secrets",
+            "readOnly": True} in container["volumeMounts"]
 
 
 def test_dicom_anonymizer_batch_runs_as_an_indexed_job(inventories):
