@@ -306,3 +306,47 @@ def test_site_broker_refuses_anonymous_clients_and_enforces_the_topic_acl(tmp_pa
             client.loop_stop()
             client.disconnect()
         broker.stop()
+
+
+def test_fleet_over_tls_takes_device_identity_from_the_handshake_never_from_a_header(tmp_path):
+    """The fleet as its spec deploys it: HTTPS, client certificates optional (devices present
+    theirs, operators use bearer tokens), forwarded certificate headers refused from a non-proxy."""
+    import base64
+    import urllib.parse
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = Ca(tmp_path, "platform")
+    server = ca.issue("localhost", server=True)
+    data = tmp_path / "fleet"
+    service = Service("fleet", {"data_dir": data, "tls_cert": server[0], "tls_key": server[1],
+                                "tls_client_ca": ca.cert_path, "tls_client_optional": "true",
+                                "device_ca": ca.cert_path}, free_port(), tmp_path / "fleet.log").start()
+    url = f"https://127.0.0.1:{service.port}"
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    operator = httpx.Client(base_url=url, verify=context, timeout=20,
+                            headers=bearer(data, "fleet", "fleet.admin", "fleet.onboard", "fleet.read"))
+    try:
+        assert_outcome(httpx.get(f"{url}/devices", verify=context), 401)
+        device_id = operator.post("/devices", json={"udi": "(01)10884521062856(21)77", "site": "dresden",
+                                                    "hardware": "pump-x"}).json()["id"]
+        cert, key, _ = ca.issue(device_id)
+        challenge = operator.post(f"/devices/{device_id}/challenge").json()
+        signature = serialization.load_pem_private_key(key.read_bytes(), None).sign(
+            challenge["sign"].encode(), ec.ECDSA(hashes.SHA256()))
+        assert operator.post(f"/devices/{device_id}/onboard", json={
+            "certificate": cert.read_text(), "challenge": challenge["challenge"],
+            "signature": base64.b64encode(signature).decode()}).status_code == 200
+        # Anyone may copy the (public) certificate into the header: refused, 127.0.0.1 is no trusted proxy.
+        forged = {"x-forwarded-tls-client-cert": urllib.parse.quote(cert.read_text())}
+        assert_outcome(httpx.post(f"{url}/devices/{device_id}/heartbeat", json={"status": "ok"}, headers=forged,
+                                  verify=context), 401)
+        device_context = ssl.create_default_context(cafile=str(ca.cert_path))
+        device_context.load_cert_chain(str(cert), str(key))
+        beat = httpx.post(f"{url}/devices/{device_id}/heartbeat", json={"status": "ok"}, verify=device_context)
+        assert beat.status_code == 200 and beat.json()["lastHeartbeat"]
+        assert operator.get(f"/devices/{device_id}").json()["status"] == "ok"
+    finally:
+        operator.close()
+        service.stop()

@@ -20,6 +20,9 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set => clients must present a certificate from this CA
+    # Client certificates verified when presented but not demanded (fleet: devices present
+    # theirs, operators use bearer tokens); routes still declare which identity they need.
+    tls_client_optional: bool = False
     tls_crl: Path | None = None  # optional revocation list for client certificates
     # Plain-HTTP listener serving only /healthz: Kubernetes probes cannot present client
     # certificates, so an mTLS-only service exposes its health here.

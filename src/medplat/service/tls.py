@@ -47,7 +47,8 @@ def server_config(app, settings: ServiceSettings) -> uvicorn.Config:
     if settings.tls_cert and settings.tls_key:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
         if settings.tls_client_ca:
-            tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+            required = ssl.CERT_OPTIONAL if settings.tls_client_optional else ssl.CERT_REQUIRED
+            tls.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=required)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, http=ClientCertH11Protocol, log_config=None, **tls)
     config.load()
