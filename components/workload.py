@@ -197,6 +197,8 @@ class Workload(LabelledComponent):
         check = ({"httpGet": {"path": spec.health.path, "port": spec.health.port}} if spec.health.path
                  else {"tcpSocket": {"port": spec.health.port}})
         probe = {**check, "periodSeconds": 10}
+        ready = ({"httpGet": {"path": spec.health.readiness_path, "port": spec.health.port}, "periodSeconds": 10}
+                 if spec.health.readiness_path else probe)
         return {
             "serviceAccountName": self.service_account.metadata.name,
             "automountServiceAccountToken": False,
@@ -220,7 +222,7 @@ class Workload(LabelledComponent):
                     "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
                 },
                 "livenessProbe": {**probe, "initialDelaySeconds": 10},
-                "readinessProbe": probe,
+                "readinessProbe": ready,
                 "securityContext": {
                     "runAsNonRoot": True,
                     "runAsUser": spec.run_as_user,

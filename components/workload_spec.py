@@ -42,6 +42,8 @@ class Port(_Strict):
 
 class Health(_Strict):
     path: str | None = Field(default=None, pattern=r"^/", description="HTTP GET path; omitted: TCP probe")
+    readiness_path: str | None = Field(default=None, alias="readinessPath", pattern=r"^/",
+                                       description="readiness probe path when it differs (medplat services: /readyz)")
     port: str
 
 

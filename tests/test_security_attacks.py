@@ -350,3 +350,8 @@ def test_fleet_over_tls_takes_device_identity_from_the_handshake_never_from_a_he
     finally:
         operator.close()
         service.stop()
+
+
+def test_local_tls_keys_are_private(tmp_path):
+    _cert, key, _ = Ca(tmp_path, "platform").issue("edge-dresden")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600

@@ -5,6 +5,7 @@ For tests and the local demo only; deployed sites get theirs from `PlatformPki`.
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -20,8 +21,12 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(key, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    """Private keys are written 0600 from the first byte (never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
+    os.chmod(path, 0o600)
 
 
 class Ca:
