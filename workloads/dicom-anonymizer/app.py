@@ -150,7 +150,7 @@ def build(settings: Settings | None = None):
     def health() -> dict[str, Any]:
         return {"policy": settings.policy, "jobs": len(jobs)}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings)
     app.state.jobs = jobs
     return app, settings
 

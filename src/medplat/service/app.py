@@ -5,8 +5,9 @@
 - every failure is a FHIR OperationOutcome: 4xx for bad input (also for input the database
   cannot hold: lone surrogates, integers past 64 bits), 5xx only for real faults, without
   stack traces or internal paths, and diagnostics truncated so input is never echoed whole;
-- request bodies bounded while they stream in (413) and JSON checked strictly (orjson) before
-  any handler runs;
+- request bodies bounded while they stream in (413, `MAX_BODY_BYTES`, default 10 MiB): JSON
+  bodies are read up to the limit and checked strictly (orjson) before any handler runs, other
+  bodies stream through to the handler and fail with 413 the moment they pass the limit;
 - probes and metrics: `/healthz` (liveness: the process answers), `/readyz` (readiness: the
   service's `health()` — database, broker — succeeds), `/metrics` (Prometheus: requests by
   route template and status, latency; never a raw path, which can carry ids).
@@ -63,6 +64,8 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send, 413, f"request body exceeds {self.max_bytes} bytes")
+        if b"json" not in headers.get(b"content-type", b""):
+            return await self.app(scope, self._counted(receive), send)  # streamed through, counted
         body = bytearray()
         while True:
             message = await receive()
@@ -73,9 +76,9 @@ class BodyLimit:
                 return await self._refuse(send, 413, f"request body exceeds {self.max_bytes} bytes")
             if not message.get("more_body"):
                 break
-        if body and b"json" in headers.get(b"content-type", b""):
+        if body:
             try:
-                orjson.loads(body)  # refuses lone surrogates, NaN, integers past 64 bits, bad UTF-8
+                orjson.loads(body)  # refuses lone surrogates, NaN, invalid UTF-8
             except orjson.JSONDecodeError as exc:
                 return await self._refuse(send, 400, f"body is not valid JSON: {exc}")
         delivered = False
@@ -87,6 +90,19 @@ class BodyLimit:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
         await self.app(scope, replay, send)
+
+    def _counted(self, receive):
+        """`receive` that fails the request with 413 as soon as the body passes the limit."""
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise FhirError(413, f"request body exceeds {self.max_bytes} bytes", code="too-costly")
+            return message
+        return counted
 
     @staticmethod
     async def _refuse(send, status: int, diagnostics: str) -> None:
