@@ -1,6 +1,8 @@
 """The one service foundation every medplat workload builds on.
 
-App factory (`create_app`), settings from `MEDPLAT_<NAME>_*` environment variables with
-embedded defaults, FHIR OperationOutcome errors, `/healthz`, a database session (SQLite by
-default, PostgreSQL by URL), and mutual-TLS serving.
+App factory (`create_app`: default-deny route access, OperationOutcome errors, body limits,
+probes, metrics), access declarations (`access`: mTLS peers, bearer scopes, public with a
+reason), bearer tokens (`auth`), settings from `MEDPLAT_<NAME>_*` environment variables with
+embedded defaults, JSON logs (`logs`), audit records (`audit`), the MQTT client (`mqtt`), a
+database engine (SQLite by default, PostgreSQL by URL) and mutual-TLS serving (`tls`).
 """
