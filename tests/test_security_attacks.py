@@ -116,6 +116,7 @@ def test_ingest_bad_input_is_a_4xx_outcome_and_stores_nothing(ingest):
 
 
 def test_ingest_audit_names_the_authenticated_site(ingest):
+    ingest["leipzig"].post("/batches", json=batch("audited-0"))
     ingest["dresden"].post("/batches", json=batch("audited-1"))
     spool = ingest["data"] / "audit-spool.jsonl"
     deadline = time.monotonic() + 10
@@ -157,7 +158,7 @@ def test_audit_log_needs_a_service_identity_to_append_and_an_auditor_to_read(aud
 def test_audit_log_bounds_events_and_refuses_malformed_ones_without_500(audit_log):
     url, writer = audit_log["url"], audit_log["writer"]
     size = httpx.get(f"{url}/checkpoint").json()["size"]
-    fat = event(outcomeDesc="x" * 200_000)  # one event of 200 kB: beyond the 64 KiB bound
+    fat = event(outcomeDesc="x" * 2_000_000)  # one event of 2 MB: beyond the 1 MiB bound
     assert_outcome(httpx.post(f"{url}/entries", json={"events": [fat]}, headers=writer), 413)
     fifty_mb = b'{"events": [{"resourceType": "AuditEvent", "outcomeDesc": "' + b"x" * 50_000_000 + b'"}]}'
     assert_outcome(httpx.post(f"{url}/entries", content=fifty_mb, headers={**writer, "content-type":
@@ -189,8 +190,10 @@ def test_audit_client_dead_letters_what_the_log_refuses_and_keeps_delivering(aud
         assert dead[0]["event"]["id"] == poison["id"] and dead[0]["status"] == 422
         assert stat.S_IMODE(client.dead_letters.stat().st_mode) == 0o600
         assert httpx.get(f"{audit_log['url']}/checkpoint").json()["size"] == before + 2
-        client.record(event(id="later"))
-        assert client.flush() is True and client.pending() == 0
+        # A batch record of the ingest's largest batch (5,000 entities) is within the event bound.
+        client.record(balp_event("create", source="ingest", agent="site/dresden",
+                                 entities=[f"Observation/site-dresden-{i:07d}" for i in range(5000)]))
+        assert client.flush() is True and client.pending() == 0 and client.dead_lettered == 1
     finally:
         client.close()
 

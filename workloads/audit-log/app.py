@@ -8,7 +8,7 @@ Access: appending needs a service identity (a workload's client certificate over
 or the bearer scope `audit.write`); reading, searching, proofs and export need `audit.read`
 (auditors); witnessing needs an edge site's certificate or `audit.witness`. Public: the
 signed checkpoint and the verifier keys, which exist to be gossiped. One event may be at
-most `MAX_EVENT_BYTES` (64 KiB) of JSON.
+most `MAX_EVENT_BYTES` (1 MiB) of JSON, a request `MAX_BODY_BYTES` (10 MiB).
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class Settings(ServiceSettings):
     cloud_ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    max_event_bytes: int = Field(64 * 1024, ge=1024)
+    # One event's JSON at most; a batch audit record names up to a batch's worth of entities (ingest: 5,000).
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)
 
 
 class AppendRequest(BaseModel):
