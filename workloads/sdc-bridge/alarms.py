@@ -6,7 +6,10 @@
   recipients; the first matching rule wins.
 - Escalation: an alarm not acknowledged within the rule's `escalateAfterSeconds` is sent to
   the rule's `escalateTo` recipients with priority stat, once.
-- Every decision (raised, deduplicated, routed, escalated, acknowledged, ended) is recorded.
+- One DetectedIssue per alarm episode: raised as `preliminary`, updated (same id) to `final`
+  when the condition ends, or to `unknown` when its provider is lost (the device may still have
+  it; nobody can tell). A lost provider also raises a technical alarm, ended on reconnect.
+- Every decision (raised, deduplicated, routed, escalated, acknowledged, ended, unknown) is recorded.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+TECHNICAL = "urn:medplat:technical-alarm"
+CONNECTION_LOST = {"system": TECHNICAL, "code": "provider-connection-lost",
+                   "display": "Connection to the device lost: its alarms are not monitored"}
 PRIORITY = {"Hi": ("high", "urgent"), "Me": ("moderate", "urgent"), "Lo": ("low", "routine"), "None": ("low", "routine")}
 
 
@@ -58,6 +64,7 @@ class Alarm:
     location: str
     started: float
     rule: Rule | None
+    provider: str = ""
     acknowledged: bool = False
     escalated: bool = False
     repeats: int = 0
@@ -79,7 +86,7 @@ class AlarmRouter:
         self.record(decision)
 
     def condition(self, device: str, condition: str, code: dict[str, Any], priority: str, present: bool,
-                  location: str) -> None:
+                  location: str, provider: str = "") -> None:
         key = (device, condition)
         with self._lock:
             alarm = self.active.get(key)
@@ -89,7 +96,7 @@ class AlarmRouter:
                 return
             if present:
                 alarm = Alarm(f"alarm-{uuid.uuid4().hex[:16]}", device, condition, code, priority, location,
-                              time.time(), self.rules.route(priority, location))
+                              time.time(), self.rules.route(priority, location), provider)
                 self.active[key] = alarm
                 self._decide("raised", alarm, location=location)
                 self.emit(device, self._issue(alarm, "preliminary"))
@@ -103,6 +110,20 @@ class AlarmRouter:
                 del self.active[key]
                 self._decide("ended", alarm, duration_s=round(time.time() - alarm.started, 3))
                 self.emit(device, self._issue(alarm, "final"))
+
+    def provider_lost(self, provider: str, device: str, location: str) -> None:
+        """The provider's alarms are of unknown state now; a technical alarm says so."""
+        with self._lock:
+            lost = [key for key, alarm in self.active.items()
+                    if alarm.provider == provider and alarm.condition != CONNECTION_LOST["code"]]
+            for key in lost:
+                alarm = self.active.pop(key)
+                self._decide("unknown", alarm, reason="provider connection lost")
+                self.emit(alarm.device, self._issue(alarm, "unknown"))
+        self.condition(device, CONNECTION_LOST["code"], CONNECTION_LOST, "Me", True, location, provider)
+
+    def provider_connected(self, provider: str, device: str, location: str) -> None:
+        self.condition(device, CONNECTION_LOST["code"], CONNECTION_LOST, "Me", False, location, provider)
 
     def acknowledge(self, alarm_id: str, by: str) -> bool:
         with self._lock:
@@ -130,7 +151,7 @@ class AlarmRouter:
 
     def _issue(self, alarm: Alarm, status: str) -> dict[str, Any]:
         severity = PRIORITY.get(alarm.priority, ("low", "routine"))[0]
-        return {"resourceType": "DetectedIssue", "id": f"{alarm.id}-{status}", "status": status,
+        return {"resourceType": "DetectedIssue", "id": alarm.id, "status": status,
                 "code": {"coding": [alarm.code]}, "severity": severity,
                 "implicated": [{"reference": f"Device/{alarm.device}"}],
                 "identifiedDateTime": _iso(alarm.started),
@@ -140,7 +161,7 @@ class AlarmRouter:
         priority = "stat" if escalation else PRIORITY.get(alarm.priority, ("low", "routine"))[1]
         return {"resourceType": "Communication", "id": f"{alarm.id}-{'esc' if escalation else 'msg'}",
                 "status": "in-progress", "priority": priority,
-                "about": [{"reference": f"DetectedIssue/{alarm.id}-preliminary"}],
+                "about": [{"reference": f"DetectedIssue/{alarm.id}"}],
                 "recipient": [{"reference": r} for r in recipients],
                 "payload": [{"contentString": f"{'ESCALATED: ' if escalation else ''}{alarm.condition} "
                                               f"({alarm.priority}) on {alarm.device} at {alarm.location}"}]}
