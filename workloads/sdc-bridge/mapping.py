@@ -128,7 +128,8 @@ def observation(epr: str, descriptor, state, observation_id: str) -> dict[str, A
         "status": VALIDITY_STATUS.get(validity, "final"),
         "category": [category(descriptor)],
         "code": {"coding": [coding(descriptor.Type)]},
-        "device": {"reference": f"Device/{device_id(epr, descriptor.parent_handle or descriptor.Handle)}"},
+        # PoCD IG: an Observation's device is its DeviceMetric (whose source is the channel Device).
+        "device": {"reference": f"DeviceMetric/{device_id(epr, descriptor.Handle)}"},
         "extension": [{"url": "urn:medplat:sdc-measurement-validity", "valueCode": validity or "Vld"}],
     }
     when = iso_time(getattr(value, "DeterminationTime", None))

@@ -1,0 +1,246 @@
+"""The SDC bridge against real sdc11073 providers running public MDIBs (Dräger 70041 and the SDC
+Plugathon MDIB, tests/data/sdc11073/PROVENANCE.md): units, times, categories, identity, alarms
+at connect and on provider loss, broker outage; and the site broker surviving a SIGKILL.
+
+Outside oracles: Dräger's own unit labels in the 70041 MDIB; MDC unit codes published in the
+Philips IntelliVue Data Export interface's NOM_DIM_* list; a known Unix instant."""
+from __future__ import annotations
+
+import datetime
+import ssl
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from lxml import etree
+from sdc11073.mdib import ProviderMdib
+from sdc11073.provider import SdcProvider
+from sdc11073.wsdiscovery import WSDiscovery
+from sdc11073.xml_types import pm_qnames as pm
+from sdc11073.xml_types import pm_types
+from sdc11073.xml_types.dpws_types import ThisDeviceType, ThisModelType
+
+from medplat.service.terminology import MDC, UCUM, mdc_unit, ucum_for_mdc
+from medplat.workloads.sdc_bridge.alarms import AlarmRouter, Rules
+from medplat.workloads.sdc_bridge.app import DEFAULT_RULES
+from medplat.workloads.sdc_bridge.bridge import Bridge
+from medplat.workloads.sdc_bridge.mapping import device_id, iso_time
+from services import Mosquitto
+from test_sdc_bridge import bridge_for, of_type, wait
+
+DATA = Path(__file__).parent / "data" / "sdc11073"
+DRAEGER_70041 = DATA / "70041_MDIB_Final.xml"
+PLUGATHON = DATA / "PlugathonMdibV2.xml"
+PM = "http://standards.ieee.org/downloads/11073/11073-10207-2017/participant"
+# 1,700,000,000 s after the epoch is 2023-11-14T22:13:20Z (a well-known Unix instant).
+INSTANT = 1_700_000_000.125
+# Dräger's unit labels in the 70041 MDIB -> the UCUM code for the same unit (UCUM spec: mm[Hg],
+# "a" for the year; "no unit" is the dimensionless 1).
+DRAEGER_LABEL_UCUM = {"%": "%", "cm": "cm", "L": "L", "kg": "kg", "/min": "/min", "L/min": "L/min", "kPa": "kPa",
+                      "mmHg": "mm[Hg]", "mbar": "mbar", "y": "a", "no unit": "1"}
+
+
+class Provider:
+    """A real sdc11073 provider with a public MDIB, reachable on loopback."""
+
+    def __init__(self, mdib: Path, epr: uuid.UUID | None = None) -> None:
+        self.epr = epr or uuid.uuid4()
+        self.discovery = WSDiscovery("127.0.0.1")
+        self.discovery.start()
+        self.mdib = ProviderMdib.from_mdib_file(str(mdib))
+        self.provider = SdcProvider(
+            ws_discovery=self.discovery, epr=self.epr, device_mdib_container=self.mdib,
+            this_model=ThisModelType(manufacturer="medplat-test", manufacturer_url="urn:x", model_name=mdib.stem,
+                                     model_number="1", model_url="urn:x", presentation_url="urn:x"),
+            this_device=ThisDeviceType(friendly_name=mdib.stem, firmware_version="1", serial_number="SN-1"))
+        self.provider.start_all(start_rtsample_loop=False)
+        self.xaddr = self.provider.get_xaddrs()[0]
+
+    def descriptors(self, node_type) -> list:
+        return list(self.mdib.descriptions.NODETYPE.get(node_type, []))
+
+    def set_metrics(self, at: float, offset: int = 0) -> dict[str, object]:
+        """All numeric, enumeration and string metrics in one transaction (one report)."""
+        values = {}
+        # set_determination_time=False: the provider keeps our instant instead of stamping "now"
+        with self.mdib.metric_state_transaction(set_determination_time=False) as transaction:
+            for i, descriptor in enumerate(self.descriptors(pm.NumericMetricDescriptor)):
+                values[descriptor.Handle] = Decimal(10 + i + offset)
+            for descriptor in self.descriptors(pm.EnumStringMetricDescriptor):
+                values[descriptor.Handle] = descriptor.AllowedValue[0].Value
+            for descriptor in self.descriptors(pm.StringMetricDescriptor):
+                values[descriptor.Handle] = f"text-{offset}"
+            for handle, value in values.items():
+                state = transaction.get_state(handle)
+                state.mk_metric_value()
+                state.MetricValue.Value = value
+                state.MetricValue.DeterminationTime = at
+                state.MetricValue.MetricQuality.Validity = pm_types.MeasurementValidity.VALID
+        return values
+
+    def set_waveforms(self, at: float) -> None:
+        with self.mdib.rt_sample_state_transaction() as transaction:
+            for descriptor in self.descriptors(pm.RealTimeSampleArrayMetricDescriptor):
+                state = transaction.get_state(descriptor.Handle)
+                state.mk_metric_value()
+                state.MetricValue.Samples = [Decimal(1), Decimal(2), Decimal(3)]
+                state.MetricValue.DeterminationTime = at
+
+    def alert(self, handle: str, present: bool) -> None:
+        with self.mdib.alert_state_transaction() as transaction:
+            state = transaction.get_state(handle)
+            state.ActivationState = pm_types.AlertActivation.ON
+            state.Presence = present
+
+    def stop(self) -> None:
+        self.provider.stop_all()
+        self.discovery.stop()
+
+
+@pytest.fixture
+def site(tmp_path):
+    """The real broker with the project's config and a persistent-session subscriber."""
+    server = Mosquitto(tmp_path / "broker")
+    received: list[dict] = []
+    subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-sub-{uuid.uuid4().hex[:6]}",
+                             clean_session=False)
+    subscriber.on_message = lambda _c, _u, message: received.append(orjson.loads(message.payload))
+    subscriber.on_connect = lambda client, *_: client.subscribe("medplat/devices/#", qos=1)
+    subscriber.connect("127.0.0.1", server.port)
+    subscriber.loop_start()
+    assert wait(subscriber.is_connected)
+    yield server, received
+    subscriber.loop_stop()
+    if server.process.poll() is None:
+        server.stop()
+
+
+def draeger_unit_labels() -> dict[str, str]:
+    tree = etree.parse(str(DRAEGER_70041))
+    return {unit.get("Code"): unit.findtext(f"{{{PM}}}ConceptDescription")
+            for unit in tree.iter(f"{{{PM}}}Unit")}
+
+
+def test_mdc_units_match_the_device_makers_labels_and_codes():
+    labels = draeger_unit_labels()
+    assert len(labels) >= 10
+    for code, label in labels.items():
+        assert ucum_for_mdc(code) == DRAEGER_LABEL_UCUM[label], (code, label)
+    # FIELD-NOTES / issue 14: the hand-typed table had grams as kg and mL/h as L/min.
+    assert ucum_for_mdc(263872) == "g" and ucum_for_mdc(263875) == "kg"
+    assert ucum_for_mdc(265266) == "mL/h" and ucum_for_mdc(265216) == "L/min"
+    assert ucum_for_mdc(266560) == "[degF]" and ucum_for_mdc(266048) == "cm[H2O]" and ucum_for_mdc(268192) == "Cel"
+    # Philips IntelliVue Data Export interface, NOM_DIM_* term codes (+ 4 * 65536 for MDC).
+    intellivue = {3346: "mg/min", 3475: "ug/kg/min", 4274: "mV", 4722: "mmol/L", 2130: "mg/dL",
+                  5906: "mL/cm[H2O]", 3842: "hPa", 3088: "dL/min", 4291: "kOhm", 1955: "kg/m2", 2194: "ms",
+                  1618: "mL", 1299: "um", 5490: "m[iU]", 4050: "mW", 2165: "pg/mL"}
+    for term, ucum in intellivue.items():
+        assert ucum_for_mdc(262144 + term) == ucum, term
+
+
+def test_units_without_a_sure_ucum_code_stay_mdc_and_are_flagged():
+    for code in (262144,  # unspecified
+                 262144 + 5573,  # IntelliVue calls it "mega" IU/L, the 10101 prefix table giga: not guessed
+                 262144 + 2400,  # time of day
+                 262144 + 2208 + 18,  # "milli-minute": minute takes no prefix
+                 150456, "not-a-code"):
+        assert ucum_for_mdc(code) is None, code
+        assert mdc_unit(str(code)) == {"system": MDC, "code": str(code)}
+    assert mdc_unit("265266") == {"system": UCUM, "code": "mL/h"}
+
+
+def test_determination_time_is_seconds_with_its_time_zone():
+    assert iso_time(INSTANT) == "2023-11-14T22:13:20.125+00:00"
+    berlin = datetime.datetime(2023, 11, 14, 23, 13, 20, 125000, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert datetime.datetime.fromisoformat(iso_time(INSTANT)) == berlin
+    assert iso_time(None) is None
+
+
+def observations_by_handle(received) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for resource in of_type(received, "Observation"):
+        found.setdefault(resource["code"]["coding"][0]["code"], []).append(resource)
+    return found
+
+
+@pytest.mark.slow
+def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(tmp_path, site):
+    server, received = site
+    epr = uuid.uuid4()
+    provider = Provider(DRAEGER_70041, epr)
+    numerics = provider.descriptors(pm.NumericMetricDescriptor)
+    provider.set_metrics(INSTANT)  # values present before the bridge connects: the initial MDIB
+    provider.alert("0xD3C00108", True)  # a Hi limit alarm already present at connect
+    app, publisher = bridge_for(tmp_path, server.url, providers=[provider.xaddr])
+    bridge = app.state.bridge
+    try:
+        assert wait(lambda: len(of_type(received, "Observation")) >= len(numerics) + 2, 30)
+        labels = draeger_unit_labels()
+        for descriptor in numerics:
+            metric = f"DeviceMetric/{device_id(epr.urn, descriptor.Handle)}"
+            (obs,) = [o for o in of_type(received, "Observation") if o["device"]["reference"] == metric]
+            expected = DRAEGER_LABEL_UCUM[labels[str(descriptor.Unit.Code)]]
+            assert obs["valueQuantity"]["code"] == expected and obs["valueQuantity"]["system"] == UCUM
+            assert datetime.datetime.fromisoformat(obs["effectiveDateTime"]).timestamp() == INSTANT
+            kind = obs["category"][0]["coding"][0]["code"]
+            assert kind == ("setting" if str(descriptor.MetricCategory.value) == "Set" else "vital-signs"), obs
+        enums = [o for o in of_type(received, "Observation") if "valueString" in o]
+        assert enums and all(o["category"][0]["coding"][0]["code"] == "setting" for o in enums)
+
+        provider.set_waveforms(INSTANT + 1)
+        waves = provider.descriptors(pm.RealTimeSampleArrayMetricDescriptor)
+        assert wait(lambda: len([o for o in of_type(received, "Observation") if "valueSampledData" in o])
+                    >= len(waves), 30)
+        wave = next(o for o in of_type(received, "Observation") if "valueSampledData" in o)
+        assert wave["valueSampledData"]["data"] == "1 2 3" and wave["valueSampledData"]["origin"]["system"] == UCUM
+
+        # The alarm present at connect is raised; one DetectedIssue id for the episode.
+        assert wait(lambda: of_type(received, "DetectedIssue"))
+        (raised,) = of_type(received, "DetectedIssue")
+        assert raised["status"] == "preliminary" and raised["severity"] == "high"
+        devices = {d["id"]: d for d in of_type(received, "Device")}
+        mds = [d for d in devices.values() if d.get("udiCarrier")]
+        assert mds and mds[0]["udiCarrier"][0]["deviceIdentifier"] == "device"
+        assert mds[0]["identifier"][0]["value"] == epr.urn, "the provider's EPR, not the consumer's"
+
+        # The provider dies: its alarm is of unknown state (same DetectedIssue), a technical alarm is raised.
+        provider.stop()
+        assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
+                             if i["id"] == raised["id"] and i["status"] == "unknown"], 60), "alarm flagged"
+        assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
+                             if i["code"]["coding"][0]["code"] == "provider-connection-lost"])
+        assert not [a for a in app.state.router.active.values() if a.condition == "0xD3C00108"], "not escalated later"
+
+        # The same device comes back (same EPR, new address): same Device ids, technical alarm ended.
+        provider = Provider(DRAEGER_70041, epr)
+        provider.alert("0xD3C00108", True)
+        before = set(devices)
+        received.clear()
+        bridge.xaddrs.append(provider.xaddr)
+        assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
+                             if i["code"]["coding"][0]["code"] == "provider-connection-lost"
+                             and i["status"] == "final"], 60)
+        assert wait(lambda: {d["id"] for d in of_type(received, "Device")} >= before)
+        assert {d["id"] for d in of_type(received, "Device")} == before
+        assert wait(lambda: [i for i in of_type(received, "DetectedIssue") if i["status"] == "preliminary"
+                             and i["code"]["coding"][0]["code"] != "provider-connection-lost"]), "re-raised"
+    finally:
+        bridge.stop()
+        publisher.close()
+    # A restarted bridge (new process state, same device) names the same Devices.
+    received.clear()
+    (tmp_path / "restart").mkdir()
+    app, publisher = bridge_for(tmp_path / "restart", server.url, providers=[provider.xaddr])
+    try:
+        assert wait(lambda: {d["id"] for d in of_type(received, "Device")} >= before, 30)
+        assert {d["id"] for d in of_type(received, "Device")} == before
+        assert app.state.output.invalid == 0
+    finally:
+        app.state.bridge.stop()
+        publisher.close()
+        provider.stop()
