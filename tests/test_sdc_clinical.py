@@ -77,7 +77,8 @@ class Provider:
                 values[descriptor.Handle] = f"text-{offset}"
             for handle, value in values.items():
                 state = transaction.get_state(handle)
-                state.mk_metric_value()
+                if state.MetricValue is None:
+                    state.mk_metric_value()
                 state.MetricValue.Value = value
                 state.MetricValue.DeterminationTime = at
                 state.MetricValue.MetricQuality.Validity = pm_types.MeasurementValidity.VALID
@@ -87,7 +88,8 @@ class Provider:
         with self.mdib.rt_sample_state_transaction() as transaction:
             for descriptor in self.descriptors(pm.RealTimeSampleArrayMetricDescriptor):
                 state = transaction.get_state(descriptor.Handle)
-                state.mk_metric_value()
+                if state.MetricValue is None:
+                    state.mk_metric_value()
                 state.MetricValue.Samples = [Decimal(1), Decimal(2), Decimal(3)]
                 state.MetricValue.DeterminationTime = at
 
@@ -244,3 +246,136 @@ def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(
         app.state.bridge.stop()
         publisher.close()
         provider.stop()
+
+
+@pytest.mark.slow
+def test_plugathon_mdib_kinds_and_a_broker_outage_loses_nothing(tmp_path, site):
+    """Plugathon MDIB: settings, string/enumeration metrics, private codes (device observations),
+    two MDS. Then the broker dies: the bridge buffers durably, says not-ready, and delivers all."""
+    server, received = site
+    provider = Provider(PLUGATHON)
+    app, publisher = bridge_for(tmp_path, server.url, providers=[provider.xaddr])
+    try:
+        assert wait(lambda: app.state.bridge.status()["providers"].get(provider.xaddr), 30)
+        provider.set_metrics(INSTANT)
+        metrics = provider.descriptors(pm.NumericMetricDescriptor) + provider.descriptors(
+            pm.StringMetricDescriptor) + provider.descriptors(pm.EnumStringMetricDescriptor)
+        assert wait(lambda: len(of_type(received, "Observation")) >= len(metrics), 30)
+        for descriptor in metrics:
+            metric = f"DeviceMetric/{device_id(provider.epr.urn, descriptor.Handle)}"
+            (obs,) = [o for o in of_type(received, "Observation") if o["device"]["reference"] == metric]
+            expected = "setting" if str(descriptor.MetricCategory.value) == "Set" else "device"  # private codes
+            assert obs["category"][0]["coding"][0]["code"] == expected
+            if "valueQuantity" in obs:
+                unit = ucum_for_mdc(descriptor.Unit.Code)
+                assert unit and obs["valueQuantity"]["code"] == unit and obs["valueQuantity"]["system"] == UCUM
+        assert len([d for d in of_type(received, "Device") if "parent" not in d]) == 2, "two MDS"
+
+        server.kill()  # the site broker is gone
+        assert wait(lambda: not publisher.connected, 10)
+        before = len(received)
+        sent = {}
+        for round_ in range(20):
+            for handle, value in provider.set_metrics(INSTANT + round_, offset=round_ + 1).items():
+                sent.setdefault(handle, []).append(value)
+        expected_new = 20 * len(metrics)
+        assert wait(lambda: app.state.output.queued >= expected_new, 30)
+        report = _health(app)
+        assert report["ready"] is False and report["status"] == "not-ready"
+        assert report["outbox"]["backlog"] >= expected_new and report["refused"] == 0
+
+        server.restart()  # same port and persistence folder
+        assert wait(lambda: len(received) - before >= expected_new, 60), (len(received) - before, expected_new)
+        assert publisher.flush(10) and _health(app)["ready"] is True
+        numbers = {o["valueQuantity"]["value"] for o in of_type(received[before:], "Observation")
+                   if "valueQuantity" in o}
+        assert numbers >= {float(v) for values in sent.values() for v in values if isinstance(v, Decimal)}
+    finally:
+        app.state.bridge.stop()
+        publisher.close()
+        provider.stop()
+
+
+def _health(app) -> dict:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app.state.health_app) as client:
+        return client.get("/healthz").json()
+
+
+def test_http_providers_are_refused_when_tls_is_configured(tmp_path):
+    """Issue 13: a provider announced with http:// is not used when the site configured TLS."""
+    provider = Provider(PLUGATHON)
+    emitted = []
+    bridge = Bridge([provider.xaddr], _Sink(emitted), AlarmRouter(Rules.model_validate(DEFAULT_RULES), emit=print),
+                    location="ICU", check_interval_s=0.2, ssl_context=ssl.create_default_context())
+    try:
+        bridge.start()
+        assert wait(lambda: provider.xaddr in bridge.status()["refusedProviders"], 10)
+        time.sleep(0.5)
+        assert bridge.sessions == {} and emitted == []
+    finally:
+        bridge.stop()
+        provider.stop()
+
+
+class _Sink:
+    def __init__(self, into: list) -> None:
+        self.into = into
+
+    def many(self, items) -> None:
+        self.into.extend(items)
+
+    def __call__(self, device, resource) -> None:
+        self.into.append((device, resource))
+
+
+@pytest.mark.slow
+def test_site_broker_sigkill_loses_no_acknowledged_message(tmp_path):
+    """The project's mosquitto.conf: a forwarder's persistent session is down, 300 QoS 1 messages
+    are PUBACKed, the broker is SIGKILLed and restarted: the forwarder gets every one. The same
+    run with the previous persistence lines (autosave_interval 30 only) loses them, so the check
+    can fail. The kill comes 0.5 s after the last PUBACK: mosquitto 2.0 saves at the top of its
+    next event-loop iteration, a kill inside that iteration can lose its last message(s)."""
+    assert _acknowledged_then_killed(tmp_path / "project", legacy=False) == (300, 300)
+    acked, survived = _acknowledged_then_killed(tmp_path / "legacy", legacy=True)
+    assert acked == 300 and survived < acked
+
+
+def _acknowledged_then_killed(folder: Path, *, legacy: bool, count: int = 300) -> tuple[int, int]:
+    broker = Mosquitto(folder)
+    if legacy:
+        broker.stop()
+        lines = [line for line in broker.conf.read_text().splitlines()
+                 if line.split(" ")[0] not in ("autosave_on_changes", "autosave_interval")]
+        broker.conf.write_text("\n".join(lines + ["autosave_interval 30"]) + "\n")
+        broker.restart()
+    forwarder_id = f"forwarder-{uuid.uuid4().hex[:6]}"
+    forwarder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=forwarder_id, clean_session=False)
+    forwarder.connect("127.0.0.1", broker.port)
+    forwarder.loop_start()
+    forwarder.subscribe("site/#", qos=1)[1]
+    time.sleep(0.3)
+    forwarder.disconnect()
+    forwarder.loop_stop()
+    adapter = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"adapter-{uuid.uuid4().hex[:6]}")
+    adapter.connect("127.0.0.1", broker.port)
+    adapter.loop_start()
+    infos = [adapter.publish("site/x", str(i).encode(), qos=1) for i in range(count)]
+    for info in infos:
+        info.wait_for_publish(30)
+    acked = sum(info.is_published() for info in infos)
+    adapter.loop_stop()
+    time.sleep(0.5)
+    broker.kill()
+    broker.restart()
+    got: set[int] = set()
+    forwarder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=forwarder_id, clean_session=False)
+    forwarder.on_message = lambda _c, _u, message: got.add(int(message.payload))
+    forwarder.connect("127.0.0.1", broker.port)
+    forwarder.loop_start()
+    wait(lambda: len(got) >= acked, 15)
+    time.sleep(0.3)
+    forwarder.loop_stop()
+    broker.stop()
+    return acked, len(got)
