@@ -72,6 +72,7 @@ def broker(tmp_path):
 
 
 def bridge_for(tmp_path, broker_url: str, **settings):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - name: icu-high\n    priorities: [Hi]\n    location: 'ICU*'\n"
                      "    recipients: [PractitionerRole/icu-nurse]\n    escalateAfterSeconds: 1\n"

@@ -236,7 +236,6 @@ def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(
         publisher.close()
     # A restarted bridge (new process state, same device) names the same Devices.
     received.clear()
-    (tmp_path / "restart").mkdir()
     app, publisher = bridge_for(tmp_path / "restart", server.url, providers=[provider.xaddr])
     try:
         assert wait(lambda: {d["id"] for d in of_type(received, "Device")} >= before, 30)
