@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,7 @@ def coding(coded) -> dict[str, Any]:
     return found
 
 
+@lru_cache(maxsize=65536)
 def device_id(epr: str, handle: str) -> str:
     """A FHIR id (<= 64 chars of [A-Za-z0-9-.]) from the provider EPR and an MDIB handle.
 
@@ -117,30 +119,45 @@ def _quantity(unit) -> dict[str, Any]:
     return found
 
 
+_STATIC: dict[tuple, dict[str, Any]] = {}
+
+
+def _static_part(epr: str, descriptor) -> dict[str, Any]:
+    """The parts of a metric's Observations that only change with its descriptor (cached per version)."""
+    key = (epr, descriptor.Handle, getattr(descriptor, "DescriptorVersion", None))
+    found = _STATIC.get(key)
+    if found is None:
+        if len(_STATIC) > 65536:
+            _STATIC.clear()
+        found = _STATIC[key] = {
+            "category": [category(descriptor)], "code": {"coding": [coding(descriptor.Type)]},
+            # PoCD IG: an Observation's device is its DeviceMetric (whose source is the channel Device).
+            "device": {"reference": f"DeviceMetric/{device_id(epr, descriptor.Handle)}"},
+            "quantity": _quantity(getattr(descriptor, "Unit", None)), "kind": type(descriptor).__name__}
+    return found
+
+
 def observation(epr: str, descriptor, state, observation_id: str) -> dict[str, Any] | None:
     value = getattr(state, "MetricValue", None)
     if value is None:
         return None
+    static = _static_part(epr, descriptor)
     quality = getattr(value, "MetricQuality", None)
     validity = _enum(getattr(quality, "Validity", None))
     resource: dict[str, Any] = {
         "resourceType": "Observation", "id": observation_id,
         "status": VALIDITY_STATUS.get(validity, "final"),
-        "category": [category(descriptor)],
-        "code": {"coding": [coding(descriptor.Type)]},
-        # PoCD IG: an Observation's device is its DeviceMetric (whose source is the channel Device).
-        "device": {"reference": f"DeviceMetric/{device_id(epr, descriptor.Handle)}"},
+        "category": static["category"], "code": static["code"], "device": static["device"],
         "extension": [{"url": "urn:medplat:sdc-measurement-validity", "valueCode": validity or "Vld"}],
     }
     when = iso_time(getattr(value, "DeterminationTime", None))
     if when:
         resource["effectiveDateTime"] = when
-    unit = getattr(descriptor, "Unit", None)
-    kind = type(descriptor).__name__
+    kind = static["kind"]
     if "Numeric" in kind:
         if value.Value is None:
             return None
-        resource["valueQuantity"] = {"value": float(Decimal(value.Value)), **_quantity(unit)}
+        resource["valueQuantity"] = {"value": float(Decimal(value.Value)), **static["quantity"]}
     elif "Enum" in kind or "String" in kind:
         if value.Value is None:
             return None
@@ -148,7 +165,7 @@ def observation(epr: str, descriptor, state, observation_id: str) -> dict[str, A
     elif "SampleArray" in kind:
         samples = getattr(value, "Samples", None) or []
         period = getattr(descriptor, "SamplePeriod", None)
-        origin = {"value": 0, **{k: v for k, v in _quantity(unit).items() if k != "unit"}}
+        origin = {"value": 0, **{k: v for k, v in static["quantity"].items() if k != "unit"}}
         resource["valueSampledData"] = {
             "origin": origin,
             "period": float(period.total_seconds() * 1000) if hasattr(period, "total_seconds") else 1.0,
