@@ -378,3 +378,29 @@ def _acknowledged_then_killed(folder: Path, *, legacy: bool, count: int = 200) -
     forwarder.loop_stop()
     broker.stop()
     return acked, len(got)
+
+
+@pytest.mark.slow
+def test_an_alarm_that_ends_while_the_bridge_restarts_is_closed_on_the_same_detected_issue(tmp_path, site):
+    server, received = site
+    provider = Provider(PLUGATHON)
+    provider.alert("alert_condition_0.mds_0", True)
+    app, publisher = bridge_for(tmp_path, server.url, providers=[provider.xaddr])
+    try:
+        assert wait(lambda: of_type(received, "DetectedIssue"), 30)
+        (raised,) = of_type(received, "DetectedIssue")
+        assert raised["status"] == "preliminary"
+    finally:
+        app.state.bridge.stop()
+        publisher.close()
+        app.state.audit.close()  # the next bridge process owns the data folder
+    provider.alert("alert_condition_0.mds_0", False)  # ends while no bridge is watching
+    app, publisher = bridge_for(tmp_path, server.url, providers=[provider.xaddr])  # same data folder
+    try:
+        assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
+                             if i["id"] == raised["id"] and i["status"] == "final"], 30)
+        assert len({i["id"] for i in of_type(received, "DetectedIssue")}) == 1 and not app.state.router.active
+    finally:
+        app.state.bridge.stop()
+        publisher.close()
+        provider.stop()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,13 +79,40 @@ class AlarmRouter:
     record: Callable[[dict[str, Any]], None] = lambda decision: None
     active: dict[tuple[str, str], Alarm] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.RLock)
+    # Active episodes survive a bridge restart: reloaded, they are ended (same DetectedIssue id)
+    # or continued when their provider's initial MDIB is read again.
+    state_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        for saved in orjson.loads(self.state_path.read_bytes()):
+            alarm = Alarm(**{k: v for k, v in saved.items() if k != "rule"}, rule=None)
+            alarm.rule = self.rules.route(alarm.priority, alarm.location)
+            self.active[(alarm.device, alarm.condition)] = alarm
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        fields = ("id", "device", "condition", "code", "priority", "location", "started", "provider",
+                  "acknowledged", "escalated", "repeats")
+        rows = [{name: getattr(alarm, name) for name in fields} for alarm in self.active.values()]
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(orjson.dumps(rows))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.state_path)
 
     def _decide(self, kind: str, alarm: Alarm, **details: Any) -> None:
         decision = {"decision": kind, "alarm": alarm.id, "device": alarm.device, "condition": alarm.condition,
                     "priority": alarm.priority, "at": time.time(), **details}
         self.decisions.append(decision)
         self.record(decision)
+        if kind != "deduplicated":
+            self._save()
 
     def condition(self, device: str, condition: str, code: dict[str, Any], priority: str, present: bool,
                   location: str, provider: str = "") -> None:

@@ -136,7 +136,7 @@ def build(settings: Settings | None = None, publisher: DurablePublisher | None =
                                 description=f"alarm {decision['alarm']} {decision['decision']}: "
                                             f"{decision['condition']} on {decision['device']}"))
 
-    router = AlarmRouter(rules, emit=output, record=record)
+    router = AlarmRouter(rules, emit=output, record=record, state_path=settings.data_dir / "active-alarms.json")
     ssl_context = None
     if settings.tls_folder:
         from sdc11073.certloader import mk_ssl_contexts_from_folder
@@ -185,3 +185,4 @@ def main() -> None:
     finally:
         app.state.bridge.stop()
         app.state.publisher.close()
+        app.state.audit.close()
