@@ -13,13 +13,11 @@ Run on demand (bounded, ~1 min):
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from decimal import Decimal
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +29,11 @@ from sdc11073 import observableproperties  # noqa: E402
 from sdc11073.consumer.consumerimpl import SdcConsumer  # noqa: E402
 from sdc11073.definitions_sdc import SdcV1Definitions  # noqa: E402
 from sdc11073.mdib import ConsumerMdib  # noqa: E402
-from sdc11073.xml_types import pm_qnames as pm  # noqa: E402
 from sdc11073.xml_types.actions import periodic_actions  # noqa: E402
 
+from sdc_provider import DRAEGER_70041, RemoteProvider  # noqa: E402
 from services import Mosquitto  # noqa: E402
 from test_sdc_bridge import bridge_for, wait  # noqa: E402
-from test_sdc_clinical import DRAEGER_70041, Provider  # noqa: E402
 
 
 class BareConsumer:
@@ -61,65 +58,6 @@ class BareConsumer:
         self.consumer.stop_all(unsubscribe=False)
 
 
-def drive_metrics(provider: Provider, reports: int, rate: float) -> None:
-    """`reports` multi-metric reports at `rate` per second (0: as fast as the provider can)."""
-    start = time.perf_counter()
-    for i in range(reports):
-        provider.set_metrics(time.time(), offset=i)
-        if rate:
-            delay = start + (i + 1) / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-
-
-def drive_waveforms(provider: Provider, reports: int) -> None:
-    handles = [d.Handle for d in provider.descriptors(pm.RealTimeSampleArrayMetricDescriptor)]
-    for i in range(reports):
-        with provider.mdib.rt_sample_state_transaction() as transaction:
-            for handle in handles:
-                state = transaction.get_state(handle)
-                if state.MetricValue is None:
-                    state.mk_metric_value()
-                state.MetricValue.Samples = [Decimal(i % 100 + k) for k in range(25)]
-                state.MetricValue.DeterminationTime = time.time()
-
-
-class RemoteProvider:
-    """The provider in its own process (its own GIL), driven over stdin: the consumer side is
-    measured, not the provider competing with it for one interpreter."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, "--serve-provider"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.xaddr, self.per_report, self.waves = self.process.stdout.readline().split()
-        self.per_report, self.waves = int(self.per_report), int(self.waves)
-
-    def run(self, command: str) -> None:
-        self.process.stdin.write(command + "\n")
-        assert self.process.stdout.readline().strip() == "done"
-
-    def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-
-
-def serve_provider() -> None:
-    provider = Provider(DRAEGER_70041)
-    per_report = len(provider.descriptors(pm.NumericMetricDescriptor)) + len(
-        provider.descriptors(pm.EnumStringMetricDescriptor))
-    print(provider.xaddr, per_report, len(provider.descriptors(pm.RealTimeSampleArrayMetricDescriptor)), flush=True)
-    try:
-        for line in sys.stdin:
-            kind, reports, rate = line.split()
-            if kind == "metrics":
-                drive_metrics(provider, int(reports), float(rate))
-            else:
-                drive_waveforms(provider, int(reports))
-            print("done", flush=True)
-    finally:
-        provider.stop()
-
-
 def measure(count, expected: int, drive, timeout: float = 120) -> tuple[float, int]:
     start = time.perf_counter()
     drive()
@@ -132,11 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="reports/s for the paced run (0: unpaced)")
-    parser.add_argument("--serve-provider", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_provider:
-        serve_provider()
-        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         broker = Mosquitto(folder / "broker")
@@ -156,7 +90,7 @@ def main() -> None:
         subscriber.connect("127.0.0.1", broker.port)
         subscriber.subscribe("medplat/devices/+/observation", qos=1)
         subscriber.loop_start()
-        provider = RemoteProvider()
+        provider = RemoteProvider(DRAEGER_70041)
         per_report, waves = provider.per_report, provider.waves
         lines = []
         try:
@@ -193,7 +127,7 @@ def main() -> None:
             wave_reports = max(20, args.reports // 4)
             bare = BareConsumer(provider.xaddr)
             seconds, samples = measure(lambda: bare.samples, wave_reports * waves * 25,
-                                       lambda: provider.run(f"waves {wave_reports} 0"))
+                                       lambda: provider.run(f"waves {wave_reports}"))
             bare.stop()
             lines.append(f"bare consumer, waveforms: {samples:,} samples in {seconds:.2f} s = {samples / seconds:,.0f}"
                          f" samples/s")
@@ -202,7 +136,7 @@ def main() -> None:
             time.sleep(1)
             waveforms[0] = 0
             seconds, got = measure(lambda: waveforms[0], wave_reports * waves,
-                                   lambda: provider.run(f"waves {wave_reports} 0"))
+                                   lambda: provider.run(f"waves {wave_reports}"))
             lines.append(f"sdc-bridge, waveforms: {got:,} valueSampledData Observations ({got * 25:,} samples) in "
                          f"{seconds:.2f} s = {got * 25 / seconds:,.0f} samples/s")
             app.state.bridge.stop()

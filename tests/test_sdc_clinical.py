@@ -19,89 +19,22 @@ import paho.mqtt.client as mqtt
 import pytest
 from lxml import etree
 from sdc11073.mdib import ProviderMdib
-from sdc11073.provider import SdcProvider
-from sdc11073.wsdiscovery import WSDiscovery
 from sdc11073.xml_types import pm_qnames as pm
-from sdc11073.xml_types import pm_types
-from sdc11073.xml_types.dpws_types import ThisDeviceType, ThisModelType
 
 from medplat.service.terminology import MDC, UCUM, mdc_unit, ucum_for_mdc
 from medplat.workloads.sdc_bridge.alarms import AlarmRouter, Rules
 from medplat.workloads.sdc_bridge.app import DEFAULT_RULES
 from medplat.workloads.sdc_bridge.bridge import Bridge
 from medplat.workloads.sdc_bridge.mapping import device_id, iso_time
+from sdc_provider import DRAEGER_70041, INSTANT, PLUGATHON, Provider, RemoteProvider
 from services import Mosquitto
 from test_sdc_bridge import bridge_for, of_type, wait
 
-DATA = Path(__file__).parent / "data" / "sdc11073"
-DRAEGER_70041 = DATA / "70041_MDIB_Final.xml"
-PLUGATHON = DATA / "PlugathonMdibV2.xml"
 PM = "http://standards.ieee.org/downloads/11073/11073-10207-2017/participant"
-# 1,700,000,000 s after the epoch is 2023-11-14T22:13:20Z (a well-known Unix instant).
-INSTANT = 1_700_000_000.125
 # Dräger's unit labels in the 70041 MDIB -> the UCUM code for the same unit (UCUM spec: mm[Hg],
 # "a" for the year; "no unit" is the dimensionless 1).
 DRAEGER_LABEL_UCUM = {"%": "%", "cm": "cm", "L": "L", "kg": "kg", "/min": "/min", "L/min": "L/min", "kPa": "kPa",
                       "mmHg": "mm[Hg]", "mbar": "mbar", "y": "a", "no unit": "1"}
-
-
-class Provider:
-    """A real sdc11073 provider with a public MDIB, reachable on loopback."""
-
-    def __init__(self, mdib: Path, epr: uuid.UUID | None = None) -> None:
-        self.epr = epr or uuid.uuid4()
-        self.discovery = WSDiscovery("127.0.0.1")
-        self.discovery.start()
-        self.mdib = ProviderMdib.from_mdib_file(str(mdib))
-        self.provider = SdcProvider(
-            ws_discovery=self.discovery, epr=self.epr, device_mdib_container=self.mdib,
-            this_model=ThisModelType(manufacturer="medplat-test", manufacturer_url="urn:x", model_name=mdib.stem,
-                                     model_number="1", model_url="urn:x", presentation_url="urn:x"),
-            this_device=ThisDeviceType(friendly_name=mdib.stem, firmware_version="1", serial_number="SN-1"))
-        self.provider.start_all(start_rtsample_loop=False)
-        self.xaddr = self.provider.get_xaddrs()[0]
-
-    def descriptors(self, node_type) -> list:
-        return list(self.mdib.descriptions.NODETYPE.get(node_type, []))
-
-    def set_metrics(self, at: float, offset: int = 0) -> dict[str, object]:
-        """All numeric, enumeration and string metrics in one transaction (one report)."""
-        values = {}
-        # set_determination_time=False: the provider keeps our instant instead of stamping "now"
-        with self.mdib.metric_state_transaction(set_determination_time=False) as transaction:
-            for i, descriptor in enumerate(self.descriptors(pm.NumericMetricDescriptor)):
-                values[descriptor.Handle] = Decimal(10 + i + offset)
-            for descriptor in self.descriptors(pm.EnumStringMetricDescriptor):
-                values[descriptor.Handle] = descriptor.AllowedValue[0].Value
-            for descriptor in self.descriptors(pm.StringMetricDescriptor):
-                values[descriptor.Handle] = f"text-{offset}"
-            for handle, value in values.items():
-                state = transaction.get_state(handle)
-                if state.MetricValue is None:
-                    state.mk_metric_value()
-                state.MetricValue.Value = value
-                state.MetricValue.DeterminationTime = at
-                state.MetricValue.MetricQuality.Validity = pm_types.MeasurementValidity.VALID
-        return values
-
-    def set_waveforms(self, at: float) -> None:
-        with self.mdib.rt_sample_state_transaction() as transaction:
-            for descriptor in self.descriptors(pm.RealTimeSampleArrayMetricDescriptor):
-                state = transaction.get_state(descriptor.Handle)
-                if state.MetricValue is None:
-                    state.mk_metric_value()
-                state.MetricValue.Samples = [Decimal(1), Decimal(2), Decimal(3)]
-                state.MetricValue.DeterminationTime = at
-
-    def alert(self, handle: str, present: bool) -> None:
-        with self.mdib.alert_state_transaction() as transaction:
-            state = transaction.get_state(handle)
-            state.ActivationState = pm_types.AlertActivation.ON
-            state.Presence = present
-
-    def stop(self) -> None:
-        self.provider.stop_all()
-        self.discovery.stop()
 
 
 @pytest.fixture
@@ -174,10 +107,12 @@ def observations_by_handle(received) -> dict[str, list[dict]]:
 def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(tmp_path, site):
     server, received = site
     epr = uuid.uuid4()
-    provider = Provider(DRAEGER_70041, epr)
-    numerics = provider.descriptors(pm.NumericMetricDescriptor)
-    provider.set_metrics(INSTANT)  # values present before the bridge connects: the initial MDIB
-    provider.alert("0xD3C00108", True)  # a Hi limit alarm already present at connect
+    mdib = ProviderMdib.from_mdib_file(str(DRAEGER_70041))  # the descriptors, for the expectations
+    numerics = list(mdib.descriptions.NODETYPE.get(pm.NumericMetricDescriptor))
+    waves = list(mdib.descriptions.NODETYPE.get(pm.RealTimeSampleArrayMetricDescriptor))
+    provider = RemoteProvider(DRAEGER_70041, epr)  # its own process: it can be SIGKILLed
+    provider.run("metrics 1 -1")  # values (at INSTANT) present before the bridge connects: the initial MDIB
+    provider.run("alert 0xD3C00108 1")  # a Hi limit alarm already present at connect
     app, publisher = bridge_for(tmp_path, server.url, providers=[provider.xaddr])
     bridge = app.state.bridge
     try:
@@ -194,12 +129,11 @@ def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(
         enums = [o for o in of_type(received, "Observation") if "valueString" in o]
         assert enums and all(o["category"][0]["coding"][0]["code"] == "setting" for o in enums)
 
-        provider.set_waveforms(INSTANT + 1)
-        waves = provider.descriptors(pm.RealTimeSampleArrayMetricDescriptor)
+        provider.run("waves 1")
         assert wait(lambda: len([o for o in of_type(received, "Observation") if "valueSampledData" in o])
                     >= len(waves), 30)
         wave = next(o for o in of_type(received, "Observation") if "valueSampledData" in o)
-        assert wave["valueSampledData"]["data"] == "1 2 3" and wave["valueSampledData"]["origin"]["system"] == UCUM
+        assert wave["valueSampledData"]["data"] == " ".join(str(k) for k in range(25)) and wave["valueSampledData"]["origin"]["system"] == UCUM
 
         # The alarm present at connect is raised; one DetectedIssue id for the episode.
         assert wait(lambda: of_type(received, "DetectedIssue"))
@@ -210,8 +144,9 @@ def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(
         assert mds and mds[0]["udiCarrier"][0]["deviceIdentifier"] == "device"
         assert mds[0]["identifier"][0]["value"] == epr.urn, "the provider's EPR, not the consumer's"
 
-        # The provider dies: its alarm is of unknown state (same DetectedIssue), a technical alarm is raised.
-        provider.stop()
+        # The provider dies without a word (SIGKILL): its alarm is of unknown state (same
+        # DetectedIssue), a technical alarm is raised.
+        provider.kill()
         assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
                              if i["id"] == raised["id"] and i["status"] == "unknown"], 60), "alarm flagged"
         assert wait(lambda: [i for i in of_type(received, "DetectedIssue")
@@ -219,8 +154,8 @@ def test_draeger_70041_units_times_alarms_identity_across_reconnect_and_restart(
         assert not [a for a in app.state.router.active.values() if a.condition == "0xD3C00108"], "not escalated later"
 
         # The same device comes back (same EPR, new address): same Device ids, technical alarm ended.
-        provider = Provider(DRAEGER_70041, epr)
-        provider.alert("0xD3C00108", True)
+        provider = RemoteProvider(DRAEGER_70041, epr)
+        provider.run("alert 0xD3C00108 1")
         before = set(devices)
         received.clear()
         bridge.xaddrs.append(provider.xaddr)

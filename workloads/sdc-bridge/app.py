@@ -49,6 +49,7 @@ class Settings(ServiceSettings):
     topic_prefix: str = "medplat/devices"
     client_id: str = "medplat-sdc-bridge"
     check_interval_s: float = 2.0
+    renew_interval_s: int = Field(5, ge=1, le=300)  # subscription renewals: detect a silently dead provider
     # The durable outbox (data_dir/outbox.sqlite) holds what the broker has not acknowledged yet.
     outbox_max_messages: int = Field(1_000_000, gt=0)
     # With TLS configured (tls_folder), providers are used over https only: a discovered or
@@ -144,7 +145,7 @@ def build(settings: Settings | None = None, publisher: DurablePublisher | None =
         ssl_context = mk_ssl_contexts_from_folder(settings.tls_folder)
     bridge = Bridge(settings.providers, output, router, location=settings.location,
                     discovery_interface=settings.discovery_interface, check_interval_s=settings.check_interval_s,
-                    ssl_context=ssl_context)
+                    ssl_context=ssl_context, renew_interval_s=settings.renew_interval_s)
     api = APIRouter()
 
     @api.get("/alarms", tags=["alarms"])

@@ -40,12 +40,15 @@ class DeviceSession:
     On every (re)connect the initial MDIB is mapped in full: Devices, DeviceMetrics, the current
     metric values and the alert conditions present now (episodic reports only carry changes)."""
 
-    def __init__(self, xaddr: str, output, router: AlarmRouter, location: str, ssl_context=None) -> None:
+    def __init__(self, xaddr: str, output, router: AlarmRouter, location: str, ssl_context=None,
+                 renew_interval_s: int = 5) -> None:
         self.xaddr, self.output, self.router, self.location = xaddr, output, router, location
         # https xaddrs (providers that offer TLS) use the site's certificates; plain http none.
         tls = ssl_context if xaddr.startswith("https://") else None
         self.consumer = SdcConsumer(xaddr, sdc_definitions=SdcV1Definitions, ssl_context_container=tls)
-        self.consumer.start_all(not_subscribed_actions=periodic_actions)
+        # Renewing subscriptions every few seconds is how a provider that died without a word
+        # (power cut, SIGKILL, cable) is noticed; sdc11073's default waits for half the lease.
+        self.consumer.start_all(not_subscribed_actions=periodic_actions, fixed_renew_interval=renew_interval_s)
         self.epr = provider_epr(self.consumer, xaddr)
         self.mdib = ConsumerMdib(self.consumer)
         self.mdib.init_mdib()
@@ -114,8 +117,8 @@ class DeviceSession:
 class Bridge:
     def __init__(self, xaddrs: list[str], output, router: AlarmRouter, *,
                  location: str, discovery_interface: str | None = None, check_interval_s: float = 2.0,
-                 ssl_context=None) -> None:
-        self.ssl_context = ssl_context
+                 ssl_context=None, renew_interval_s: int = 5) -> None:
+        self.ssl_context, self.renew_interval_s = ssl_context, renew_interval_s
         self.xaddrs, self.output, self.router, self.location = list(xaddrs), output, router, location
         self.refused: dict[str, str] = {}
         self.discovery_interface, self.check_interval_s = discovery_interface, check_interval_s
@@ -167,7 +170,7 @@ class Bridge:
                     self.reconnects += 1
                 try:
                     self.sessions[xaddr] = DeviceSession(xaddr, self.output, self.router, self.location,
-                                                         self.ssl_context)
+                                                         self.ssl_context, self.renew_interval_s)
                     log.info("connected to %s", xaddr)
                 except Exception as exc:  # unreachable provider: try again next round
                     self.sessions.pop(xaddr, None)
