@@ -110,6 +110,8 @@ class AlarmRouter:
         decision = {"decision": kind, "alarm": alarm.id, "device": alarm.device, "condition": alarm.condition,
                     "priority": alarm.priority, "at": time.time(), **details}
         self.decisions.append(decision)
+        if len(self.decisions) > 20_000:  # bounded: the audit log keeps them all
+            del self.decisions[:10_000]
         self.record(decision)
         if kind != "deduplicated":
             self._save()
