@@ -238,7 +238,9 @@ def _health(app) -> dict:
 
 
 def test_http_providers_are_refused_when_tls_is_configured(tmp_path):
-    """Issue 13: a provider announced with http:// is not used when the site configured TLS."""
+    """Issue 13: a provider with an http:// address is not used when the site configured TLS (no
+    downgrade). Discovered addresses pass the same filter; WS-Discovery itself cannot run here
+    (this machine's loopback has no MULTICAST flag)."""
     provider = Provider(PLUGATHON)
     emitted = []
     bridge = Bridge([provider.xaddr], _Sink(emitted), AlarmRouter(Rules.model_validate(DEFAULT_RULES), emit=print),

@@ -143,7 +143,10 @@ class Bridge:
 
         with WSDiscovery(self.discovery_interface) as discovery:
             services = discovery.search_services(types=SdcV1Definitions.MedicalDeviceTypesFilter, timeout=2)
-        return [xaddr for service in services for xaddr in service.x_addrs[:1]]
+        # A provider may announce http and https addresses: with TLS configured take its https one.
+        wanted = "https://" if self.ssl_context is not None else ""
+        return [next((x for x in service.x_addrs if x.startswith(wanted)), service.x_addrs[0])
+                for service in services if service.x_addrs]
 
     def _allowed(self, xaddr: str) -> bool:
         """With TLS configured, an http:// provider would be a downgrade: refused, and said so."""
