@@ -92,6 +92,17 @@ class Mosquitto:
         self.process.terminate()
         self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL: the broker gets no chance to save its in-memory state."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """The same config, port and persistence folder again."""
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([binary, "-c", str(self.conf)])
+        wait_for_port(self.port, process=self.process)
+
 
 class Service:
     """`medplat serve NAME` in a subprocess with MEDPLAT_<NAME>_* settings; restartable."""

@@ -17,7 +17,6 @@ from sdc11073.wsdiscovery import WSDiscovery
 from sdc11073.xml_types import pm_types
 from sdc11073.xml_types.dpws_types import ThisDeviceType, ThisModelType
 
-from medplat.service.mqtt import Publisher
 from medplat.workloads.sdc_bridge.app import Settings, build
 from services import Mosquitto
 
@@ -45,7 +44,7 @@ class Monitor:
             if state.MetricValue is None:
                 state.mk_metric_value()
             state.MetricValue.Value = Decimal(value)
-            state.MetricValue.Validity = pm_types.MeasurementValidity.VALID
+            state.MetricValue.MetricQuality.Validity = pm_types.MeasurementValidity.VALID
 
     def alert(self, present: bool) -> None:
         with self.mdib.alert_state_transaction() as transaction:
@@ -74,15 +73,16 @@ def broker(tmp_path):
 
 
 def bridge_for(tmp_path, broker_url: str, **settings):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules:\n  - name: icu-high\n    priorities: [Hi]\n    location: 'ICU*'\n"
                      "    recipients: [PractitionerRole/icu-nurse]\n    escalateAfterSeconds: 1\n"
                      "    escalateTo: [PractitionerRole/icu-charge-nurse]\n")
-    publisher = Publisher(broker_url, f"bridge-{uuid.uuid4().hex[:6]}")
-    app, _ = build(Settings(data_dir=tmp_path / "bridge", location="ICU-B/12", alarm_rules=rules,
-                            check_interval_s=0.3, **settings), publisher)
+    settings = {"data_dir": tmp_path / "bridge", "location": "ICU-B/12", "alarm_rules": rules,
+                "check_interval_s": 0.3, "client_id": f"bridge-{uuid.uuid4().hex[:6]}", **settings}
+    app, _ = build(Settings(broker_url=broker_url, **settings))
     app.state.bridge.start()
-    return app, publisher
+    return app, app.state.publisher
 
 
 def wait(predicate, timeout=15.0):
@@ -117,7 +117,7 @@ def test_metrics_and_alarms_from_a_real_provider(tmp_path, broker):
         spo2 = [o for o in of_type(received, "Observation") if o["code"]["coding"][0]["code"] == "150456"][-1]
         assert spo2["code"]["coding"][0]["system"] == "urn:iso:std:iso:11073:10101", "missing CodingSystem is MDC"
         assert spo2["valueQuantity"]["value"] == 93.0 and spo2["valueQuantity"]["code"] == "%"
-        assert spo2["status"] == "final" and spo2["device"]["reference"] == f"Device/{devices['ch0']['id']}"
+        assert spo2["status"] == "final" and spo2["device"]["reference"] == f"DeviceMetric/{metrics['150456']['id']}"
         heart = [o for o in of_type(received, "Observation") if o["code"]["coding"][0]["code"] == "147842"][-1]
         assert heart["valueQuantity"]["code"] == "/min"
 

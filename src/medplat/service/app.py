@@ -211,6 +211,8 @@ def _add_probes(app: FastAPI, name: str, health: Callable[[], dict[str, Any]], m
         except Exception as exc:  # not ready: say what, without internals
             log.warning("readiness check failed: %s", type(exc).__name__)
             return _outcome(503, f"{name} is not ready ({type(exc).__name__})", code="transient")
+        if details.get("ready") is False:  # the service says so itself (e.g. broker down, backlog high)
+            return JSONResponse({"service": name, **details, "status": "not-ready"}, status_code=503)
         return JSONResponse({"status": "ready", "service": name, **details})
 
     @app.get("/metrics", tags=["health"], dependencies=[public(PROBE)])
