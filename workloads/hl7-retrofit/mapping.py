@@ -1,166 +1,261 @@
-"""ORU^R01 (IHE PCD-01) parsed with hl7apy -> a FHIR R4 message Bundle, per the HL7 v2-to-FHIR IG:
-MSH -> MessageHeader and Provenance, PID -> the subject, OBX -> Observation (OBX-3 MDC code,
-OBX-5 NM -> valueQuantity with OBX-6 units, OBX-4 sub-id -> the containment path MDS.VMD.
-channel.metric, OBX-11 -> status, OBX-14 -> effective time, OBX-18 -> the device).
-Every resource and the Bundle are validated with fhir.resources (R4B) before anything leaves."""
+"""ORU^R01 (IHE PCD-01) parsed with python-hl7 -> a FHIR R4 message Bundle, per the HL7 v2-to-FHIR
+IG (Message ORU_R01 to Bundle, Segment OBX to Observation): MSH -> MessageHeader and Provenance,
+PID-3 -> the subject, OBX -> Observation (OBX-3 -> code; OBX-5 by OBX-2: NM -> valueQuantity,
+SN -> valueQuantity/valueRange/valueRatio/valueString, CWE/CE/CNE -> valueCodeableConcept,
+DTM/TS/DT -> valueDateTime, ST/TX/FT -> valueString; OBX-4 -> the PCD containment path, OBX-8 ->
+interpretation, OBX-11 -> status, OBX-14 -> effective time, OBX-18 -> the device).
+MSH-18 chooses how the bytes are decoded. Every problem is an Hl7Error with its Table 0357 code
+and location; every Bundle is validated with fhir.resources (R4B) before anything leaves."""
 from __future__ import annotations
 
 import hashlib
-import re
+from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import hl7
 from fhir.resources.R4B.bundle import Bundle
-from hl7apy.core import Message
-from hl7apy.exceptions import HL7apyException
-from hl7apy.parser import parse_message
 from pydantic import ValidationError
 
-from medplat.service.terminology import MDC, UCUM, mdc_unit
+from medplat.service.terminology import UCUM, mdc_unit
+from medplat.workloads.hl7_retrofit import datatypes as dt
+from medplat.workloads.hl7_retrofit import vocabulary as vocab
+from medplat.workloads.hl7_retrofit.errors import Hl7Error
 
-STATUS = {"F": "final", "R": "preliminary", "P": "preliminary", "C": "amended", "X": "cancelled", "D": "entered-in-error"}
-NUMERIC = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-
-
-class Rejected(Exception):
-    """`code` AE (application error: the sender may fix and resend) or AR (rejected)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
+TEXT_TYPES, CODED_TYPES, TIME_TYPES = {"ST", "TX", "FT"}, {"CWE", "CE", "CNE"}, {"TS", "DTM", "DT"}
+SUPPORTED_TYPES = {"NM", "SN"} | TEXT_TYPES | CODED_TYPES | TIME_TYPES
+PROCESSING_IDS = {"P", "D", "T"}  # Table 0103
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v2-0078"
 
 
-def _segments(node, name: str) -> list:
-    """Segments named `name` in message order, through the groups hl7apy found."""
-    found = []
-    for child in node.children:
-        if child.classname == "Segment":
-            if child.name == name:
-                found.append(child)
-        elif child.classname == "Group":
-            found += _segments(child, name)
-    return found
+@dataclass(frozen=True)
+class SiteRules:
+    """Per-site choices the standard leaves open (set through the service settings)."""
+    zone: ZoneInfo = ZoneInfo("Europe/Berlin")  # local time of a DTM without offset
+    default_charset: str = "ASCII"  # MSH-18 empty: HL7's default (2.15.9.18)
+    versions: frozenset = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"})
+    source: str = "medplat-hl7-retrofit"
 
 
-def _get(segment, index: int) -> str:
+@dataclass
+class Decoded:
+    message: Any  # hl7.Message
+    codec: str
+    version: str = ""
+    control_id: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def header_fields(raw: bytes) -> list[str]:
+    """MSH fields of a raw message (MSH-n is item n-1), read before the character set is known;
+    header fields are ASCII in practice, so Latin-1 never fails here."""
+    line = raw.split(b"\r", 1)[0]
+    if not line.startswith(b"MSH") or len(line) < 8:
+        return []
+    return line.decode("latin-1").split(chr(line[3]))
+
+
+def decode(raw: bytes, rules: SiteRules) -> Decoded:
+    fields = header_fields(raw)
+    if not fields:
+        raise Hl7Error(100, "not a parseable HL7 v2 message: the first segment is not MSH", ("MSH", 1), reject=True)
+    charset = fields[17].split("~")[0].split("^")[0].strip() if len(fields) > 17 else ""
+    charset = charset or rules.default_charset
+    codec = vocab.CHARSETS.get(charset)
+    if codec is None:
+        supported = charset in vocab.CHARSETS_NOT_SUPPORTED
+        raise Hl7Error(207 if supported else 103, f"MSH-18 character set {charset!r} "
+                       + ("is not decoded by this receiver" if supported else "is not in HL7 table 0211"), ("MSH", 1, 18))
     try:
-        return getattr(segment, f"{segment.name.lower()}_{index}").to_er7()
-    except (HL7apyException, AttributeError, IndexError, ValueError):
-        return ""
-
-
-def _timestamp(text: str) -> str | None:
-    digits = text.split("+")[0].split("-")[0].split(".")[0]
-    if len(digits) < 8 or not digits.isdigit():
-        return None
-    offset = text[len(digits):] if text[len(digits):len(digits) + 1] in "+-" else ""
-    out = f"{digits[:4]}-{digits[4:6]}-{digits[6:8]}"
-    if len(digits) >= 12:
-        out += f"T{digits[8:10]}:{digits[10:12]}:{digits[12:14] or '00'}"
-        out += (f"{offset[:3]}:{offset[3:5]}" if len(offset) == 5 else "+00:00")
-    return out
-
-
-def parse(er7: str) -> Message:
+        text = raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise Hl7Error(102, f"bytes are not {charset} (MSH-18): byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+                       ("MSH", 1, 18)) from None
     try:
-        return parse_message(er7.replace("\n", "\r"), find_groups=True)
-    except HL7apyException as exc:
-        raise Rejected("AR", f"not a parseable HL7 v2 message: {exc}") from None
+        message = hl7.parse(text)
+    except Exception as exc:  # python-hl7 raises several types for broken input
+        raise Hl7Error(100, f"not a parseable HL7 v2 message: {exc}", ("MSH", 1), reject=True) from None
+    return Decoded(message, codec)
 
 
-def message_type(message: Message) -> str:
-    return "^".join(_get(message.msh, 9).split("^")[:2])
+def _components(field_value, repetition: int = 0) -> list[str]:
+    """Components of one repetition of a python-hl7 field, as strings (subcomponents kept)."""
+    if not field_value:
+        return []
+    if len(field_value) <= repetition:
+        return []
+    item = field_value[repetition]
+    return [item] if isinstance(item, str) else [str(component) for component in item]
 
 
-def to_bundle(message: Message, *, source: str) -> dict[str, Any]:
-    kind = message_type(message)
-    if kind != "ORU^R01":
-        raise Rejected("AR", f"unsupported message type {kind or 'none'}: this listener takes ORU^R01 (PCD-01)")
-    control_id = _get(message.msh, 10)
-    if not control_id:
-        raise Rejected("AR", "MSH-10 message control id is empty")
-    sender = _get(message.msh, 3).split("^")[0] or "unknown-sender"
-    sent = _timestamp(_get(message.msh, 7))
-    pids = _segments(message, "PID")
-    patient = pids[0] and _get(pids[0], 3).split("^")[0] if pids else ""
-    obrs = _segments(message, "OBR")
-    obr_time = _timestamp(_get(obrs[0], 7)) if obrs else None
-    base = hashlib.sha256(f"{sender}|{control_id}".encode()).hexdigest()[:24]
-    observations = []
-    for index, obx in enumerate(_segments(message, "OBX")):
-        if not _get(obx, 2) and not _get(obx, 5):
-            continue  # a PCD-01 containment row (MDS / VMD / channel) carries no observation value
-        observations.append(_observation(obx, index, base, patient, obr_time or sent))
+def _field(segment, index: int) -> str:
+    return str(segment[index]) if len(segment) > index else ""
+
+
+def check_header(decoded: Decoded, rules: SiteRules) -> None:
+    msh = decoded.message.segment("MSH")
+    decoded.control_id = _field(msh, 10)
+    decoded.version = _components(msh[12])[0] if len(msh) > 12 and msh[12] else ""
+    kind = _components(msh[9]) if len(msh) > 9 else []
+    for index, value, name in ((9, kind, "message type"), (10, decoded.control_id, "message control id"),
+                               (11, _field(msh, 11), "processing id"), (12, decoded.version, "version id")):
+        if not value:
+            raise Hl7Error(101, f"MSH-{index} {name} is empty", ("MSH", 1, index))
+    if decoded.version not in rules.versions:
+        raise Hl7Error(203, f"version {decoded.version} is not supported (supported: "
+                            f"{', '.join(sorted(rules.versions))})", ("MSH", 1, 12))
+    if _components(msh[11])[0] not in PROCESSING_IDS:
+        raise Hl7Error(202, f"processing id {_field(msh, 11)!r} is not in table 0103 (P, D, T)", ("MSH", 1, 11))
+    if kind[0] != "ORU":
+        raise Hl7Error(200, f"unsupported message type {'^'.join(kind[:2])}: this listener takes ORU^R01 (PCD-01)",
+                       ("MSH", 1, 9))
+    if len(kind) < 2 or kind[1] != "R01":
+        raise Hl7Error(201, f"unsupported event {'^'.join(kind[:2])}: this listener takes ORU^R01 (PCD-01)",
+                       ("MSH", 1, 9))
+
+
+def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
+    check_header(decoded, rules)
+    message, msh = decoded.message, decoded.message.segment("MSH")
+    sender = (_components(msh[3]) or ["unknown-sender"])[0] or "unknown-sender"
+    sent = dt.date_time(_field(msh, 7), rules.zone, ("MSH", 1, 7))
+    base = hashlib.sha256(f"{sender}|{decoded.control_id}".encode()).hexdigest()[:24]
+    patient, order_time, observations, counts = "", None, [], {}
+    seen_obr = False
+    for segment in message:
+        name = str(segment[0])
+        counts[name] = sequence = counts.get(name, 0) + 1
+        if name == "PID":
+            if seen_obr:
+                raise Hl7Error(100, "PID after OBR (ORU^R01: the PATIENT group precedes ORDER_OBSERVATION)",
+                               ("PID", sequence))
+            patient = (_components(segment[3]) or [""])[0] if len(segment) > 3 else ""
+        elif name == "OBR":
+            seen_obr = True
+            order_time = dt.date_time(_field(segment, 7), rules.zone, ("OBR", sequence, 7))
+        elif name == "OBX":
+            if not seen_obr:
+                raise Hl7Error(100, "OBX before any OBR (ORU^R01: OBX belongs to an ORDER_OBSERVATION)",
+                               ("OBX", sequence))
+            observation = _observation(decoded, segment, sequence, base, patient, order_time or sent, rules)
+            if observation:
+                observations.append(observation)
     if not observations:
-        raise Rejected("AE", "ORU^R01 without OBX segments: nothing to map")
+        raise Hl7Error(101, "ORU^R01 without an OBX that carries a value: nothing to map", ("OBX", 1))
+    return _bundle(decoded, base, sender, sent, observations, rules)
+
+
+def _bundle(decoded: Decoded, base: str, sender: str, sent: str | None, observations: list, rules: SiteRules) -> dict:
     header_id, provenance_id = f"mh-{base}", f"prov-{base}"
+    targets = [{"reference": f"Observation/{o['id']}"} for o in observations]
     header = {"resourceType": "MessageHeader", "id": header_id,
               "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "R01"},
-              "source": {"name": sender, "endpoint": f"urn:medplat:hl7:{source}"},
-              "focus": [{"reference": f"Observation/{o['id']}"} for o in observations]}
-    provenance = {"resourceType": "Provenance", "id": provenance_id,
-                  "target": [{"reference": f"Observation/{o['id']}"} for o in observations],
+              "source": {"name": sender, "endpoint": f"urn:medplat:hl7:{rules.source}"},
+              "focus": targets}
+    provenance = {"resourceType": "Provenance", "id": provenance_id, "target": targets,
                   "recorded": sent or "1970-01-01T00:00:00+00:00",
                   "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
                                            "code": "CREATE"}]},
                   "agent": [{"who": {"display": sender}}],
                   "entity": [{"role": "source", "what": {"identifier": {"system": "urn:medplat:hl7v2-control-id",
-                                                                        "value": control_id}}}]}
+                                                                        "value": decoded.control_id}}}]}
     bundle = {"resourceType": "Bundle", "id": f"msg-{base}", "type": "message",
-              "timestamp": sent or None,
+              **({"timestamp": sent} if sent and "T" in sent else {}),
               "entry": [{"fullUrl": f"urn:uuid:{header_id}", "resource": header},
                         *({"fullUrl": f"urn:uuid:{o['id']}", "resource": o} for o in observations),
                         {"fullUrl": f"urn:uuid:{provenance_id}", "resource": provenance}]}
-    if bundle["timestamp"] is None:
-        del bundle["timestamp"]
     try:
         Bundle.model_validate(bundle)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise Rejected("AE", f"mapped FHIR is invalid at {'.'.join(str(p) for p in first['loc'])}: "
-                             f"{first['msg']}") from None
+        raise Hl7Error(207, f"mapped FHIR is invalid at {'.'.join(str(p) for p in first['loc'])}: "
+                            f"{first['msg']}") from None
     return bundle
 
 
-def _observation(obx, index: int, base: str, patient: str, fallback_time: str | None) -> dict[str, Any]:
-    where = f"OBX[{index + 1}]"
-    value_type = _get(obx, 2)
-    code_field = _get(obx, 3).split("^")
-    code, display = code_field[0], code_field[1] if len(code_field) > 1 else ""
-    system = code_field[2] if len(code_field) > 2 else ""
-    if not code:
-        raise Rejected("AE", f"{where}-3: observation identifier is empty")
-    coding_system = MDC if system in ("", "MDC") else f"urn:medplat:hl7-coding-system:{system}"
+def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, fallback_time: str | None,
+                 rules: SiteRules) -> dict[str, Any] | None:
+    where = ("OBX", sequence)
+    value_type = _field(obx, 2)
+    has_value = len(obx) > 5 and str(obx[5]) != ""
+    if not value_type and not has_value:
+        return None  # a PCD-01 containment row (MDS / VMD / channel) carries no observation value
+    if not value_type:
+        raise Hl7Error(101, "OBX-2 value type is empty but OBX-5 has a value", (*where, 2))
+    if value_type not in vocab.TABLE_0125:
+        raise Hl7Error(103, f"OBX-2 value type {value_type!r} is not in table 0125", (*where, 2))
+    code = _components(obx[3]) if len(obx) > 3 else []
+    if not code or not code[0]:
+        raise Hl7Error(101, "OBX-3 observation identifier is empty", (*where, 3))
+    status = _field(obx, 11)
+    if not status:
+        raise Hl7Error(101, "OBX-11 observation result status is empty", (*where, 11))
+    if status not in vocab.TABLE_0085:
+        raise Hl7Error(103, f"OBX-11 status {status!r} is not in table 0085", (*where, 11))
+    if status not in vocab.STATUS:
+        raise Hl7Error(207, f"OBX-11 status {status!r} has no FHIR observation status (v2-to-FHIR IG)", (*where, 11))
     observation: dict[str, Any] = {
-        "resourceType": "Observation", "id": f"obs-{base}-{index + 1}",
-        "status": STATUS.get(_get(obx, 11) or "F", "final"),
-        "code": {"coding": [{"system": coding_system, "code": code, **({"display": display} if display else {})}]},
+        "resourceType": "Observation", "id": f"obs-{base}-{sequence}", "status": vocab.STATUS[status],
+        "code": dt.codeable_concept([_text(decoded, c) for c in code], vocab.coding_system, "MDC"),
     }
-    raw = _get(obx, 5)
-    if value_type == "NM":
-        if not NUMERIC.match(raw):
-            raise Rejected("AE", f"{where}-5: {raw!r} is not a number (OBX-2 is NM)")
-        unit = _get(obx, 6).split("^")
-        quantity: dict[str, Any] = {"value": float(raw)}
-        if unit and unit[0]:
-            quantity["unit"] = unit[1] if len(unit) > 1 and unit[1] else unit[0]
-            if len(unit) > 2 and unit[2] == "UCUM":
-                quantity.update(system=UCUM, code=unit[0])
-            elif len(unit) > 2 and unit[2] == "MDC":
-                quantity.update(mdc_unit(unit[0]))
-        observation["valueQuantity"] = quantity
-    elif value_type in ("ST", "TX", "CWE", "CE"):
-        observation["valueString"] = raw
-    elif value_type:
-        raise Rejected("AE", f"{where}-2: value type {value_type} is not supported")
-    sub_id = _get(obx, 4)
+    if has_value:
+        observation.update(_value(decoded, obx, value_type, (*where, 5), rules))
+    sub_id = _field(obx, 4)
     if sub_id:
         observation["extension"] = [{"url": "urn:medplat:pcd-containment-path", "valueString": sub_id}]
-    when = _timestamp(_get(obx, 14)) or fallback_time
-    if when:
-        observation["effectiveDateTime"] = when
-    equipment = _get(obx, 18).split("^")[0]
+    flags = _components(obx[8]) if len(obx) > 8 else []
+    if flags and flags[0]:
+        observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flags[0]}]}]
+    when = dt.date_time(_field(obx, 14), rules.zone, (*where, 14)) if len(obx) > 14 else None
+    if when or fallback_time:
+        observation["effectiveDateTime"] = when or fallback_time
+    equipment = (_components(obx[18]) or [""])[0] if len(obx) > 18 else ""
     if equipment:
         observation["device"] = {"identifier": {"system": "urn:medplat:equipment-instance", "value": equipment}}
     if patient:
         observation["subject"] = {"identifier": {"system": "urn:medplat:patient-id", "value": patient}}
     return observation
+
+
+def _text(decoded: Decoded, text: str) -> str:
+    return dt.unescape(decoded.message, text, decoded.codec)
+
+
+def _value(decoded: Decoded, obx, value_type: str, where: tuple, rules: SiteRules) -> dict[str, Any]:
+    """OBX-5 by OBX-2 (Segment OBX to Observation, OBX-5 rows)."""
+    value = obx[5]
+    repetitions = len(value)
+    if value_type in TEXT_TYPES:
+        # Text carries no components: a stray ^ in a device's free text stays as written.
+        return {"valueString": "\n".join(_text(decoded, str(item)) for item in value)}
+    if repetitions > 1:
+        raise Hl7Error(102, f"OBX-5 repeats ({repetitions} values) but value type {value_type} maps to one "
+                            "FHIR value", where)
+    components = _components(value)
+    if value_type not in SUPPORTED_TYPES:
+        raise Hl7Error(207, f"value type {value_type} is not mapped by this receiver "
+                            f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})", (*where[:2], 2))
+    if value_type == "NM":
+        return {"valueQuantity": {"value": dt.number(components[0], where), **_unit(decoded, obx)}}
+    if value_type == "SN":
+        return dt.structured_numeric(components, _unit(decoded, obx), where)
+    if value_type in CODED_TYPES:
+        return {"valueCodeableConcept": dt.codeable_concept([_text(decoded, c) for c in components],
+                                                            vocab.coding_system)}
+    return {"valueDateTime": dt.date_time(components[0], rules.zone, where)}
+
+
+def _unit(decoded: Decoded, obx) -> dict[str, str]:
+    """OBX-6 units (CWE): UCUM as is, MDC through the shared MDC -> UCUM table, text otherwise."""
+    unit = _components(obx[6]) if len(obx) > 6 else []
+    if not unit or not unit[0]:
+        return {}
+    code, text, system = (unit + ["", ""])[:3]
+    quantity = {"unit": _text(decoded, text or code)}
+    if system == "UCUM":
+        quantity.update(system=UCUM, code=code)
+    elif system == "MDC":
+        quantity.update(mdc_unit(code))
+    elif system:
+        quantity.update(system=vocab.coding_system(system), code=code)
+    return quantity
