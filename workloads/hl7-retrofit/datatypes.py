@@ -4,6 +4,8 @@ chapter 2 (2.7 escape sequences, 2A.22 DTM, 2A.74 TS, 2A.70 SN)."""
 from __future__ import annotations
 
 import datetime
+import functools
+import math
 import re
 from zoneinfo import ZoneInfo
 
@@ -11,6 +13,7 @@ from medplat.workloads.hl7_retrofit.errors import Hl7Error
 
 # YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ] (2A.22)
 DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+SN_TEXT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")  # NM (2A.47): digits, optional sign and point
 FHIR_COMPARATORS = {"<", "<=", ">=", ">"}
 # Formatting commands as plain text: line breaks, highlighting dropped (python-hl7 writes "_").
@@ -23,9 +26,17 @@ def date_time(text: str, site_zone: ZoneInfo, where: tuple) -> str | None:
     text = text.split("^")[0].strip()
     if not text:
         return None
+    try:
+        return _date_time(text, site_zone)
+    except ValueError as exc:
+        raise Hl7Error(102, str(exc), where) from None
+
+
+@functools.lru_cache(maxsize=4096)  # the rows of a message, and messages in a second, share times
+def _date_time(text: str, site_zone: ZoneInfo) -> str:
     match = DTM.match(text)
     if not match:
-        raise Hl7Error(102, f"{text!r} is not an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])", where)
+        raise ValueError(f"{text!r} is not an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
         datetime.date(int(year), int(month or 1), int(day or 1))
@@ -43,7 +54,7 @@ def date_time(text: str, site_zone: ZoneInfo, where: tuple) -> str | None:
         else:
             local = local.replace(tzinfo=site_zone)
     except ValueError as exc:
-        raise Hl7Error(102, f"{text!r} is not a valid date/time: {exc}", where) from None
+        raise ValueError(f"{text!r} is not a valid date/time: {exc}") from None
     stamp = local.isoformat()
     return stamp[:19] + (fraction or "") + stamp[19:]
 
@@ -51,7 +62,10 @@ def date_time(text: str, site_zone: ZoneInfo, where: tuple) -> str | None:
 def number(text: str, where: tuple) -> float:
     if not NUMBER.match(text):
         raise Hl7Error(102, f"{text!r} is not a number (NM)", where)
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise Hl7Error(102, f"{text[:20]!r}... is too large for a decimal", where)
+    return value
 
 
 def codeable_concept(components: list[str], coding_system, default_system: str = "") -> dict:
@@ -77,6 +91,9 @@ def structured_numeric(components: list[str], unit: dict | None, where: tuple) -
     """SN (comparator^num1^separator/suffix^num2) -> the Observation.value[x] the v2-to-FHIR IG's
     OBX map chooses: "<>" or "+" -> valueString; ":" or "/" -> valueRatio; "-" -> valueRange;
     otherwise valueQuantity with the comparator."""
+    if len(components) == 1:  # "<0.10" written without component separators (seen in the IG's examples)
+        match = SN_TEXT.match(components[0].strip())
+        components = [match.group(1) or "", match.group(2)] if match else components
     comparator, num1, separator, num2 = (components + ["", "", "", ""])[:4]
     if comparator == "<>" or separator == "+":
         return {"valueString": " ".join(part for part in components[:4] if part)}

@@ -1,4 +1,4 @@
-"""ORU^R01 (IHE PCD-01) parsed with python-hl7 -> a FHIR R4 message Bundle, per the HL7 v2-to-FHIR
+"""ORU^R01 (IHE PCD-01) read with the lazy ER7 reader (er7.py) -> a FHIR R4 message Bundle, per the HL7 v2-to-FHIR
 IG (Message ORU_R01 to Bundle, Segment OBX to Observation): MSH -> MessageHeader and Provenance,
 PID-3 -> the subject, OBX -> Observation (OBX-3 -> code; OBX-5 by OBX-2: NM -> valueQuantity,
 SN -> valueQuantity/valueRange/valueRatio/valueString, CWE/CE/CNE -> valueCodeableConcept,
@@ -8,17 +8,19 @@ MSH-18 chooses how the bytes are decoded. Every problem is an Hl7Error with its 
 and location; every Bundle is validated with fhir.resources (R4B) before anything leaves."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import hl7
+import orjson
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from medplat.service.terminology import UCUM, mdc_unit
 from medplat.workloads.hl7_retrofit import datatypes as dt
+from medplat.workloads.hl7_retrofit import er7
 from medplat.workloads.hl7_retrofit import vocabulary as vocab
 from medplat.workloads.hl7_retrofit.errors import Hl7Error
 
@@ -26,6 +28,7 @@ TEXT_TYPES, CODED_TYPES, TIME_TYPES = {"ST", "TX", "FT"}, {"CWE", "CE", "CNE"}, 
 SUPPORTED_TYPES = {"NM", "SN"} | TEXT_TYPES | CODED_TYPES | TIME_TYPES
 PROCESSING_IDS = {"P", "D", "T"}  # Table 0103
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v2-0078"
+SHAPES_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class SiteRules:
 
 @dataclass
 class Decoded:
-    message: Any  # hl7.Message
+    message: er7.Message
     codec: str
     version: str = ""
     control_id: str = ""
@@ -72,40 +75,26 @@ def decode(raw: bytes, rules: SiteRules) -> Decoded:
         raise Hl7Error(102, f"bytes are not {charset} (MSH-18): byte 0x{raw[exc.start]:02x} at offset {exc.start}",
                        ("MSH", 1, 18)) from None
     try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises several types for broken input
+        message = er7.Message(text.replace("\r\n", "\r").replace("\n", "\r"))
+    except ValueError as exc:
         raise Hl7Error(100, f"not a parseable HL7 v2 message: {exc}", ("MSH", 1), reject=True) from None
     return Decoded(message, codec)
 
 
-def _components(field_value, repetition: int = 0) -> list[str]:
-    """Components of one repetition of a python-hl7 field, as strings (subcomponents kept)."""
-    if not field_value:
-        return []
-    if len(field_value) <= repetition:
-        return []
-    item = field_value[repetition]
-    return [item] if isinstance(item, str) else [str(component) for component in item]
-
-
-def _field(segment, index: int) -> str:
-    return str(segment[index]) if len(segment) > index else ""
-
-
 def check_header(decoded: Decoded, rules: SiteRules) -> None:
-    msh = decoded.message.segment("MSH")
-    decoded.control_id = _field(msh, 10)
-    decoded.version = _components(msh[12])[0] if len(msh) > 12 and msh[12] else ""
-    kind = _components(msh[9]) if len(msh) > 9 else []
-    for index, value, name in ((9, kind, "message type"), (10, decoded.control_id, "message control id"),
-                               (11, _field(msh, 11), "processing id"), (12, decoded.version, "version id")):
+    message = decoded.message
+    msh = message.segment("MSH")
+    decoded.control_id, decoded.version = msh.field(10), message.first(msh, 12)
+    kind, processing = message.components(msh, 9), message.first(msh, 11)
+    for index, value, name in ((9, kind and kind[0], "message type"), (10, decoded.control_id, "message control id"),
+                               (11, processing, "processing id"), (12, decoded.version, "version id")):
         if not value:
             raise Hl7Error(101, f"MSH-{index} {name} is empty", ("MSH", 1, index))
     if decoded.version not in rules.versions:
         raise Hl7Error(203, f"version {decoded.version} is not supported (supported: "
                             f"{', '.join(sorted(rules.versions))})", ("MSH", 1, 12))
-    if _components(msh[11])[0] not in PROCESSING_IDS:
-        raise Hl7Error(202, f"processing id {_field(msh, 11)!r} is not in table 0103 (P, D, T)", ("MSH", 1, 11))
+    if processing not in PROCESSING_IDS:
+        raise Hl7Error(202, f"processing id {processing!r} is not in table 0103 (P, D, T)", ("MSH", 1, 11))
     if kind[0] != "ORU":
         raise Hl7Error(200, f"unsupported message type {'^'.join(kind[:2])}: this listener takes ORU^R01 (PCD-01)",
                        ("MSH", 1, 9))
@@ -117,22 +106,22 @@ def check_header(decoded: Decoded, rules: SiteRules) -> None:
 def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
     check_header(decoded, rules)
     message, msh = decoded.message, decoded.message.segment("MSH")
-    sender = (_components(msh[3]) or ["unknown-sender"])[0] or "unknown-sender"
-    sent = dt.date_time(_field(msh, 7), rules.zone, ("MSH", 1, 7))
+    sender = message.first(msh, 3).strip() or "unknown-sender"
+    sent = dt.date_time(message.first(msh, 7), rules.zone, ("MSH", 1, 7))
     base = hashlib.sha256(f"{sender}|{decoded.control_id}".encode()).hexdigest()[:24]
     patient, order_time, observations, counts = "", None, [], {}
     seen_obr = False
-    for segment in message:
-        name = str(segment[0])
+    for segment in message.segments:
+        name = segment.name
         counts[name] = sequence = counts.get(name, 0) + 1
         if name == "PID":
             if seen_obr:
                 raise Hl7Error(100, "PID after OBR (ORU^R01: the PATIENT group precedes ORDER_OBSERVATION)",
                                ("PID", sequence))
-            patient = (_components(segment[3]) or [""])[0] if len(segment) > 3 else ""
+            patient = message.first(segment, 3)
         elif name == "OBR":
             seen_obr = True
-            order_time = dt.date_time(_field(segment, 7), rules.zone, ("OBR", sequence, 7))
+            order_time = dt.date_time(message.first(segment, 7), rules.zone, ("OBR", sequence, 7))
         elif name == "OBX":
             if not seen_obr:
                 raise Hl7Error(100, "OBX before any OBR (ORU^R01: OBX belongs to an ORDER_OBSERVATION)",
@@ -153,7 +142,8 @@ def _bundle(decoded: Decoded, base: str, sender: str, sent: str | None, observat
               "source": {"name": sender, "endpoint": f"urn:medplat:hl7:{rules.source}"},
               "focus": targets}
     provenance = {"resourceType": "Provenance", "id": provenance_id, "target": targets,
-                  "recorded": sent or "1970-01-01T00:00:00+00:00",
+                  "recorded": sent if sent and "T" in sent else
+                  datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
                                            "code": "CREATE"}]},
                   "agent": [{"who": {"display": sender}}],
@@ -164,30 +154,58 @@ def _bundle(decoded: Decoded, base: str, sender: str, sent: str | None, observat
               "entry": [{"fullUrl": f"urn:uuid:{header_id}", "resource": header},
                         *({"fullUrl": f"urn:uuid:{o['id']}", "resource": o} for o in observations),
                         {"fullUrl": f"urn:uuid:{provenance_id}", "resource": provenance}]}
+    validate(bundle, decoded.control_id)
+    return bundle
+
+
+_valid_shapes: dict[bytes, None] = {}
+
+
+def validate(bundle: dict, control_id: str) -> None:
+    """fhir.resources (R4B) validation of the Bundle, remembered per shape: a monitor sends the same
+    structure every second, and only values this module produced from checked input differ
+    (resource ids, numbers read by datatypes.number, times written by datatypes.date_time, the
+    control id), so a shape fhir.resources accepted once is accepted again. Anything else — codes,
+    units, texts, status, identifiers — is part of the shape and validated when it first occurs."""
+    key = _shape(bundle, control_id)
+    if key in _valid_shapes:
+        return
     try:
         Bundle.model_validate(bundle)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise Hl7Error(207, f"mapped FHIR is invalid at {'.'.join(str(p) for p in first['loc'])}: "
                             f"{first['msg']}") from None
-    return bundle
+    if len(_valid_shapes) >= SHAPES_KEPT:
+        del _valid_shapes[next(iter(_valid_shapes))]
+    _valid_shapes[key] = None
+
+
+def _shape(bundle: dict, control_id: str) -> bytes:
+    header = bundle["entry"][0]["resource"]
+    observations = []
+    for entry in bundle["entry"][1:-1]:
+        shape = {k: v for k, v in entry["resource"].items() if k not in ("id", "effectiveDateTime")}
+        if "valueQuantity" in shape:
+            shape["valueQuantity"] = {**shape["valueQuantity"], "value": 0}
+        observations.append(shape)
+    return orjson.dumps([header["source"], control_id == control_id.strip(), observations])
 
 
 def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, fallback_time: str | None,
                  rules: SiteRules) -> dict[str, Any] | None:
-    where = ("OBX", sequence)
-    value_type = _field(obx, 2)
-    has_value = len(obx) > 5 and str(obx[5]) != ""
+    where, message = ("OBX", sequence), decoded.message
+    value_type, has_value = obx.field(2), obx.field(5) != ""
     if not value_type and not has_value:
         return None  # a PCD-01 containment row (MDS / VMD / channel) carries no observation value
     if not value_type:
         raise Hl7Error(101, "OBX-2 value type is empty but OBX-5 has a value", (*where, 2))
     if value_type not in vocab.TABLE_0125:
         raise Hl7Error(103, f"OBX-2 value type {value_type!r} is not in table 0125", (*where, 2))
-    code = _components(obx[3]) if len(obx) > 3 else []
+    code = message.components(obx, 3)
     if not code or not code[0]:
         raise Hl7Error(101, "OBX-3 observation identifier is empty", (*where, 3))
-    status = _field(obx, 11)
+    status = obx.field(11)
     if not status:
         raise Hl7Error(101, "OBX-11 observation result status is empty", (*where, 11))
     if status not in vocab.TABLE_0085:
@@ -200,16 +218,16 @@ def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, 
     }
     if has_value:
         observation.update(_value(decoded, obx, value_type, (*where, 5), rules))
-    sub_id = _field(obx, 4)
+    sub_id = obx.field(4)
     if sub_id:
         observation["extension"] = [{"url": "urn:medplat:pcd-containment-path", "valueString": sub_id}]
-    flags = _components(obx[8]) if len(obx) > 8 else []
-    if flags and flags[0]:
-        observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flags[0]}]}]
-    when = dt.date_time(_field(obx, 14), rules.zone, (*where, 14)) if len(obx) > 14 else None
+    flag = message.first(obx, 8)
+    if flag:
+        observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flag}]}]
+    when = dt.date_time(message.first(obx, 14), rules.zone, (*where, 14))
     if when or fallback_time:
         observation["effectiveDateTime"] = when or fallback_time
-    equipment = (_components(obx[18]) or [""])[0] if len(obx) > 18 else ""
+    equipment = message.first(obx, 18)
     if equipment:
         observation["device"] = {"identifier": {"system": "urn:medplat:equipment-instance", "value": equipment}}
     if patient:
@@ -223,15 +241,14 @@ def _text(decoded: Decoded, text: str) -> str:
 
 def _value(decoded: Decoded, obx, value_type: str, where: tuple, rules: SiteRules) -> dict[str, Any]:
     """OBX-5 by OBX-2 (Segment OBX to Observation, OBX-5 rows)."""
-    value = obx[5]
-    repetitions = len(value)
+    repetitions = decoded.message.repetitions(obx, 5)
     if value_type in TEXT_TYPES:
         # Text carries no components: a stray ^ in a device's free text stays as written.
-        return {"valueString": "\n".join(_text(decoded, str(item)) for item in value)}
-    if repetitions > 1:
-        raise Hl7Error(102, f"OBX-5 repeats ({repetitions} values) but value type {value_type} maps to one "
+        return {"valueString": "\n".join(_text(decoded, item) for item in repetitions)}
+    if len(repetitions) > 1:
+        raise Hl7Error(102, f"OBX-5 repeats ({len(repetitions)} values) but value type {value_type} maps to one "
                             "FHIR value", where)
-    components = _components(value)
+    components = repetitions[0].split(decoded.message.component)
     if value_type not in SUPPORTED_TYPES:
         raise Hl7Error(207, f"value type {value_type} is not mapped by this receiver "
                             f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})", (*where[:2], 2))
@@ -247,7 +264,7 @@ def _value(decoded: Decoded, obx, value_type: str, where: tuple, rules: SiteRule
 
 def _unit(decoded: Decoded, obx) -> dict[str, str]:
     """OBX-6 units (CWE): UCUM as is, MDC through the shared MDC -> UCUM table, text otherwise."""
-    unit = _components(obx[6]) if len(obx) > 6 else []
+    unit = decoded.message.components(obx, 6)
     if not unit or not unit[0]:
         return {}
     code, text, system = (unit + ["", ""])[:3]
