@@ -54,15 +54,20 @@ class Settings(ServiceSettings):
 
 class PubAcks:
     """QoS 1 publishes whose PUBACK resolves an asyncio future (paho's on_publish callback), so a
-    connection can have many messages in flight instead of waiting for each in turn."""
+    connection can have many messages in flight instead of waiting for each in turn. PUBACKs are
+    handed to the event loop in bunches (one wake-up for all that arrived meanwhile), and one
+    sweeper fails the publishes the broker has not acknowledged in time."""
 
-    def __init__(self, publisher: Publisher, loop: asyncio.AbstractEventLoop) -> None:
-        self.client, self.loop = publisher.client, loop
-        self.pending: dict[int, asyncio.Future] = {}
+    def __init__(self, publisher: Publisher, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.client, self.loop, self.timeout = publisher.client, loop, timeout
+        self.pending: dict[int, tuple[asyncio.Future, float]] = {}  # mid -> (future, deadline)
         self.early: set[int] = set()  # PUBACKs that beat the registration of their mid
+        self.acked: list[asyncio.Future] = []
+        self.wake_scheduled = False
         self.lock = threading.Lock()  # never held while calling into paho (its callbacks take it)
         self.previous = self.client.on_publish
         self.client.on_publish = self._on_publish
+        self.sweeper = loop.create_task(self._sweep())
 
     def publish(self, topic: str, payload: bytes) -> asyncio.Future:
         if not self.client.is_connected():
@@ -76,29 +81,40 @@ class PubAcks:
                 self.early.discard(info.mid)
                 future.set_result(None)
             else:
-                self.pending[info.mid] = future
+                self.pending[info.mid] = (future, self.loop.time() + self.timeout)
         return future
-
-    def forget(self, future: asyncio.Future) -> None:
-        with self.lock:
-            for mid, waiting in list(self.pending.items()):
-                if waiting is future:
-                    del self.pending[mid]
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         if self.previous:
             self.previous(client, userdata, mid, reason_code, properties)
         with self.lock:
-            future = self.pending.pop(mid, None)
-            if future is None:
+            waiting = self.pending.pop(mid, None)
+            if waiting is None:
                 self.early.add(mid)
                 return
-        self.loop.call_soon_threadsafe(_resolve, future)
+            self.acked.append(waiting[0])
+            if self.wake_scheduled:
+                return
+            self.wake_scheduled = True
+        self.loop.call_soon_threadsafe(self._resolve_acked)
 
+    def _resolve_acked(self) -> None:
+        with self.lock:
+            acked, self.acked, self.wake_scheduled = self.acked, [], False
+        for future in acked:
+            if not future.done():
+                future.set_result(None)
 
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout))
+            now = self.loop.time()
+            with self.lock:
+                overdue = [mid for mid, (_, deadline) in self.pending.items() if deadline <= now]
+                futures = [self.pending.pop(mid)[0] for mid in overdue]
+            for future in futures:
+                if not future.done():
+                    future.set_exception(TimeoutError("the site broker did not acknowledge the publish"))
 
 
 @dataclass
@@ -174,7 +190,7 @@ class Listener:
             if self.pubacks is None:
                 if self.publisher is None:
                     raise ConnectionError("no site broker configured")
-                self.pubacks = PubAcks(self.publisher, loop)
+                self.pubacks = PubAcks(self.publisher, loop, self.settings.publish_timeout_s)
             puback = self.pubacks.publish(prepared.topic, prepared.payload)
         except (ConnectionError, RuntimeError) as exc:
             done = loop.create_future()
@@ -184,11 +200,9 @@ class Listener:
 
     async def _after_puback(self, prepared: Prepared, puback: asyncio.Future) -> list[str]:
         try:
-            await asyncio.wait_for(puback, self.settings.publish_timeout_s)
-        except asyncio.TimeoutError:
-            self.pubacks.forget(puback)
-            return self._ack(prepared.raw, Hl7Error(207, "not stored, send again: the site broker did not "
-                                                         "acknowledge the publish", reject=True))
+            await puback
+        except TimeoutError as exc:
+            return self._ack(prepared.raw, Hl7Error(207, f"not stored, send again: {exc}", reject=True))
         return self._ack(prepared.raw, None)
 
     def _ack(self, raw: bytes, error: Hl7Error | None) -> list[str]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
 from medplat.service.terminology import UCUM, mdc_unit
@@ -28,7 +30,8 @@ TEXT_TYPES, CODED_TYPES, TIME_TYPES = {"ST", "TX", "FT"}, {"CWE", "CE", "CNE"}, 
 SUPPORTED_TYPES = {"NM", "SN"} | TEXT_TYPES | CODED_TYPES | TIME_TYPES
 PROCESSING_IDS = {"P", "D", "T"}  # Table 0103
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v2-0078"
-SHAPES_KEPT = 4096
+SHAPES_KEPT = 16384
+FHIR_STRING = re.compile(r"^[ \r\n\t\S]+$")  # FHIR R4 string regex (datatypes.html#string)
 
 
 @dataclass(frozen=True)
@@ -162,16 +165,29 @@ _valid_shapes: dict[bytes, None] = {}
 
 
 def validate(bundle: dict, control_id: str) -> None:
-    """fhir.resources (R4B) validation of the Bundle, remembered per shape: a monitor sends the same
-    structure every second, and only values this module produced from checked input differ
-    (resource ids, numbers read by datatypes.number, times written by datatypes.date_time, the
-    control id), so a shape fhir.resources accepted once is accepted again. Anything else — codes,
-    units, texts, status, identifiers — is part of the shape and validated when it first occurs."""
-    key = _shape(bundle, control_id)
+    """fhir.resources (R4B) validation, remembered per shape. A monitor sends the same structure
+    every second and a large message repeats a few row shapes; only values this module produced
+    from checked input differ between equal shapes (resource ids and references, numbers read by
+    datatypes.number, times written by datatypes.date_time, the control id), so a shape
+    fhir.resources accepted once is accepted again. Everything else — codes, units, texts, status,
+    identifiers — is part of the shape and validated when it first occurs. Each Observation shape
+    is validated as an Observation; the Bundle around them (MessageHeader, Provenance) once per
+    sender with its first Observation."""
+    entries = bundle["entry"]
+    for entry in entries[1:-1]:
+        observation = entry["resource"]
+        _remember(b"O" + _observation_shape(observation), Observation, observation)
+    header = entries[0]["resource"]
+    skeleton = {**bundle, "entry": [entries[0], entries[1], entries[-1]]}
+    _remember(orjson.dumps(["B", header["source"], control_id == control_id.strip(), "timestamp" in bundle]),
+              Bundle, skeleton)
+
+
+def _remember(key: bytes, model, resource: dict) -> None:
     if key in _valid_shapes:
         return
     try:
-        Bundle.model_validate(bundle)
+        model.model_validate(resource)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise Hl7Error(207, f"mapped FHIR is invalid at {'.'.join(str(p) for p in first['loc'])}: "
@@ -181,15 +197,14 @@ def validate(bundle: dict, control_id: str) -> None:
     _valid_shapes[key] = None
 
 
-def _shape(bundle: dict, control_id: str) -> bytes:
-    header = bundle["entry"][0]["resource"]
-    observations = []
-    for entry in bundle["entry"][1:-1]:
-        shape = {k: v for k, v in entry["resource"].items() if k not in ("id", "effectiveDateTime")}
-        if "valueQuantity" in shape:
-            shape["valueQuantity"] = {**shape["valueQuantity"], "value": 0}
-        observations.append(shape)
-    return orjson.dumps([header["source"], control_id == control_id.strip(), observations])
+def _observation_shape(observation: dict) -> bytes:
+    shape = {k: v for k, v in observation.items() if k not in ("id", "effectiveDateTime")}
+    if "valueQuantity" in shape:
+        shape["valueQuantity"] = {**shape["valueQuantity"], "value": 0}
+    path = shape.get("extension", [{}])[0].get("valueString", "")
+    if path and FHIR_STRING.match(path):  # the OBX-4 path differs per row: checked here, not per shape
+        shape["extension"] = [{**shape["extension"][0], "valueString": "-"}]
+    return orjson.dumps(shape)
 
 
 def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, fallback_time: str | None,
