@@ -276,8 +276,16 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     return app, settings
 
 
+# Maps one message before the port opens: fhir.resources builds its validators on first use
+# (~0.5 s), which would otherwise land on the first real message.
+WARM_UP = (b"MSH|^~\\&|WARM-UP||||20260101000000+0000||ORU^R01^ORU_R01|W1|P|2.6\rOBR|1\r"
+           b"OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.1.1.1|97|262688^MDC_DIM_PERCENT^MDC|||||F\r")
+
+
 async def run(app, settings: Settings) -> None:
     listener: Listener = app.state.listener
+    if listener.prepare(WARM_UP).error:
+        raise RuntimeError("hl7-retrofit cannot map its own warm-up message")
     server = await asyncio.start_server(listener.serve_client, host=settings.host, port=settings.mllp_port,
                                         limit=settings.max_message_bytes)
     web = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
