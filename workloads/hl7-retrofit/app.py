@@ -169,8 +169,8 @@ class Listener:
             prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare_all, frame.messages)
         else:
             prepared = self._prepare_all(frame.messages)
-        pending = [self._publish(p) for p in prepared]
-        replies = [await outcome for outcome in pending]
+        started = [self._publish(p) for p in prepared]  # all publishes leave before the first wait
+        replies = [await self._outcome(p, puback, error) for p, puback, error in started]
         if frame.headers:
             return acks.encode(acks.batch_ack(frame.headers, replies))
         return acks.encode(replies[0] if replies else self._ack(b"", Hl7Error(100, "empty MLLP block", reject=True)),
@@ -179,31 +179,26 @@ class Listener:
     def _prepare_all(self, messages: list[bytes]) -> list[Prepared]:
         return [self.prepare(raw) for raw in messages]
 
-    def _publish(self, prepared: Prepared) -> asyncio.Future:
-        """Start the publish now (keeps the order); the returned awaitable gives the ACK segments."""
-        loop = asyncio.get_running_loop()
+    def _publish(self, prepared: Prepared) -> tuple[Prepared, asyncio.Future | None, Hl7Error | None]:
+        """Start the publish now (keeps the order); the outcome is awaited later."""
         if prepared.error:
-            done = loop.create_future()
-            done.set_result(self._ack(prepared.raw, prepared.error))
-            return done
+            return prepared, None, prepared.error
         try:
             if self.pubacks is None:
                 if self.publisher is None:
                     raise ConnectionError("no site broker configured")
-                self.pubacks = PubAcks(self.publisher, loop, self.settings.publish_timeout_s)
-            puback = self.pubacks.publish(prepared.topic, prepared.payload)
+                self.pubacks = PubAcks(self.publisher, asyncio.get_running_loop(), self.settings.publish_timeout_s)
+            return prepared, self.pubacks.publish(prepared.topic, prepared.payload), None
         except (ConnectionError, RuntimeError) as exc:
-            done = loop.create_future()
-            done.set_result(self._ack(prepared.raw, Hl7Error(207, f"not stored, send again: {exc}", reject=True)))
-            return done
-        return asyncio.ensure_future(self._after_puback(prepared, puback))
+            return prepared, None, Hl7Error(207, f"not stored, send again: {exc}", reject=True)
 
-    async def _after_puback(self, prepared: Prepared, puback: asyncio.Future) -> list[str]:
-        try:
-            await puback
-        except TimeoutError as exc:
-            return self._ack(prepared.raw, Hl7Error(207, f"not stored, send again: {exc}", reject=True))
-        return self._ack(prepared.raw, None)
+    async def _outcome(self, prepared: Prepared, puback: asyncio.Future | None, error: Hl7Error | None) -> list[str]:
+        if puback is not None:
+            try:
+                await puback
+            except TimeoutError as exc:
+                error = Hl7Error(207, f"not stored, send again: {exc}", reject=True)
+        return self._ack(prepared.raw, error)
 
     def _ack(self, raw: bytes, error: Hl7Error | None) -> list[str]:
         code = error.ack if error else "AA"
@@ -233,12 +228,34 @@ class Listener:
         return await self.answer(block)
 
     async def _write_replies(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
-        while (reply := await replies.get()) is not None:
+        """Writes replies in order; replies that are ready together leave in one write."""
+        carry = None
+        while True:
+            item = carry if carry is not None else await replies.get()
+            carry, closing = None, item is None
+            if closing:
+                return
+            chunks = [await self._reply(item)]
+            while not replies.empty():
+                following = replies.get_nowait()
+                if following is None or not following.done():
+                    carry, closing = following, following is None
+                    break
+                chunks.append(await self._reply(following))
             try:
-                writer.write(acks.VT + await reply + END)
+                writer.write(b"".join(acks.VT + chunk + END for chunk in chunks))
                 await writer.drain()
             except (ConnectionError, OSError):
                 pass  # the sender left; it resends what it has no ACK for
+            if closing:
+                return
+
+    async def _reply(self, task: asyncio.Future) -> bytes:
+        try:
+            return await task
+        except Exception:  # a bug must cost one frame an AE, not the connection
+            log.exception("answering a frame failed")
+            return acks.encode(self._ack(b"", Hl7Error(207, "internal error while answering")))
 
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | Hl7Error | None:
         try:
