@@ -50,6 +50,7 @@ class Settings(ServiceSettings):
     default_charset: str = "ASCII"  # MSH-18 empty: HL7's default; set "8859/1" for senders that omit it
     hl7_versions: list[str] = ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"]
     max_in_flight: int = 512  # frames per connection awaiting their PUBACK
+    max_in_flight_bytes: int = 16 << 20  # unanswered bytes per connection (bounds memory)
 
 
 class PubAcks:
@@ -208,15 +209,20 @@ class Listener:
         return acks.ack(raw, code, error)
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Reads frames as they come and writes the replies in order as their PUBACKs arrive."""
+        """Reads frames as they come and writes the replies in order as their PUBACKs arrive. A
+        connection holds at most `max_in_flight` frames and `max_in_flight_bytes` unanswered bytes
+        (beyond that it stops reading until replies went out)."""
         replies: asyncio.Queue = asyncio.Queue(self.settings.max_in_flight)
-        sender = asyncio.ensure_future(self._write_replies(replies, writer))
+        budget = _Budget(self.settings.max_in_flight_bytes)
+        sender = asyncio.ensure_future(self._write_replies(replies, writer, budget))
         try:
             while True:
                 block = await self._read_frame(reader)
                 if block is None:
                     break
-                await replies.put(asyncio.ensure_future(self._answer_block(block)))
+                size = len(block) if isinstance(block, bytes) else 0
+                await replies.put((asyncio.ensure_future(self._answer_block(block)), size))
+                await budget.take(size)
         finally:
             await replies.put(None)
             await sender
@@ -227,7 +233,7 @@ class Listener:
             return acks.encode(self._ack(b"", block))
         return await self.answer(block)
 
-    async def _write_replies(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+    async def _write_replies(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, budget: _Budget) -> None:
         """Writes replies in order; replies that are ready together leave in one write."""
         carry = None
         while True:
@@ -235,18 +241,20 @@ class Listener:
             carry, closing = None, item is None
             if closing:
                 return
-            chunks = [await self._reply(item)]
+            chunks, sizes = [await self._reply(item[0])], item[1]
             while not replies.empty():
                 following = replies.get_nowait()
-                if following is None or not following.done():
+                if following is None or not following[0].done():
                     carry, closing = following, following is None
                     break
-                chunks.append(await self._reply(following))
+                chunks.append(await self._reply(following[0]))
+                sizes += following[1]
             try:
                 writer.write(b"".join(acks.VT + chunk + END for chunk in chunks))
                 await writer.drain()
             except (ConnectionError, OSError):
                 pass  # the sender left; it resends what it has no ACK for
+            budget.give(sizes)
             if closing:
                 return
 
@@ -273,6 +281,23 @@ class Listener:
             return Hl7Error(104, f"message exceeds {self.settings.max_message_bytes} bytes", reject=True)
         except ConnectionError:
             return None
+
+
+class _Budget:
+    """Unanswered bytes of one connection; the reader waits while they exceed the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used, self.freed = limit, 0, asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        self.used += size
+        while self.used > self.limit:
+            self.freed.clear()
+            await self.freed.wait()
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self.freed.set()
 
 
 def build(settings: Settings | None = None, publisher: Publisher | None = None):
