@@ -29,6 +29,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from medplat.service.terminology import mdc_unit
 from medplat.workloads.hl7_retrofit import er7
 from medplat.workloads.hl7_retrofit.errors import Hl7Error
 from medplat.workloads.hl7_retrofit.mapping import SiteRules, decode, to_bundle
@@ -141,8 +142,8 @@ def test_pocd_pcd01_example_latin1_mdc_codes_and_containment_rows():
     rate, rhythm = observations(bundle)
     assert rate["code"]["coding"][0] == {"system": "urn:iso:std:iso:11073:10101", "code": "147842",
                                          "display": "MDC_ECG_CARD_BEAT_RATE"}
-    assert rate["valueQuantity"] == {"value": 60.0, "unit": "MDC_DIM_BEAT_PER_MIN",
-                                     "system": "http://unitsofmeasure.org", "code": "/min"}
+    # MDC units go through the platform's one MDC -> UCUM table (medplat.service.terminology).
+    assert rate["valueQuantity"] == {"value": 60.0, "unit": "MDC_DIM_BEAT_PER_MIN", **mdc_unit("264864")}
     assert rate["extension"][0]["valueString"] == "1.2.1.1"
     assert rhythm["valueString"] == "MDC_ECG_PACED_RHY"
     assert rate["effectiveDateTime"] == "2021-04-25T23:03:31.496-04:00"
@@ -416,7 +417,7 @@ def test_spec_messages_over_mllp_are_acknowledged_and_published(site):
     envelopes = {_control(e): e for e in published(received, set(messages))}
     assert set(envelopes) == set(messages)
     pocd = observations(envelopes["HP0425230332.872USDANRMMD1NBR488"]["resource"])
-    assert pocd[0]["valueQuantity"]["code"] == "/min"
+    assert pocd[0]["valueQuantity"]["code"] == mdc_unit("264864")["code"]
 
 
 @pytest.mark.slow
