@@ -33,18 +33,26 @@ class Segment:
         return self.parts[position] if 0 < position < len(self.parts) else (self.separator if index == 1 and self.offset else "")
 
 
-class Message:
-    """Separators from MSH-1/MSH-2; .esc and .separators in python-hl7's layout so that
-    python-hl7's unescape works on it."""
+class Delimiters:
+    """MSH-1/MSH-2 (field, component, repetition, escape, subcomponent); .esc and .separators in
+    python-hl7's layout so that python-hl7's unescape works on it."""
 
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.field_separator, self.component, self.repetition, self.esc, self.subcomponent = key
+        if len(set(key)) != 5:
+            raise ValueError(f"MSH-1/MSH-2 separators {key!r} are not five distinct characters")
+        self.separators = "\r" + self.field_separator + self.repetition + self.component + self.subcomponent
+
+    def unescape(self, text: str, app_map: dict | None = None) -> str:
+        return hl7_unescape(self, text, app_map)
+
+
+class Message(Delimiters):
     def __init__(self, text: str) -> None:
         if not text.startswith("MSH") or len(text) < 8:
             raise ValueError("the first segment is not MSH")
-        self.field_separator = text[3]
-        self.component, self.repetition, self.esc, self.subcomponent = text[4:8]
-        if len({self.field_separator, self.component, self.repetition, self.esc, self.subcomponent}) != 5:
-            raise ValueError(f"MSH-1/MSH-2 separators {text[3:8]!r} are not five distinct characters")
-        self.separators = "\r" + self.field_separator + self.repetition + self.component + self.subcomponent
+        super().__init__(text[3:8])
         self.segments = [Segment(line, self.field_separator) for line in text.split("\r") if line.strip()]
 
     def segment(self, name: str) -> Segment:
@@ -68,5 +76,3 @@ class Message:
         components = self.components(segment, index)
         return components[0] if components else ""
 
-    def unescape(self, text: str, app_map: dict | None = None) -> str:
-        return hl7_unescape(self, text, app_map)

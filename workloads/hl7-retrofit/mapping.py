@@ -9,6 +9,7 @@ and location; every Bundle is validated with fhir.resources (R4B) before anythin
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -217,8 +218,8 @@ def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, 
         raise Hl7Error(101, "OBX-2 value type is empty but OBX-5 has a value", (*where, 2))
     if value_type not in vocab.TABLE_0125:
         raise Hl7Error(103, f"OBX-2 value type {value_type!r} is not in table 0125", (*where, 2))
-    code = message.components(obx, 3)
-    if not code or not code[0]:
+    code = obx.field(3)
+    if not code or code.startswith((message.component, message.repetition)):
         raise Hl7Error(101, "OBX-3 observation identifier is empty", (*where, 3))
     status = obx.field(11)
     if not status:
@@ -229,7 +230,7 @@ def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, 
         raise Hl7Error(207, f"OBX-11 status {status!r} has no FHIR observation status (v2-to-FHIR IG)", (*where, 11))
     observation: dict[str, Any] = {
         "resourceType": "Observation", "id": f"obs-{base}-{sequence}", "status": vocab.STATUS[status],
-        "code": dt.codeable_concept([_text(decoded, c) for c in code], vocab.coding_system, "MDC"),
+        "code": _coded(code, message.key, decoded.codec, "MDC"),
     }
     if has_value:
         observation.update(_value(decoded, obx, value_type, (*where, 5), rules))
@@ -278,12 +279,31 @@ def _value(decoded: Decoded, obx, value_type: str, where: tuple, rules: SiteRule
 
 
 def _unit(decoded: Decoded, obx) -> dict[str, str]:
+    raw = obx.field(6)
+    return _unit_of(raw, decoded.message.key, decoded.codec) if raw else {}
+
+
+# Rows repeat their code and unit fields message after message: their mapping is remembered by
+# the raw field (with the delimiters and character set that decode it). The results are shared,
+# so they are never modified after creation.
+@functools.lru_cache(maxsize=8192)
+def _coded(raw: str, delimiters: str, codec: str, default_system: str = "") -> dict:
+    """A CWE/CE field's first repetition -> CodeableConcept."""
+    message = er7.Delimiters(delimiters)
+    components = raw.split(message.repetition)[0].split(message.component)
+    return dt.codeable_concept([dt.unescape(message, c, codec) for c in components], vocab.coding_system,
+                               default_system)
+
+
+@functools.lru_cache(maxsize=8192)
+def _unit_of(raw: str, delimiters: str, codec: str) -> dict[str, str]:
     """OBX-6 units (CWE): UCUM as is, MDC through the shared MDC -> UCUM table, text otherwise."""
-    unit = decoded.message.components(obx, 6)
-    if not unit or not unit[0]:
+    message = er7.Delimiters(delimiters)
+    unit = raw.split(message.repetition)[0].split(message.component)
+    if not unit[0]:
         return {}
     code, text, system = (unit + ["", ""])[:3]
-    quantity = {"unit": _text(decoded, text or code)}
+    quantity = {"unit": dt.unescape(message, text or code, codec)}
     if system == "UCUM":
         quantity.update(system=UCUM, code=code)
     elif system == "MDC":
