@@ -532,3 +532,34 @@ def test_broker_down_is_ar_207_and_nothing_is_acknowledged_as_stored(tmp_path):
         service.stop()
     assert field(reply, "MSA", 1) == "AR" and field(reply, "ERR", 3).startswith("207^"), reply
     assert "send again" in field(reply, "ERR", 8)
+
+
+@pytest.mark.slow
+def test_a_broker_that_does_not_acknowledge_gets_ar_207_after_the_timeout(tmp_path):
+    """Mosquitto frozen (SIGSTOP) keeps the TCP connection but sends no PUBACK: the listener
+    answers AR 207 after `publish_timeout_s`, never AA, and recovers when the broker does."""
+    import signal
+    broker = Mosquitto(tmp_path / "broker")
+    mllp = free_port()
+    service = Service("hl7-retrofit", {"mllp_port": mllp, "broker_url": broker.url, "data_dir": tmp_path / "data",
+                                       "publish_timeout_s": 1.5}, free_port(), tmp_path / "hl7.log").start()
+    try:
+        wait_for_port(mllp)
+        time.sleep(0.5)
+        sender = Sender(mllp)
+        broker.process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        sender.send(oru("OBX|1|NM|8867-4^HR^LN||72||||||F", control="FROZEN").encode())
+        frozen = sender.reply()
+        waited = time.monotonic() - started
+        broker.process.send_signal(signal.SIGCONT)
+        sender.send(oru("OBX|1|NM|8867-4^HR^LN||72||||||F", control="THAWED").encode())
+        thawed = sender.reply()
+        sender.close()
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+        service.stop()
+        broker.stop()
+    assert field(frozen, "MSA", 1) == "AR" and field(frozen, "ERR", 3).startswith("207^"), frozen
+    assert "did not acknowledge" in field(frozen, "ERR", 8) and 1.4 < waited < 5
+    assert (field(thawed, "MSA", 1), field(thawed, "MSA", 2)) == ("AA", "THAWED")
