@@ -331,6 +331,34 @@ def test_the_er7_reader_agrees_with_python_hl7(message):
                 assert (components or [""]) == expected, (mine.name, index, number)
 
 
+def test_mangled_spec_messages_always_get_an_ack_never_an_exception():
+    """Every truncation and 300 seeded byte mutations of [IG-ORU] and [POCD] framed as MLLP blocks:
+    the listener answers each with MSA AE or AR (no broker configured, so nothing is AA) and
+    raises nothing."""
+    import asyncio
+    import random
+
+    from medplat.workloads.hl7_retrofit.app import Listener, Settings
+
+    listener = Listener(Settings(), publisher=None)
+    rng = random.Random(14)
+    blocks = []
+    for message in (IG_ORU, POCD):
+        blocks += [VT + message[:cut] for cut in range(0, len(message), 19)]
+        for _ in range(150):
+            mutated = bytearray(message)
+            for _ in range(rng.randint(1, 8)):
+                mutated[rng.randrange(len(mutated))] = rng.choice(b"|^~\\&\r\x0b\x1c\xff0A ")
+            blocks.append(VT + bytes(mutated))
+
+    async def answer_all() -> list[bytes]:
+        return [await listener.answer(block) for block in blocks]
+
+    for reply in asyncio.run(answer_all()):
+        assert reply.startswith(b"MSH|") or reply.startswith(b"BHS|") or reply.startswith(b"FHS|"), reply[:80]
+        assert b"\rMSA|AE|" in reply or b"\rMSA|AR|" in reply, reply[:300]
+
+
 # --- over TCP/MLLP with the real Mosquitto -----------------------------------------------------
 
 class Sender:

@@ -83,7 +83,7 @@ def batch_ack(headers: list[bytes], acks: list[list[str]]) -> list[str]:
     BHS-12), one ACK per message, BTS/FTS with the counts."""
     segments = []
     for header in headers:
-        fields = header.decode("latin-1").split(chr(header[3]))
+        fields = header.decode("latin-1").split(chr(header[3])) if len(header) > 3 else [header.decode("latin-1")]
         kind = fields[0]
         control = fields[10] if len(fields) > 10 else ""
         segments.append(f"{kind}|^~\\&|MEDPLAT|MEDPLAT|{fields[2] if len(fields) > 2 else ''}|"
