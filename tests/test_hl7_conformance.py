@@ -591,3 +591,22 @@ def test_a_broker_that_does_not_acknowledge_gets_ar_207_after_the_timeout(tmp_pa
     assert field(frozen, "MSA", 1) == "AR" and field(frozen, "ERR", 3).startswith("207^"), frozen
     assert "did not acknowledge" in field(frozen, "ERR", 8) and 1.4 < waited < 5
     assert (field(thawed, "MSA", 1), field(thawed, "MSA", 2)) == ("AA", "THAWED")
+
+
+@pytest.mark.slow
+def test_a_large_frame_mapped_aside_keeps_the_connections_publish_order(site):
+    """A frame over 256 KiB is mapped in a worker thread; the small frames behind it on the same
+    connection are published after it, and every ACK comes back in order."""
+    port, received = site
+    rows = [f"OBX|{i + 1}|NM|8867-4^HR^LN|1.1.1.{i}|{60 + i % 40}|/min^^UCUM|||||F" for i in range(5000)]
+    big = oru(*rows, control="ORDER-BIG").encode()
+    assert len(big) > 256 * 1024
+    smalls = [oru("OBX|1|NM|8867-4^HR^LN||72||||||F", control=f"ORDER-{i}").encode() for i in range(3)]
+    sender = Sender(port)
+    sender.sock.sendall(b"".join(VT + m + END for m in (big, *smalls)))
+    replies = [sender.reply() for _ in range(4)]
+    sender.close()
+    controls = ["ORDER-BIG", "ORDER-0", "ORDER-1", "ORDER-2"]
+    assert [(field(r, "MSA", 1), field(r, "MSA", 2)) for r in replies] == [("AA", c) for c in controls]
+    published(received, set(controls))
+    assert [_control(e) for e in received if _control(e) in controls] == controls

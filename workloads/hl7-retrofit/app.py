@@ -157,8 +157,22 @@ class Listener:
         prepared.payload = orjson.dumps({"id": bundle["id"], "device": device, "dataClass": "phi", "resource": bundle})
         return prepared
 
-    async def answer(self, block: bytes) -> bytes:
-        """One MLLP block -> its reply: map every message, publish, wait for the PUBACKs, ACK."""
+    async def answer(self, block: bytes, in_order: asyncio.Lock | None = None) -> bytes:
+        """One MLLP block -> its reply: map every message, publish, wait for the PUBACKs, ACK.
+        `in_order` (one per connection) keeps a connection's publishes in arrival order even when a
+        large frame is mapped in a worker thread; the PUBACK waits happen outside it."""
+        async with in_order or asyncio.Lock():
+            mapped = await self._map_and_publish(block)
+        if isinstance(mapped, bytes):
+            return mapped  # the frame itself was unusable
+        frame, prepared, started = mapped
+        replies = [await self._outcome(p, puback, error) for p, puback, error in started]
+        if frame.headers:
+            return acks.encode(acks.batch_ack(frame.headers, replies))
+        return acks.encode(replies[0] if replies else self._ack(b"", Hl7Error(100, "empty MLLP block", reject=True)),
+                           prepared[0].codec if prepared else "ascii")
+
+    async def _map_and_publish(self, block: bytes) -> bytes | tuple[acks.Frame, list[Prepared], list]:
         try:
             frame = acks.unframe(block)
         except Hl7Error as exc:
@@ -170,12 +184,7 @@ class Listener:
             prepared = await asyncio.get_running_loop().run_in_executor(None, self._prepare_all, frame.messages)
         else:
             prepared = self._prepare_all(frame.messages)
-        started = [self._publish(p) for p in prepared]  # all publishes leave before the first wait
-        replies = [await self._outcome(p, puback, error) for p, puback, error in started]
-        if frame.headers:
-            return acks.encode(acks.batch_ack(frame.headers, replies))
-        return acks.encode(replies[0] if replies else self._ack(b"", Hl7Error(100, "empty MLLP block", reject=True)),
-                           prepared[0].codec if prepared else "ascii")
+        return frame, prepared, [self._publish(p) for p in prepared]  # all leave before the first wait
 
     def _prepare_all(self, messages: list[bytes]) -> list[Prepared]:
         return [self.prepare(raw) for raw in messages]
@@ -213,7 +222,7 @@ class Listener:
         connection holds at most `max_in_flight` frames and `max_in_flight_bytes` unanswered bytes
         (beyond that it stops reading until replies went out)."""
         replies: asyncio.Queue = asyncio.Queue(self.settings.max_in_flight)
-        budget = _Budget(self.settings.max_in_flight_bytes)
+        budget, in_order = _Budget(self.settings.max_in_flight_bytes), asyncio.Lock()
         sender = asyncio.ensure_future(self._write_replies(replies, writer, budget))
         try:
             while True:
@@ -221,17 +230,17 @@ class Listener:
                 if block is None:
                     break
                 size = len(block) if isinstance(block, bytes) else 0
-                await replies.put((asyncio.ensure_future(self._answer_block(block)), size))
+                await replies.put((asyncio.ensure_future(self._answer_block(block, in_order)), size))
                 await budget.take(size)
         finally:
             await replies.put(None)
             await sender
             writer.close()
 
-    async def _answer_block(self, block: bytes | Hl7Error) -> bytes:
+    async def _answer_block(self, block: bytes | Hl7Error, in_order: asyncio.Lock) -> bytes:
         if isinstance(block, Hl7Error):
             return acks.encode(self._ack(b"", block))
-        return await self.answer(block)
+        return await self.answer(block, in_order)
 
     async def _write_replies(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, budget: _Budget) -> None:
         """Writes replies in order; replies that are ready together leave in one write."""
