@@ -63,7 +63,8 @@ def ack(original: bytes, code: str, error: Hl7Error | None = None) -> list[str]:
     version = msh(12).split("^")[0] or "2.6"
     trigger = msh(9).split("^")[1] if len(msh(9).split("^")) > 1 else "R01"
     structure = "" if version in LEGACY_ERR else "^ACK"
-    header = (f"MSH|^~\\&|{msh(5) or 'MEDPLAT'}|{msh(6) or 'MEDPLAT'}|{msh(3)}|{msh(4)}|{_now()}||ACK^{trigger}{structure}|"
+    header = (f"MSH|^~\\&|{msh(5) or 'MEDPLAT'}|{msh(6) or 'MEDPLAT'}|{msh(3)}|{msh(4)}|{_now()}||"
+              f"ACK^{trigger}{structure}|"
               f"A{next(_ids):019d}|{msh(11) or 'P'}|{version}||||||{msh(18)}").rstrip("|")
     segments = [header]
     if error is None:

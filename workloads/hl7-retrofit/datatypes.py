@@ -104,7 +104,8 @@ def structured_numeric(components: list[str], unit: dict | None, where: tuple) -
         numerator = {"value": value, **({"comparator": comparator} if comparator in FHIR_COMPARATORS else {})}
         return {"valueRatio": {"numerator": numerator, "denominator": {"value": number(num2, where)}}}
     if separator == "-":
-        return {"valueRange": {"low": {"value": value, **(unit or {})}, "high": {"value": number(num2, where), **(unit or {})}}}
+        high = number(num2, where)
+        return {"valueRange": {"low": {"value": value, **(unit or {})}, "high": {"value": high, **(unit or {})}}}
     if separator or num2:
         raise Hl7Error(102, f"SN separator/suffix {separator!r} is not one of - + / : (or empty)", where)
     if value is None:

@@ -30,7 +30,9 @@ class Segment:
 
     def field(self, index: int) -> str:
         position = index - self.offset
-        return self.parts[position] if 0 < position < len(self.parts) else (self.separator if index == 1 and self.offset else "")
+        if 0 < position < len(self.parts):
+            return self.parts[position]
+        return self.separator if index == 1 and self.offset else ""
 
 
 class Delimiters:

@@ -12,7 +12,7 @@ import datetime
 import functools
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -50,7 +50,6 @@ class Decoded:
     codec: str
     version: str = ""
     control_id: str = ""
-    warnings: list[str] = field(default_factory=list)
 
 
 def header_fields(raw: bytes) -> list[str]:
@@ -71,8 +70,8 @@ def decode(raw: bytes, rules: SiteRules) -> Decoded:
     codec = vocab.CHARSETS.get(charset)
     if codec is None:
         supported = charset in vocab.CHARSETS_NOT_SUPPORTED
-        raise Hl7Error(207 if supported else 103, f"MSH-18 character set {charset!r} "
-                       + ("is not decoded by this receiver" if supported else "is not in HL7 table 0211"), ("MSH", 1, 18))
+        reason = "is not decoded by this receiver" if supported else "is not in HL7 table 0211"
+        raise Hl7Error(207 if supported else 103, f"MSH-18 character set {charset!r} {reason}", ("MSH", 1, 18))
     try:
         text = raw.decode(codec)
     except UnicodeDecodeError as exc:
