@@ -311,6 +311,7 @@ def _acknowledged_then_killed(folder: Path, *, legacy: bool, count: int = 200) -
     got: set[int] = set()
     forwarder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=forwarder_id, clean_session=False)
     forwarder.on_message = lambda _c, _u, message: got.add(int(message.payload))
+    broker.login(forwarder, "edge-forwarder")
     forwarder.connect("127.0.0.1", broker.port)
     forwarder.loop_start()
     wait(lambda: len(got) >= acked, 3 if legacy else 15)
