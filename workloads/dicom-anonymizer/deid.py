@@ -24,7 +24,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from medplat.workloads.dicom_anonymizer.policy import Policy
-from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile
+from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile, load_iod_types, type_class
 from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
@@ -83,11 +83,17 @@ def is_identifying(vr: str, tag: int) -> bool:
 
 def _entries(dataset: Dataset):
     """(tag, VR, is private) of each element without converting its value: most elements are
-    kept untouched, and pydicom writes raw elements back as they were read."""
+    kept untouched, and pydicom writes raw elements back as they were read. An element that
+    arrived as UN (implicit VR from elsewhere) but is in the dictionary is decoded with the
+    dictionary VR first, sequences included, so it is de-identified like any other."""
     for tag in list(dataset.keys()):
         item = dataset.get_item(tag)
-        vr = item.VR or (dictionary_VR(tag) if dictionary_has_tag(tag) else "UN")
-        yield int(tag), vr, tag.is_private
+        vr = item.VR
+        if vr in (None, "UN") and dictionary_has_tag(tag):
+            vr = dataset[tag].VR  # pydicom converts UN with the dictionary VR (replace_un_with_known_vr)
+            if vr == "UN":
+                vr = dictionary_VR(tag)
+        yield int(tag), vr or "UN", tag.is_private
 
 
 def _as_list(value) -> list:
@@ -117,26 +123,38 @@ class Deidentifier:
                                  if kind == "identifying"}
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
-        self._actions: dict[int, str] = {}
+        self._actions: dict[tuple, str] = {}
+        self.types: dict[str, dict[int, str]] | None = None
 
-    def action(self, tag: int, private: bool, dataset: Dataset) -> str:
+    def action(self, tag: int, private: bool, dataset: Dataset, nested: bool = False, vr: str = "") -> str:
         if private:
             return self._private_action(tag, dataset)
-        cached = self._actions.get(tag)
+        key = (id(self.types), nested, tag, vr == "SQ")
+        cached = self._actions.get(key)
         if cached is None:
-            cached = self._standard_action(tag)
-            self._actions[tag] = cached
+            cached = self._standard_action(tag, nested, vr)
+            self._actions[key] = cached
         return cached
 
-    def _standard_action(self, tag: int) -> str:
+    def _type_of(self, tag: int, nested: bool) -> str | None:
+        return None if self.types is None else self.types["nested" if nested else "top"].get(tag)
+
+    def _standard_action(self, tag: int, nested: bool, vr: str) -> str:
+        kind = self._type_of(tag, nested)
         override = self.policy.overrides.get(f"{tag:08x}")
         if override:
-            return override
-        if self.profile.rule(tag) is not None:
-            return self.profile.action(tag, self.options)[0]
-        if tag >> 16 == 0x0002:
+            action = "D" if override == "X" and type_class(kind) == "1" and self.types is not None else override
+        elif self.profile.rule(tag) is not None:
+            action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
+        elif tag >> 16 == 0x0002:
             return "K"
-        return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
+        else:
+            return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
+        if vr == "SQ" and action in ("Z", "D") and type_class(kind) != "2":
+            # An empty sequence is valid only where the IOD says Type 2; a dummy sequence
+            # item would be invented content. Type 1 sequences are cleaned item by item.
+            action = "C" if type_class(kind) == "1" and self.types is not None else "X"
+        return action
 
     def _private_action(self, tag: int, dataset: Dataset) -> str:
         override = self.policy.overrides.get(f"{tag:08x}")
@@ -158,6 +176,7 @@ class Deidentifier:
         self.shift = date_shift_days(self.keys.project, patient_id) if \
             "retain-longitudinal-modified-dates" in self.options else None
         self.patient_pseudonym = pseudonym(self.keys.patient, patient_id or "<no patient id>")
+        self.types = load_iod_types().for_sop_class(str(ds.get("SOPClassUID", "") or ""))
         self._survey(ds, outcome)  # first every identifying value, so cleaning can scrub them all
         self._walk(ds, outcome)
         self._mark(ds)
@@ -165,15 +184,15 @@ class Deidentifier:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return outcome
 
-    def _survey(self, dataset: Dataset, outcome: Outcome) -> None:
+    def _survey(self, dataset: Dataset, outcome: Outcome, nested: bool = False) -> None:
         for tag, vr, private in _entries(dataset):
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 outcome.identifying.update(_strings(dataset[tag].value))
                 continue
-            action = self.action(tag, private, dataset)
+            action = self.action(tag, private, dataset, nested, vr)
             if vr == "SQ":
                 for item in dataset[tag].value or []:
-                    (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
+                    (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome, True))
             elif action == "K":
                 # Kept on purpose: by the table or an option, classified by the policy, or a
                 # standard coded/short attribute the table does not list (free text stays scanned).
@@ -183,7 +202,8 @@ class Deidentifier:
             elif action in ("X", "Z", "D", "C") and is_identifying(vr, tag):
                 outcome.identifying.update(_strings(dataset[tag].value))
 
-    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False) -> None:
+    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False,
+              nested: bool = False) -> None:
         """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too.
         `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
         any_private = False
@@ -193,7 +213,7 @@ class Deidentifier:
                 dataset[tag].value = self.patient_pseudonym
                 outcome.actions["pseudonym"] += 1
                 continue
-            action = "K" if private_kept and private else self.action(tag, private, dataset)
+            action = "K" if private_kept and private else self.action(tag, private, dataset, nested, vr)
             outcome.actions[action] += 1
             if vr == "SQ":
                 self._sequence(dataset, dataset[tag], action, outcome, cleaning, private_kept or private)
@@ -226,7 +246,7 @@ class Deidentifier:
                 elem.value = Sequence([])
             return
         for item in elem.value or []:
-            self._walk(item, outcome, cleaning or action == "C", private_kept)
+            self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
         for tag, vr, _private in _entries(item):
@@ -280,11 +300,12 @@ class Deidentifier:
 
     @staticmethod
     def _drop_empty_private_blocks(dataset: Dataset) -> None:
-        for elem in list(dataset):
-            if elem.tag.is_private_creator:
-                block_low = (elem.tag.element & 0xFF) << 8
-                if not any(e.tag.group == elem.tag.group and (e.tag.element & 0xFF00) == block_low for e in dataset):
-                    del dataset[elem.tag]
+        """One pass: the blocks still in use, then every creator of an unused block dropped."""
+        tags = [tag for tag in dataset.keys() if tag.is_private]
+        used = {(tag.group, tag.element >> 8) for tag in tags if tag.element > 0x00FF}
+        for tag in tags:
+            if 0x0010 <= tag.element <= 0x00FF and (tag.group, tag.element) not in used:
+                del dataset[tag]
 
     def _mark(self, ds: Dataset) -> None:
         ds.PatientIdentityRemoved = "YES"

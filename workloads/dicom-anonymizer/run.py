@@ -25,6 +25,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 
 from medplat.workloads.dicom_anonymizer.cohort import CohortPlan, generalize, plan_cohort, read_quasi_identifiers
 from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys, leaks
@@ -67,12 +69,35 @@ def _read(path: Path):
 
 
 def _check_complete(dataset, size: int) -> None:
-    """pydicom reads a truncated file without complaint; a declared length past the end gives it away."""
+    """pydicom reads a truncated file without complaint; a declared length past the end gives it away.
+    (Offsets of a deflated dataset are in the inflated stream: the check does not apply.)"""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return
     for tag in list(dataset.keys()):
         raw = dataset.get_item(tag)
         length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
         if length is not None and start is not None and length != 0xFFFFFFFF and start + length > size:
             raise InvalidDicomError(f"truncated: {tag} declares {length} bytes at offset {start}, the file has {size}")
+
+
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def _complete_file_meta(ds) -> None:
+    """A Part 10 header that matches the dataset: the transfer syntax it was read in (a file
+    without a header keeps its encoding, declared instead of mixed), and the new UIDs."""
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or MEDIA_DIRECTORY
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDPLAT_DEID"
+    meta.FileMetaInformationVersion = b"\x00\x01"
 
 
 def _quarantine_reason(ds, policy: Policy) -> str | None:
@@ -108,7 +133,8 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
         if found:
             return _quarantine(source, relative, out, "leak scan: " + "; ".join(found[:5]))
         target = source if in_place else out / relative
-        _atomic_write(target, lambda path: ds.save_as(path, enforce_file_format=False))
+        _complete_file_meta(ds)
+        _atomic_write(target, lambda path: ds.save_as(path, enforce_file_format=True))
     except Exception as exc:
         return _quarantine(source, relative, out, f"de-identification failed: {type(exc).__name__}: {exc}")
     return FileResult(relative, "anonymized", output=str(target))
