@@ -309,3 +309,22 @@ def test_released_tree_holds_no_input_path_and_nothing_but_released_files(tmp_pa
     assert (out / "anonymization-report.json").exists() and not list((out / "released").rglob("*.json"))
     quarantined = [r for r in report["results"] if r["status"] == "quarantined"]
     assert len(quarantined) == 1 and "GRIMSBY" not in Path(quarantined[0]["output"]).name
+
+
+def test_device_identity_is_one_rule_per_policy_with_a_rationale(tmp_path):
+    ct = dcmread(sample("CT_small.dcm"))
+    ct.StationName, ct.DeviceSerialNumber, ct.GantryID = "OAKHAVEN-CT-ROOM7", "SN-4711", "GANTRY-7"
+    ct.DetectorID = "DET-7"
+    reports = {name: run(tmp_path, {"ct.dcm": ct}, load_policy(name), name)[1]
+               for name in ("research-export", "teleradiology")}
+    research = dcmread(output(reports["research-export"], "ct.dcm"))
+    teleradiology = dcmread(output(reports["teleradiology"], "ct.dcm"))
+    device = ("StationName", "DeviceSerialNumber", "GantryID", "DetectorID")
+    assert [kw for kw in device if kw in research] == []  # all Type 3 in CT Image: removed alike
+    assert [str(teleradiology.get(kw)) for kw in device] == ["OAKHAVEN-CT-ROOM7", "SN-4711", "GANTRY-7", "DET-7"]
+    for name in ("research-export", "teleradiology"):
+        assert len(load_policy(name).device_identity.rationale) > 100
+    with pytest.raises(ValueError, match="device-identity"):
+        policy(overrides={"0018,1000": "X"})  # the serial alone, unlike the station name
+    with pytest.raises(ValueError, match="disagree"):
+        policy("retain-device-identity", deviceIdentity={"retain": False, "rationale": "x" * 30})

@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from medplat.workloads.dicom_anonymizer import freetext
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile, load_iod_types, type_class
 from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
@@ -30,6 +31,7 @@ from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
 FREE_TEXT = {"LO", "SH", "LT", "ST", "UT", "UC", "PN"}
 LONG_TEXT = {"LT", "ST", "UT", "UC"}
+DESCRIPTIVE = {"LO", "SH", "LT", "ST", "UT", "UC"}  # free text the pattern pass reads
 SCANNED_VRS = TEXT_VRS | {"SQ", "UN", "OB", "CS", "SH"}
 # Attributes of coded concepts describe the code, not the patient: the leak scan skips them.
 CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
@@ -123,6 +125,7 @@ class Deidentifier:
                                  if kind == "identifying"}
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
+        self.allow = freetext.AllowList.of(policy.free_text.allow_values, policy.free_text.allow_words)
         self._actions: dict[tuple, str] = {}
         self.types: dict[str, dict[int, str]] | None = None
 
@@ -150,6 +153,10 @@ class Deidentifier:
             return "K"
         else:
             return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
+        if action == "X" and type_class(kind) == "1" and self.types is not None:
+            # Required here (Type 1/1C, e.g. an SR content item's TextValue): removing it would
+            # make the instance invalid, so it gets a dummy (or, for a sequence, is cleaned).
+            action = "C" if vr == "SQ" else "D"
         if vr == "SQ" and action in ("Z", "D") and type_class(kind) != "2":
             # An empty sequence is valid only where the IOD says Type 2; a dummy sequence
             # item would be invented content. Type 1 sequences are cleaned item by item.
@@ -221,7 +228,11 @@ class Deidentifier:
             if action == "K" and cleaning and vr in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
             if action == "K":
+                if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
+                    self._pattern_pass(dataset[tag])  # retained text: identifiers no dictionary knows
                 continue
+            if action == "C" and vr in DESCRIPTIVE and not self._descriptor_allowed(dataset[tag]):
+                action = self._removal(tag, nested)
             if action == "X":
                 del dataset[tag]
                 continue
@@ -230,6 +241,8 @@ class Deidentifier:
                 elem.value = None if elem.VR not in ("OB", "OW", "UN") else b""
             elif action == "D":
                 elem.value = self._dummy(elem)
+            elif action == "E":  # emptied text of a Type 1 attribute: a neutral dummy
+                elem.value = "CLEANED"
             elif action == "U":
                 elem.value = self._uids(elem.value)
             elif action == "C":
@@ -247,6 +260,24 @@ class Deidentifier:
             return
         for item in elem.value or []:
             self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
+
+    def _descriptor_allowed(self, elem: DataElement) -> bool:
+        return all(self.allow.allows(str(value)) for value in _as_list(elem.value) if value is not None)
+
+    def _removal(self, tag: int, nested: bool) -> str:
+        """A descriptor that is not allow-listed goes, as its Type in the IOD permits."""
+        if self.types is None:
+            return "Z"
+        if self.profile.rule(tag) is None:
+            return "E"  # its Type is not in the table (only Table E.1-1 attributes are): a neutral dummy
+        return {"1": "E", "2": "Z", "3": "X"}[type_class(self._type_of(tag, nested))]
+
+    @staticmethod
+    def _pattern_pass(elem: DataElement) -> None:
+        values = _as_list(elem.value)
+        cleaned = [freetext.scrub(str(v)) if v is not None else v for v in values]
+        if cleaned != [str(v) if v is not None else v for v in values]:
+            elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
         for tag, vr, _private in _entries(item):
@@ -291,12 +322,13 @@ class Deidentifier:
         # Other VRs under C (e.g. graphics data under Clean Graphics) are kept as they are.
 
     def _scrub(self, text: str, outcome: Outcome) -> str:
+        """The file's own identifying values, then the identifier patterns."""
         cleaned = text
         for value in sorted(outcome.identifying, key=len, reverse=True):
-            if len(value) >= 3 and value.lower() in cleaned.lower():
+            while len(value) >= 3 and value.lower() in cleaned.lower():
                 start = cleaned.lower().index(value.lower())
                 cleaned = cleaned[:start] + "***" + cleaned[start + len(value):]
-        return cleaned
+        return freetext.scrub(cleaned)
 
     @staticmethod
     def _drop_empty_private_blocks(dataset: Dataset) -> None:
@@ -346,7 +378,10 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
             elif isinstance(elem.value, (bytes, bytearray)):
                 continue
             else:
-                text = " ".join(_strings(elem.value)).lower()
+                text = " ".join(_strings(elem.value))
+                if elem.VR in DESCRIPTIVE and tag not in (PATIENT_ID, PATIENT_NAME):
+                    hits.extend(f"{where} holds a {kind}" for kind, _found in freetext.find(text))
+                text = text.lower()
             for needle in needles:
                 if needle in text:
                     hits.append(f"{where} contains {needle!r}")

@@ -10,7 +10,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medplat.workloads.dicom_anonymizer.profile import OPTIONS
+from medplat.workloads.dicom_anonymizer.profile import OPTIONS, load_profile
+
+
+def device_identity_tags() -> set[int]:
+    """The attributes Table E.1-1 keeps under the Retain Device Identity Option."""
+    profile = load_profile()
+    return {tag for tag, rule in profile.attributes.items() if "retain-device-identity" in rule.options}
 
 Classification = Literal["identifying", "quasi-identifying", "sensitive", "insensitive"]
 Action = Literal["K", "X", "Z", "D", "C", "U"]
@@ -47,6 +53,22 @@ class Pixels(_Strict):
                                   description="words kept when all text is redacted (e.g. probe labels)")
 
 
+class FreeText(_Strict):
+    """Clean Descriptors: text under C is removed unless allow-listed; kept text is pattern-scrubbed."""
+    allow_values: list[str] = Field(default_factory=list, alias="allowValues",
+                                    description="regular expressions a whole value may match to be kept")
+    allow_words: list[str] = Field(default_factory=list, alias="allowWords",
+                                   description="a value made only of these words and short numbers is kept")
+
+
+class DeviceIdentity(_Strict):
+    """One rule for every attribute that identifies the acquiring device (those Table E.1-1
+    lists under the Retain Device Identity Option: serial number, station name, detector ID,
+    device UID, ...): kept together under the option, or handled together by the basic profile."""
+    retain: bool
+    rationale: str = Field(min_length=20, description="why this intended use keeps or drops device identity")
+
+
 class KAnonymity(_Strict):
     k: int = Field(1, ge=1)
     suppression_limit: float = Field(0.0, alias="suppressionLimit", ge=0, le=1)
@@ -68,6 +90,8 @@ class Policy(_Strict):
     quarantine: Quarantine = Field(default_factory=Quarantine)
     k_anonymity: KAnonymity = Field(default_factory=KAnonymity, alias="kAnonymity")
     pixels: Pixels = Field(default_factory=Pixels)
+    free_text: FreeText = Field(default_factory=FreeText, alias="freeText")
+    device_identity: DeviceIdentity | None = Field(None, alias="deviceIdentity")
 
     @field_validator("options")
     @classmethod
@@ -87,6 +111,14 @@ class Policy(_Strict):
         dates = {"retain-longitudinal-full-dates", "retain-longitudinal-modified-dates"}
         if dates <= set(self.options):
             raise ValueError("choose one of the two Retain Longitudinal Temporal Information options")
+        if self.device_identity is not None and \
+                self.device_identity.retain != ("retain-device-identity" in self.options):
+            raise ValueError("deviceIdentity.retain and the retain-device-identity option disagree")
+        device_tags = {f"{tag:08x}" for tag in device_identity_tags()}
+        split = sorted(set(self.overrides) & device_tags)
+        if split:
+            raise ValueError(f"overrides {split} would treat device-identity attributes unlike the others; "
+                             "use deviceIdentity for all of them")
         return self
 
     @property

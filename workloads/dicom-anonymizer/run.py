@@ -67,6 +67,28 @@ def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+class DuplicateInstance(Exception):
+    """Another file with the same SOP Instance UID but different content is already released."""
+
+
+def _write_new(target: Path, write: Callable[[Path], None]) -> None:
+    """Like _atomic_write, but never replaces a different file: two inputs with one SOP Instance
+    UID (the same image in two transfer syntaxes, or a clash) must not overwrite each other.
+    Writing the same bytes again (a re-run) is fine."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            if Path(temporary).read_bytes() != target.read_bytes():
+                raise DuplicateInstance("another input with the same SOP Instance UID was released") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 def read_instance(source) -> Any:
     """The whole instance, once. Raises InvalidDicomError for anything that is not a complete one."""
     try:
@@ -171,7 +193,9 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
             target = held / result.patient / released_path(ds, keys, relative)
         else:
             target = out / RELEASED / released_path(ds, keys, relative)
-        _atomic_write(target, lambda path: ds.save_as(path, enforce_file_format=True))
+        (_atomic_write if in_place else _write_new)(target, lambda path: ds.save_as(path, enforce_file_format=True))
+    except DuplicateInstance as exc:
+        return _quarantine(source, relative, out, keys, str(exc))
     except Exception as exc:
         return _quarantine(source, relative, out, keys, f"de-identification failed: {type(exc).__name__}: {exc}")
     result.output = str(target)
@@ -305,5 +329,8 @@ def _release(staged: Path, target: Path, values: dict[str, str]) -> None:
     for keyword, value in values.items():
         if keyword in ds:
             ds.data_element(keyword).value = "" if value == "*" else value
-    _atomic_write(target, lambda path: ds.save_as(path, enforce_file_format=True))
+    try:
+        _write_new(target, lambda path: ds.save_as(path, enforce_file_format=True))
+    except DuplicateInstance:
+        return  # stays held; the report of the run that released the first copy names it
     staged.unlink()
