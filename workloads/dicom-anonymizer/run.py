@@ -36,6 +36,7 @@ from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEnd
 
 from medplat.workloads.dicom_anonymizer.cohort import Candidate, CohortState, generalized
 from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys, leaks
+from medplat.workloads.dicom_anonymizer.pixels import clean_pixels, header_snapshot
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.profile import load_profile
 
@@ -170,12 +171,11 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
     if risk and not policy.pixels.enabled:
         return _quarantine(source, relative, out, keys, risk)
     try:
+        header = header_snapshot(ds) if risk else {}  # pixel rules test the header as it came in
         outcome = Deidentifier(load_profile(), policy, keys).apply(ds)
         pixels = "untouched"
         if risk:
-            from medplat.workloads.dicom_anonymizer.pixels import clean_pixels
-
-            cleaned = clean_pixels(ds, policy.pixels, outcome.identifying)
+            cleaned = clean_pixels(ds, policy.pixels, outcome.identifying, header)
             if cleaned.remaining:
                 return _quarantine(source, relative, out, keys, f"{risk}; text remains after cleaning: "
                                    f"{cleaned.remaining}")
