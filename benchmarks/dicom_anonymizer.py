@@ -33,7 +33,8 @@ from medplat.privacy.kanon import Anonymizer, Hierarchy
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.run import anonymize_tree
 
-ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
+ADULT = next(p / "shared" / "data" for p in Path(__file__).resolve().parents
+             if (p / "shared" / "data").is_dir()) / "adult"
 QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 BASIC = Policy.model_validate({"name": "basic", "intendedUse": "benchmark: basic profile, no options",
                                "patientIdDomain": "bench", "quarantine": {"secondaryCapture": False, "modalities": []}})

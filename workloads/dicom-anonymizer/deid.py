@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.tag import Tag
 from pydicom.dataset import Dataset
@@ -37,6 +37,7 @@ SCANNED_VRS = TEXT_VRS | {"SQ", "UN", "OB", "CS", "SH"}
 CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
 NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
 PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
+RAW_TEXT_ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
 @dataclass(frozen=True)
@@ -362,11 +363,22 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
     """
     needles = {v.lower() for v in outcome.identifying if (len(v) >= 4 and not v.isdigit() or len(v) >= 6)}
     hits: list[str] = []
+    # Text still in its raw bytes is searched without decoding it into pydicom values (and so
+    # written back raw, which is faster) when the character set decodes byte for byte.
+    encoding = RAW_TEXT_ENCODINGS.get(str(ds.get("SpecificCharacterSet", "") or ""))
 
     def scan(dataset: Dataset, path: str) -> None:
         for tag, vr, _private in _entries(dataset):
             if tag in outcome.retained or tag in CODE_ATTRIBUTES or vr not in SCANNED_VRS:
                 continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), a code, binary
+            raw = dataset.get_item(tag)
+            if encoding and vr in TEXT_VRS and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+                text = raw.value.decode(encoding, "replace")
+                if vr in DESCRIPTIVE and tag not in (PATIENT_ID, PATIENT_NAME):
+                    hits.extend(f"{path}{Tag(tag)} holds a {kind}" for kind, _found in freetext.find(text))
+                text = text.lower()
+                hits.extend(f"{path}{Tag(tag)} contains {needle!r}" for needle in needles if needle in text)
+                continue
             elem = dataset[tag]
             where = f"{path}{elem.tag}"
             if elem.VR == "SQ":

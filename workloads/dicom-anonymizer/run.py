@@ -172,7 +172,7 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
         return _quarantine(source, relative, out, keys, risk)
     try:
         header = header_snapshot(ds) if risk else {}  # pixel rules test the header as it came in
-        outcome = Deidentifier(load_profile(), policy, keys).apply(ds)
+        outcome = _deidentifier(policy, keys).apply(ds)
         pixels = "untouched"
         if risk:
             cleaned = clean_pixels(ds, policy.pixels, outcome.identifying, header)
@@ -200,6 +200,18 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
         return _quarantine(source, relative, out, keys, f"de-identification failed: {type(exc).__name__}: {exc}")
     result.output = str(target)
     return result
+
+
+_DEIDENTIFIERS: dict[tuple, Deidentifier] = {}
+
+
+def _deidentifier(policy: Policy, keys: Keys) -> Deidentifier:
+    """One per policy and keys in each process: its per-tag action cache then serves every file."""
+    key = (policy.model_dump_json(), keys)
+    found = _DEIDENTIFIERS.get(key)
+    if found is None:
+        found = _DEIDENTIFIERS[key] = Deidentifier(load_profile(), policy, keys)
+    return found
 
 
 def _cohort_values(ds, policy: Policy) -> dict[str, str]:
