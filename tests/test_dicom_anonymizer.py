@@ -328,3 +328,37 @@ def test_device_identity_is_one_rule_per_policy_with_a_rationale(tmp_path):
         policy(overrides={"0018,1000": "X"})  # the serial alone, unlike the station name
     with pytest.raises(ValueError, match="disagree"):
         policy("retain-device-identity", deviceIdentity={"retain": False, "rationale": "x" * 30})
+
+
+def test_parallel_runs_in_threads_keep_each_patient_apart(tmp_path):
+    # The service runs requests in worker threads; a de-identifier's per-file state must not leak
+    # from one patient's file into another's.
+    import threading
+
+    from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
+
+    chosen = policy("retain-longitudinal-modified-dates")
+    results: dict[str, dict] = {}
+
+    def batch(name: str) -> None:
+        files = {f"{name}{i}/ct.dcm": _series(f"1.2.3.{abs(hash(name)) % 1000}.{i}", f"{name}{i}", "20200101",
+                                              f"1.2.3.9.{abs(hash(name)) % 1000}.{i}") for i in range(15)}
+        results[name] = run(tmp_path, files, chosen, name)[1]
+
+    threads = [threading.Thread(target=batch, args=(name,)) for name in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, report in results.items():
+        for i in range(15):
+            released = dcmread(output(report, f"{name}{i}/ct.dcm"))
+            assert released.PatientID == pseudonym(KEYS.patient, f"{name}{i}")
+
+
+def test_acr_nema_dates_are_shifted_into_valid_da_values(tmp_path):
+    ds = dcmread(sample("CT_small.dcm"))
+    ds.StudyDate = "2004.08.26"  # the ACR-NEMA form some old files carry (pydicom's color-pl.dcm)
+    out, report = run(tmp_path, {"ct.dcm": ds}, policy("retain-longitudinal-modified-dates"))
+    shifted = dcmread(output(report, "ct.dcm")).StudyDate
+    assert len(shifted) == 8 and shifted.isdigit() and shifted != "20040826"

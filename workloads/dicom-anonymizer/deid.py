@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, repeater_has_tag
 from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -65,11 +65,21 @@ def date_shift_days(key: bytes, patient_id: str) -> int:
 
 
 def shift_date(value: str, days: int) -> str:
+    """YYYYMMDD shifted by `days`; the ACR-NEMA form YYYY.MM.DD is read too (and written as DA)."""
+    value = value.strip()
+    if len(value) >= 10 and value[4] in ".-" and value[7] in ".-":
+        value = value[:4] + value[5:7] + value[8:10]
     try:
         return (datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + datetime.timedelta(days)).strftime(
             "%Y%m%d")
     except (ValueError, IndexError):
         return ""
+
+
+def shift_value(value: str, days: int, vr: str) -> str:
+    """A DA or DT value shifted; a DT keeps its time part, an unreadable date becomes empty."""
+    shifted = shift_date(value, days)
+    return shifted + value.strip()[8:] if shifted and vr == "DT" and value[4:5].isdigit() else shifted
 
 
 IDENTIFYING_WORDS = re.compile(r"(ID|IDs|Number|Numbers|Address|Institution|InstitutionName|Station|Physician|"
@@ -82,6 +92,11 @@ def is_identifying(vr: str, tag: int) -> bool:
     if vr in ("PN", "DA", "DT"):
         return True
     return vr in TEXT_VRS and bool(IDENTIFYING_WORDS.search(keyword_for_tag(tag) or ""))
+
+
+def _repeating_group(tag: int) -> bool:
+    group = tag >> 16
+    return (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E) and group % 2 == 0
 
 
 def _entries(dataset: Dataset):
@@ -152,8 +167,13 @@ class Deidentifier:
             action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
         elif tag >> 16 == 0x0002:
             return "K"
+        elif _repeating_group(tag) and (tag & 0xFFFF) != 0x3000:
+            # An overlay (60xx) or curve (50xx) is one unit: its other attributes follow what the
+            # table does to its data element (60xx,3000), or a removed overlay leaves a broken module.
+            return "X" if self._standard_action((tag & 0xFFFF0000) | 0x3000, nested, "") == "X" else "K"
         else:
-            return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
+            known = dictionary_has_tag(tag) or repeater_has_tag(tag)  # 50xx/60xx groups are repeaters
+            return "X" if tag in self.identifying_tags or not known else "K"
         if action == "X" and type_class(kind) == "1" and self.types is not None:
             # Required here (Type 1/1C, e.g. an SR content item's TextValue): removing it would
             # make the instance invalid, so it gets a dummy (or, for a sequence, is cleaned).
@@ -293,7 +313,7 @@ class Deidentifier:
         if vr == "DA":
             return shift_date(str(elem.value), self.shift) if self.shift is not None else "19000101"
         if vr == "DT":
-            return (shift_date(str(elem.value), self.shift) + str(elem.value)[8:]) if self.shift is not None \
+            return shift_value(str(elem.value), self.shift, "DT") if self.shift is not None \
                 else "19000101000000"
         if vr == "TM":
             return "000000"
@@ -316,7 +336,7 @@ class Deidentifier:
 
     def _clean(self, elem: DataElement, outcome: Outcome) -> None:
         if elem.VR in ("DA", "DT") and self.shift is not None:
-            shifted = [shift_date(str(v), self.shift) + str(v)[8:] for v in _as_list(elem.value) if v]
+            shifted = [shift_value(str(v), self.shift, elem.VR) for v in _as_list(elem.value) if v]
             elem.value = shifted if len(shifted) != 1 else shifted[0]
         elif elem.VR in ("LO", "SH", "LT", "ST", "UT", "UC", "PN"):
             elem.value = self._scrub(str(elem.value or ""), outcome)

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -123,6 +124,8 @@ def complete_file_meta(ds) -> None:
     """A Part 10 header that matches the dataset: the transfer syntax it was read in (a file
     without a header keeps its encoding, declared instead of mixed), and the new UIDs."""
     meta = ds.file_meta
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian  # written inflated: same content, no re-deflate
     if "TransferSyntaxUID" not in meta:
         implicit, little = ds.original_encoding
         meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
@@ -206,8 +209,10 @@ _DEIDENTIFIERS: dict[tuple, Deidentifier] = {}
 
 
 def _deidentifier(policy: Policy, keys: Keys) -> Deidentifier:
-    """One per policy and keys in each process: its per-tag action cache then serves every file."""
-    key = (policy.model_dump_json(), keys)
+    """One per policy, keys and thread: its per-tag action cache then serves every file. Per
+    thread because a Deidentifier holds the current file's patient state while it works (the
+    service runs requests in parallel threads)."""
+    key = (policy.model_dump_json(), keys, threading.get_ident())
     found = _DEIDENTIFIERS.get(key)
     if found is None:
         found = _DEIDENTIFIERS[key] = Deidentifier(load_profile(), policy, keys)
