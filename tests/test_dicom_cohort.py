@@ -3,7 +3,6 @@ k = 8 while the released set had k = 1). Cross-checked with pycanon, an independ
 implementation of k-anonymity and l-diversity (Sáinz-Pardo Díaz & López García, 2022)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
