@@ -3,6 +3,7 @@ against the table, UID references, date intervals, the leak scan, quarantine, co
 the CLI and the service."""
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import io
@@ -27,8 +28,8 @@ from medplat.workloads.dicom_anonymizer.policy import Policy, load_policy
 from medplat.workloads.dicom_anonymizer.profile import CID_7050, OPTIONS, RESOLVED, load_profile
 from medplat.workloads.dicom_anonymizer.run import anonymize_tree
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom-ps315" / \
-    "confidentiality_profile_attributes.json"
+SHARED = next(p / "shared" / "data" for p in Path(__file__).resolve().parents
+              if (p / "shared" / "data").is_dir()) / "dicom-ps315" / "confidentiality_profile_attributes.json"
 KEYS = Keys(project=b"p" * 32, patient=b"q" * 32)
 
 
@@ -51,6 +52,11 @@ def run(tmp_path: Path, files: dict[str, Path | Dataset], chosen: Policy, name: 
         else:
             shutil.copy(item, target)
     return out, anonymize_tree(source, out, chosen, KEYS)
+
+
+def output(report: dict, path: str) -> Path:
+    """Where the input file `path` went (released paths come from de-identified UIDs)."""
+    return Path(next(r["output"] for r in report["results"] if r["path"] == path))
 
 
 def test_generated_table_is_current_and_cites_the_revision(tmp_path):
@@ -89,11 +95,12 @@ def test_basic_profile_and_each_option_on_a_ct(tmp_path):
                     ("retain-uids",), ("clean-descriptors",)]:
         out, report = run(tmp_path, {"ct.dcm": sample("CT_small.dcm")}, policy(*options), "-".join(options) or "basic")
         assert report["anonymized"] == 1, report["results"]
-        outputs[options] = dcmread(out / "ct.dcm")
+        outputs[options] = dcmread(output(report, "ct.dcm"))
     basic = outputs[()]
     assert basic.PatientIdentityRemoved == "YES" and basic.LongitudinalTemporalInformationModified == "REMOVED"
     assert basic.PatientID != original.PatientID and basic.PatientName == basic.PatientID
-    assert not basic.get("StudyDate") and basic.InstitutionName == "ANONYMIZED"  # X/Z/D -> D (dummy)
+    # X/Z/D by the Type in the CT Image IOD: StudyDate Type 2 -> empty, InstitutionName Type 3 -> removed
+    assert "StudyDate" in basic and not basic.StudyDate and "InstitutionName" not in basic
     assert basic.SOPInstanceUID == new_uid(KEYS.project, original.SOPInstanceUID)
     assert basic.file_meta.MediaStorageSOPInstanceUID == basic.SOPInstanceUID
     assert [i.CodeValue for i in basic.DeidentificationMethodCodeSequence] == ["113100"]
@@ -101,7 +108,7 @@ def test_basic_profile_and_each_option_on_a_ct(tmp_path):
     modified = outputs[("retain-longitudinal-modified-dates",)]
     assert modified.StudyDate not in ("", original.StudyDate) and modified.LongitudinalTemporalInformationModified == \
         "MODIFIED"
-    assert outputs[("retain-device-identity",)].StationName == original.StationName != basic.StationName
+    assert outputs[("retain-device-identity",)].StationName == original.StationName and "StationName" not in basic
     assert outputs[("retain-institution-identity",)].InstitutionName == original.InstitutionName
     kept = outputs[("retain-patient-characteristics",)]
     assert kept.PatientSex == original.PatientSex and not basic.get("PatientSex")
@@ -124,10 +131,11 @@ def _series(study_uid: str, patient: str, date: str, sop: str, referenced: str |
 
 def test_uid_references_stay_linked_across_batches_and_intervals_are_kept(tmp_path):
     chosen = policy("retain-longitudinal-modified-dates")
-    out1, _ = run(tmp_path, {"p1/a.dcm": _series("1.2.3.4", "P1", "20200101", "1.2.3.4.1")}, chosen, "batch1")
-    out2, _ = run(tmp_path, {"p1/b.dcm": _series("1.2.3.4", "P1", "20200111", "1.2.3.4.2", referenced="1.2.3.4.1"),
+    _, report1 = run(tmp_path, {"p1/a.dcm": _series("1.2.3.4", "P1", "20200101", "1.2.3.4.1")}, chosen, "batch1")
+    _, report2 = run(tmp_path, {"p1/b.dcm": _series("1.2.3.4", "P1", "20200111", "1.2.3.4.2", referenced="1.2.3.4.1"),
                              "p2/c.dcm": _series("1.2.3.5", "P2", "20200101", "1.2.3.5.1")}, chosen, "batch2")
-    a, b, c = dcmread(out1 / "p1/a.dcm"), dcmread(out2 / "p1/b.dcm"), dcmread(out2 / "p2/c.dcm")
+    a, b, c = (dcmread(output(report1, "p1/a.dcm")), dcmread(output(report2, "p1/b.dcm")),
+               dcmread(output(report2, "p2/c.dcm")))
     assert a.StudyInstanceUID == b.StudyInstanceUID != "1.2.3.4"
     assert b.ReferencedImageSequence[0].ReferencedSOPInstanceUID == a.SOPInstanceUID
     day = lambda value: datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))  # noqa: E731
@@ -143,7 +151,7 @@ def test_rt_plan_reference_to_its_structure_set_follows_the_remapping(tmp_path):
     structure.PatientName = plan.PatientName  # one patient (the sample's name also appears in its labels)
     out, report = run(tmp_path, {"plan.dcm": plan, "struct.dcm": structure}, policy("clean-structured-content"))
     assert report["anonymized"] == 2, report["results"]
-    new_plan, new_structure = dcmread(out / "plan.dcm"), dcmread(out / "struct.dcm", force=True)
+    new_plan, new_structure = dcmread(output(report, "plan.dcm")), dcmread(output(report, "struct.dcm"), force=True)
     assert new_plan.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == new_structure.SOPInstanceUID
     assert new_structure.SOPInstanceUID != structure.SOPInstanceUID
 
@@ -158,9 +166,9 @@ def test_leak_scan_catches_phi_planted_in_a_kept_private_sequence(tmp_path):
     out, report = run(tmp_path, {"ct.dcm": ds}, keep, "kept")
     assert report["quarantined"] == 1 and "leak scan" in report["results"][0]["reason"]
     assert "compressedsamples" in report["results"][0]["reason"]
-    assert not (out / "ct.dcm").exists() and (out / "quarantine" / "ct.dcm").exists()
+    assert not (out / "released").exists() and output(report, "ct.dcm").parent == out / "quarantine"
     out, report = run(tmp_path, {"ct.dcm": ds}, policy(), "dropped")
-    assert report["anonymized"] == 1 and (0x0011, 0x1010) not in dcmread(out / "ct.dcm")
+    assert report["anonymized"] == 1 and (0x0011, 0x1010) not in dcmread(output(report, "ct.dcm"))
 
 
 def test_burned_in_annotation_and_secondary_capture_are_quarantined(tmp_path):
@@ -169,7 +177,8 @@ def test_burned_in_annotation_and_secondary_capture_are_quarantined(tmp_path):
     out, report = run(tmp_path, {"burned.dcm": ds, "sc.dcm": sample("SC_rgb_rle.dcm")}, policy())
     reasons = {r["path"]: r["reason"] for r in report["results"]}
     assert "BurnedInAnnotation" in reasons["burned.dcm"] and "Secondary Capture" in reasons["sc.dcm"]
-    assert json.loads((out / "quarantine" / "burned.dcm.reason.json").read_text())["reason"] == reasons["burned.dcm"]
+    reason_file = output(report, "burned.dcm").with_suffix(".reason.json")
+    assert json.loads(reason_file.read_text())["reason"] == reasons["burned.dcm"]
 
 
 def test_corrupt_and_truncated_files_are_reported_without_partial_output(tmp_path):
@@ -181,7 +190,7 @@ def test_corrupt_and_truncated_files_are_reported_without_partial_output(tmp_pat
     statuses = {r["path"]: r["status"] for r in report["results"]}
     assert statuses["ok.dcm"] == "anonymized"
     for bad in ("truncated.dcm", "plan-truncated.dcm", "garbage.dcm"):
-        assert statuses[bad] == "quarantined" and not (out / bad).exists()
+        assert statuses[bad] == "quarantined" and output(report, bad).parent == out / "quarantine"
     assert not list(out.rglob("*.partial"))
 
 
@@ -190,7 +199,7 @@ def test_other_character_sets_are_pseudonymized_without_leaks(tmp_path):
     lenient = policy("clean-descriptors", quarantine={"secondaryCapture": False, "modalities": []})
     out, report = run(tmp_path, files, lenient)
     assert report["anonymized"] >= 10, [r for r in report["results"] if r["status"] != "anonymized"]
-    japanese = dcmread(out / "chrH31.dcm")
+    japanese = dcmread(output(report, "chrH31.dcm"))
     assert "ﾔﾏﾀﾞ" not in str(japanese.PatientName) and "山田" not in str(japanese.PatientName)
 
 
@@ -214,8 +223,8 @@ def test_cli_runs_with_workers_and_refuses_a_bad_policy(tmp_path):
     result = runner.invoke(cli, ["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--policy",
                                  "teleradiology", "--workers", "2", "--keys", str(tmp_path / "keys")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "out" / "nested" / "deeper" / "CT_small.dcm").exists()
     report = json.loads((tmp_path / "out" / "anonymization-report.json").read_text())
+    assert output(report, "nested/deeper/CT_small.dcm").is_relative_to(tmp_path / "out" / "released")
     assert report["anonymized"] == 2 and report["policy"] == "teleradiology"
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nintendedUse: y\npatientIdDomain: z\noptions: [retain-everything]\n")
@@ -252,7 +261,9 @@ def test_service_anonymizes_an_instance_and_a_zip(tmp_path):
         bundle.write(sample("MR_small.dcm"), "study/mr.dcm")
     zipped = client.post("/archives", content=archive.getvalue(), headers={"content-type": "application/zip"})
     names = zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
-    assert "study/mr.dcm" in names and "anonymization-report.json" in names
+    released = [n for n in names if n.startswith("released/")]
+    assert len(released) == 1 and "study" not in released[0] and "mr.dcm" not in released[0]
+    assert "anonymization-report.json" in names
     assert TestClient(app).post("/instances", content=b"x").status_code == 401
 
 
@@ -274,3 +285,80 @@ def test_shards_split_top_level_folders_and_cover_everything_once(tmp_path):
     missing = runner.invoke(cli, ["anonymize", str(source), str(tmp_path / "o"), "--policy", "teleradiology",
                                   "--shards", "2"], env={"JOB_COMPLETION_INDEX": ""})
     assert missing.exit_code == 2 and "JOB_COMPLETION_INDEX" in missing.stderr
+
+
+def test_released_tree_holds_no_input_path_and_nothing_but_released_files(tmp_path):
+    # Hospital exports name folders after the patient (issue 15: 90 of 90 output paths carried
+    # the MRN and surname); the released tree must not repeat any of it.
+    ds = dcmread(sample("CT_small.dcm"))
+    ds.PatientID, ds.PatientName = "MRN0048151623", "Grimsby^Thaddeus"
+    second = copy.deepcopy(ds)
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".2"
+    files = {"MRN0048151623_GRIMSBY/2021-03-04_CT/ct.dcm": ds, "MRN0048151623_GRIMSBY/notes.txt": second}
+    source = tmp_path / "run-in"
+    (source / "MRN0048151623_GRIMSBY").mkdir(parents=True)
+    (source / "MRN0048151623_GRIMSBY" / "junk.bin").write_bytes(b"not dicom")
+    out, report = run(tmp_path, files, policy())
+    released = [p for p in (out / "released").rglob("*")]
+    assert len([p for p in released if p.is_file()]) == 2
+    for path in released:
+        relative = path.relative_to(out).as_posix()
+        assert not any(word in relative for word in ("MRN", "0048151623", "GRIMSBY", "2021", "ct.dcm", "notes"))
+    for path in (p for p in released if p.is_file()):
+        assert b"0048151623" not in path.read_bytes() and b"GRIMSBY" not in path.read_bytes().upper()
+    assert (out / "anonymization-report.json").exists() and not list((out / "released").rglob("*.json"))
+    quarantined = [r for r in report["results"] if r["status"] == "quarantined"]
+    assert len(quarantined) == 1 and "GRIMSBY" not in Path(quarantined[0]["output"]).name
+
+
+def test_device_identity_is_one_rule_per_policy_with_a_rationale(tmp_path):
+    ct = dcmread(sample("CT_small.dcm"))
+    ct.StationName, ct.DeviceSerialNumber, ct.GantryID = "OAKHAVEN-CT-ROOM7", "SN-4711", "GANTRY-7"
+    ct.DetectorID = "DET-7"
+    reports = {name: run(tmp_path, {"ct.dcm": ct}, load_policy(name), name)[1]
+               for name in ("research-export", "teleradiology")}
+    research = dcmread(output(reports["research-export"], "ct.dcm"))
+    teleradiology = dcmread(output(reports["teleradiology"], "ct.dcm"))
+    device = ("StationName", "DeviceSerialNumber", "GantryID", "DetectorID")
+    assert [kw for kw in device if kw in research] == []  # all Type 3 in CT Image: removed alike
+    assert [str(teleradiology.get(kw)) for kw in device] == ["OAKHAVEN-CT-ROOM7", "SN-4711", "GANTRY-7", "DET-7"]
+    for name in ("research-export", "teleradiology"):
+        assert len(load_policy(name).device_identity.rationale) > 100
+    with pytest.raises(ValueError, match="device-identity"):
+        policy(overrides={"0018,1000": "X"})  # the serial alone, unlike the station name
+    with pytest.raises(ValueError, match="disagree"):
+        policy("retain-device-identity", deviceIdentity={"retain": False, "rationale": "x" * 30})
+
+
+def test_parallel_runs_in_threads_keep_each_patient_apart(tmp_path):
+    # The service runs requests in worker threads; a de-identifier's per-file state must not leak
+    # from one patient's file into another's.
+    import threading
+
+    from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
+
+    chosen = policy("retain-longitudinal-modified-dates")
+    results: dict[str, dict] = {}
+
+    def batch(name: str) -> None:
+        files = {f"{name}{i}/ct.dcm": _series(f"1.2.3.{abs(hash(name)) % 1000}.{i}", f"{name}{i}", "20200101",
+                                              f"1.2.3.9.{abs(hash(name)) % 1000}.{i}") for i in range(15)}
+        results[name] = run(tmp_path, files, chosen, name)[1]
+
+    threads = [threading.Thread(target=batch, args=(name,)) for name in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, report in results.items():
+        for i in range(15):
+            released = dcmread(output(report, f"{name}{i}/ct.dcm"))
+            assert released.PatientID == pseudonym(KEYS.patient, f"{name}{i}")
+
+
+def test_acr_nema_dates_are_shifted_into_valid_da_values(tmp_path):
+    ds = dcmread(sample("CT_small.dcm"))
+    ds.StudyDate = "2004.08.26"  # the ACR-NEMA form some old files carry (pydicom's color-pl.dcm)
+    out, report = run(tmp_path, {"ct.dcm": ds}, policy("retain-longitudinal-modified-dates"))
+    shifted = dcmread(output(report, "ct.dcm")).StudyDate
+    assert len(shifted) == 8 and shifted.isdigit() and shifted != "20040826"

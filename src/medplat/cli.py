@@ -384,13 +384,15 @@ def fleet_release(
 @app.command()
 def anonymize(
     source: Path = typer.Argument(..., help="A DICOM file or a folder tree."),
-    out: Path = typer.Argument(..., help="Output folder (mirrors the input tree; quarantine/ inside)."),
+    out: Path = typer.Argument(..., help="Output folder: released/ (what may leave), quarantine/, the report."),
     policy: str = typer.Option(..., "--policy", "-p", help="Policy YAML, or research-export / teleradiology."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes."),
     keys: Path = typer.Option(Path(".medplat/dicom-anonymizer/keys"), "--keys",
                               help="Key store (the pseudonymizer's local key file format)."),
     in_place: bool = typer.Option(False, "--in-place", help="Overwrite the input files (quarantine still in OUT)."),
     shards: int = typer.Option(1, "--shards", min=1, help="Split the top-level folders into this many shards."),
+    state: Path = typer.Option(Path(".medplat/dicom-anonymizer/cohorts"), "--state",
+                               help="The project's cohort state (k-anonymity across runs; held-back files)."),
     shard_index: int | None = typer.Option(None, "--shard-index", min=0,
                                            help="Shard to run (default: $JOB_COMPLETION_INDEX of an Indexed Job)."),
 ) -> None:
@@ -424,9 +426,13 @@ def anonymize(
     with Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("files", total=total)
-        report = anonymize_tree(source, out, chosen, store_keys, workers=workers, in_place=in_place,
-                                progress=lambda _result: progress.advance(task), shard=shard)
-    console.print(f"{report['anonymized']} anonymized, {report['quarantined']} quarantined of {report['files']} "
+        try:
+            report = anonymize_tree(source, out, chosen, store_keys, workers=workers, in_place=in_place,
+                                    progress=lambda _result: progress.advance(task), shard=shard, state=state)
+        except ValueError as exc:
+            fail(str(exc))
+    console.print(f"{report['anonymized']} released, {report['held']} held back (k-anonymity), "
+                  f"{report['quarantined']} quarantined of {report['files']} "
                   f"files in {report['seconds']} s; report {out / 'anonymization-report.json'}", soft_wrap=True)
 
 

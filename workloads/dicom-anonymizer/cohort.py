@@ -1,15 +1,35 @@
-"""Cohort k-anonymity for DICOM: one record per patient, quasi-identifiers as they will appear
-in the output (read from a de-identified copy of each patient's first header), generalized
-with built-in hierarchies; patients in classes smaller than k are suppressed (quarantined)."""
+"""k-anonymity over what is released, cumulative per project.
+
+One record per patient (its pseudonym), with the quasi-identifiers as they appear in the
+de-identified output. Computed after quarantine, pixel checks and the leak scan, so only
+patients that would really be released count.
+
+Hold-back rule (persisted cohort state, one JSON file per policy under the state folder):
+- The generalization (one level per quasi-identifier) is chosen once, by the k-anonymity
+  engine's optimum over the first cohort that can reach k within the suppression limit, and
+  then fixed for the project, so every release uses the same equivalence classes.
+- A patient is released only when its equivalence class, counting the patients already
+  released, has at least k patients and, if the policy names a sensitive attribute, at least
+  l distinct values of it. A class is released whole or not at all.
+- Everything else is held back: its de-identified files wait in the state folder (outside
+  any released tree) and are reconsidered on every later run; nothing is released while the
+  project has fewer than k patients.
+The report gives k (and l) of the cumulative released set and its re-identification risk.
+"""
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+import numpy as np
 
-from medplat.workloads.dicom_anonymizer.kanon import Anonymizer, Hierarchy
+from medplat.privacy.kanon import Anonymizer, Hierarchy, Risk
 
 STAR = "*"
 
@@ -26,7 +46,7 @@ def _band(value: float, width: float) -> str:
     return f"{(value // width) * width:g}"
 
 
-def _levels(keyword: str, raw: str) -> list[str]:
+def levels(keyword: str, raw: str) -> list[str]:
     """Generalization levels of one value, most specific first, '*' last (fixed height per QI)."""
     if keyword == "PatientAge":
         years = _age_years(raw)
@@ -47,69 +67,124 @@ def _levels(keyword: str, raw: str) -> list[str]:
     return [raw or STAR, STAR]
 
 
+def generalized(keywords: list[str], values: dict[str, str], node: list[int]) -> dict[str, str]:
+    return {kw: levels(kw, values.get(kw, ""))[level] for kw, level in zip(keywords, node)}
+
+
 @dataclass
-class CohortPlan:
-    quasi_identifiers: list[str]
-    node: tuple[int, ...]
-    values: dict[str, dict[str, str]]  # patient id -> keyword -> generalized value
-    suppressed: dict[str, str]
-    result: Any = field(repr=False, default=None)
+class Candidate:
+    patient: str  # pseudonym
+    values: dict[str, str]  # quasi-identifiers (and the sensitive attribute) as de-identified
+    files: list[str] = field(default_factory=list)  # staged files, relative to the state folder
+
+
+@dataclass
+class Decision:
+    release: list[Candidate]
+    hold: list[Candidate]
+    summary: dict[str, Any]
+
+
+class CohortState:
+    """The project's cohort under one policy: generalization node, released classes, held patients."""
+
+    def __init__(self, folder: Path, policy) -> None:
+        self.folder, self.policy = folder, policy
+        self.settings = policy.k_anonymity
+        self.file = folder / f"{policy.name}.cohort.json"
+        self.held_folder = folder / f"{policy.name}.held"
+        self.data: dict[str, Any] = {"node": None, "released": {}, "held": {}}
+
+    @contextmanager
+    def locked(self):
+        """Exclusive for the whole run: two runs (or shards) never decide on the same state at once."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / f".{self.policy.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.file.exists():
+                self.data = json.loads(self.file.read_text(encoding="utf-8"))
+            yield self
+
+    def save(self) -> None:
+        partial = self.file.with_name(self.file.name + ".partial")
+        partial.write_text(json.dumps(self.data, indent=1, sort_keys=True), encoding="utf-8")
+        os.chmod(partial, 0o600)
+        partial.replace(self.file)
+
+    def held(self) -> list[Candidate]:
+        return [Candidate(p, h["values"], h["files"]) for p, h in sorted(self.data["held"].items())]
+
+    def decide(self, new: list[Candidate]) -> Decision:
+        qis, sensitive = self.settings.quasi_identifiers, self.settings.sensitive_attribute
+        merged: dict[str, Candidate] = {c.patient: c for c in self.held()}
+        for candidate in new:
+            if candidate.patient in self.data["released"]:
+                # Already released: its class is fixed, later files of the patient follow it.
+                merged[candidate.patient] = candidate
+                continue
+            known = merged.get(candidate.patient)
+            if known:
+                known.files += candidate.files
+            else:
+                merged[candidate.patient] = candidate
+        if self.data["node"] is None:
+            self.data["node"] = self._choose_node([c for c in merged.values()
+                                                   if c.patient not in self.data["released"]])
+        if self.data["node"] is None:
+            return Decision([], list(merged.values()), self.summary())
+        node = self.data["node"]
+        classes: dict[tuple, list[str]] = defaultdict(list)
+        sensitive_values: dict[tuple, set[str]] = defaultdict(set)
+        for patient, record in self.data["released"].items():
+            key = tuple(record["class"])
+            classes[key].append(patient)
+            sensitive_values[key].add(record.get("sensitive", ""))
+        pending: dict[tuple, list[Candidate]] = defaultdict(list)
+        release: list[Candidate] = []
+        for candidate in merged.values():
+            if candidate.patient in self.data["released"]:
+                release.append(candidate)
+                continue
+            key = tuple(generalized(qis, candidate.values, node)[kw] for kw in qis)
+            pending[key].append(candidate)
+        hold: list[Candidate] = []
+        for key, members in pending.items():
+            size = len(classes[key]) + len(members)
+            diverse = sensitive_values[key] | {m.values.get(sensitive, "") for m in members} if sensitive else set()
+            if size >= self.settings.k and (not sensitive or len(diverse) >= self.settings.l_diversity):
+                release += members
+                for member in members:
+                    self.data["released"][member.patient] = {"class": list(key),
+                                                             "sensitive": member.values.get(sensitive, "")
+                                                             if sensitive else ""}
+            else:
+                hold += members
+        return Decision(release, hold, self.summary())
+
+    def _choose_node(self, candidates: list[Candidate]) -> list[int] | None:
+        qis = self.settings.quasi_identifiers
+        if len(candidates) < self.settings.k:
+            return None
+        rows = [[c.values.get(kw, "") for kw in qis] for c in candidates]
+        hierarchies = [Hierarchy({row[q]: levels(kw, row[q]) for row in rows}) for q, kw in enumerate(qis)]
+        try:
+            result = Anonymizer(rows, hierarchies).anonymize(self.settings.k, self.settings.suppression_limit)
+        except ValueError:
+            return None  # not even full generalization reaches k within the limit: wait for more patients
+        return list(result.node)
 
     def summary(self) -> dict[str, Any]:
-        r = self.result
-        if r is None:
-            return {"quasiIdentifiers": self.quasi_identifiers, "kAchieved": 0,
-                    "suppressedPatients": len(self.suppressed), "note": next(iter(self.suppressed.values()), "")}
-        return {"quasiIdentifiers": self.quasi_identifiers, "node": list(self.node), "kAchieved": r.k_achieved,
-                "patients": r.before.records, "suppressedPatients": len(self.suppressed),
-                "discernibility": r.discernibility, "precisionLoss": r.precision_loss,
-                "riskBefore": r.before.__dict__, "riskAfter": r.after.__dict__}
-
-
-def read_quasi_identifiers(paths: list[Path], policy, keys=None) -> dict[str, dict[str, str]]:
-    """Per patient, the quasi-identifiers of its first readable file, after de-identification."""
-    from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys
-    from medplat.workloads.dicom_anonymizer.profile import load_profile
-
-    keys = keys or Keys(b"\0" * 32, b"\0" * 32)
-    patients: dict[str, dict[str, str]] = {}
-    for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:
-            continue
-        patient = str(ds.get("PatientID", "") or "")
-        if not patient or patient in patients or "SOPClassUID" not in ds:
-            continue
-        Deidentifier(load_profile(), policy, keys).apply(ds)
-        patients[patient] = {kw: str(ds.get(kw, "") or "") for kw in policy.k_anonymity.quasi_identifiers}
-    return patients
-
-
-def plan_cohort(patients: dict[str, dict[str, str]], policy) -> CohortPlan | None:
-    settings = policy.k_anonymity
-    if not patients or not settings.quasi_identifiers:
-        return None
-    ids = sorted(patients)
-    qis = settings.quasi_identifiers
-    rows = [[patients[p][kw] for kw in qis] for p in ids]
-    hierarchies = []
-    for column, kw in enumerate(qis):
-        hierarchies.append(Hierarchy({row[column]: _levels(kw, row[column]) for row in rows}))
-    try:
-        result = Anonymizer(rows, hierarchies).anonymize(settings.k, settings.suppression_limit)
-    except ValueError:
-        # Not even full generalization meets k within the limit (a cohort smaller than k):
-        # every patient is suppressed rather than exported with too little protection.
-        reason = f"k-anonymity: the cohort of {len(ids)} patients cannot reach k={settings.k}"
-        return CohortPlan(qis, tuple(h.height for h in hierarchies), {}, {p: reason for p in ids})
-    suppressed = {ids[i]: f"k-anonymity: suppressed (class smaller than k={settings.k})" for i in result.suppressed}
-    values = {ids[i]: dict(zip(qis, result.generalized[i])) for i in range(len(ids))}
-    return CohortPlan(qis, result.node, values, suppressed, result)
-
-
-def generalize(ds, plan: CohortPlan, patient_id: str) -> None:
-    """Write the patient's generalized quasi-identifiers ('*' empties the attribute)."""
-    for keyword, value in plan.values.get(patient_id, {}).items():
-        if keyword in ds:
-            ds.data_element(keyword).value = "" if value == STAR else value
+        """k, l and risk of the cumulative released set (what has left the site, not the input)."""
+        released = self.data["released"]
+        sizes = Counter(tuple(r["class"]) for r in released.values())
+        diversity: dict[tuple, set[str]] = defaultdict(set)
+        for record in released.values():
+            diversity[tuple(record["class"])].add(record.get("sensitive", ""))
+        risk = Risk.of(np.array(sorted(sizes.values()), dtype=np.int64), 1.0 / max(self.settings.k, 1))
+        return {"quasiIdentifiers": self.settings.quasi_identifiers, "k": self.settings.k,
+                "sensitiveAttribute": self.settings.sensitive_attribute,
+                "node": self.data["node"], "releasedPatients": len(released), "heldPatients": len(self.data["held"]),
+                "kAchieved": min(sizes.values()) if sizes else None,
+                "lAchieved": min(len(v) for v in diversity.values()) if diversity and
+                self.settings.sensitive_attribute else None,
+                "risk": risk.__dict__}

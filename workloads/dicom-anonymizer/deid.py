@@ -15,26 +15,29 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import DataElement
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, repeater_has_tag
 from pydicom.tag import Tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from medplat.workloads.dicom_anonymizer import freetext
 from medplat.workloads.dicom_anonymizer.policy import Policy
-from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile
+from medplat.workloads.dicom_anonymizer.profile import CID_7050, Profile, load_iod_types, type_class
 from medplat.workloads.pseudonymizer.pseudonyms import pseudonym
 
 TEXT_VRS = {"PN", "LO", "SH", "LT", "ST", "UT", "UC", "AE", "DA", "DT", "UR"}  # CS: codes, not identities
 FREE_TEXT = {"LO", "SH", "LT", "ST", "UT", "UC", "PN"}
 LONG_TEXT = {"LT", "ST", "UT", "UC"}
+DESCRIPTIVE = {"LO", "SH", "LT", "ST", "UT", "UC"}  # free text the pattern pass reads
 SCANNED_VRS = TEXT_VRS | {"SQ", "UN", "OB", "CS", "SH"}
 # Attributes of coded concepts describe the code, not the patient: the leak scan skips them.
 CODE_ATTRIBUTES = {0x00080100, 0x00080102, 0x00080103, 0x00080104, 0x00080119}
 NUMERIC_ZERO = {"US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0, "DS": "0", "IS": "0"}
 PATIENT_ID, PATIENT_NAME = 0x00100020, 0x00100010
+RAW_TEXT_ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,21 @@ def date_shift_days(key: bytes, patient_id: str) -> int:
 
 
 def shift_date(value: str, days: int) -> str:
+    """YYYYMMDD shifted by `days`; the ACR-NEMA form YYYY.MM.DD is read too (and written as DA)."""
+    value = value.strip()
+    if len(value) >= 10 and value[4] in ".-" and value[7] in ".-":
+        value = value[:4] + value[5:7] + value[8:10]
     try:
         return (datetime.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + datetime.timedelta(days)).strftime(
             "%Y%m%d")
     except (ValueError, IndexError):
         return ""
+
+
+def shift_value(value: str, days: int, vr: str) -> str:
+    """A DA or DT value shifted; a DT keeps its time part, an unreadable date becomes empty."""
+    shifted = shift_date(value, days)
+    return shifted + value.strip()[8:] if shifted and vr == "DT" and value[4:5].isdigit() else shifted
 
 
 IDENTIFYING_WORDS = re.compile(r"(ID|IDs|Number|Numbers|Address|Institution|InstitutionName|Station|Physician|"
@@ -81,13 +94,24 @@ def is_identifying(vr: str, tag: int) -> bool:
     return vr in TEXT_VRS and bool(IDENTIFYING_WORDS.search(keyword_for_tag(tag) or ""))
 
 
+def _repeating_group(tag: int) -> bool:
+    group = tag >> 16
+    return (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E) and group % 2 == 0
+
+
 def _entries(dataset: Dataset):
     """(tag, VR, is private) of each element without converting its value: most elements are
-    kept untouched, and pydicom writes raw elements back as they were read."""
+    kept untouched, and pydicom writes raw elements back as they were read. An element that
+    arrived as UN (implicit VR from elsewhere) but is in the dictionary is decoded with the
+    dictionary VR first, sequences included, so it is de-identified like any other."""
     for tag in list(dataset.keys()):
         item = dataset.get_item(tag)
-        vr = item.VR or (dictionary_VR(tag) if dictionary_has_tag(tag) else "UN")
-        yield int(tag), vr, tag.is_private
+        vr = item.VR
+        if vr in (None, "UN") and dictionary_has_tag(tag):
+            vr = dataset[tag].VR  # pydicom converts UN with the dictionary VR (replace_un_with_known_vr)
+            if vr == "UN":
+                vr = dictionary_VR(tag)
+        yield int(tag), vr or "UN", tag.is_private
 
 
 def _as_list(value) -> list:
@@ -117,26 +141,48 @@ class Deidentifier:
                                  if kind == "identifying"}
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
-        self._actions: dict[int, str] = {}
+        self.allow = freetext.AllowList.of(policy.free_text.allow_values, policy.free_text.allow_words)
+        self._actions: dict[tuple, str] = {}
+        self.types: dict[str, dict[int, str]] | None = None
 
-    def action(self, tag: int, private: bool, dataset: Dataset) -> str:
+    def action(self, tag: int, private: bool, dataset: Dataset, nested: bool = False, vr: str = "") -> str:
         if private:
             return self._private_action(tag, dataset)
-        cached = self._actions.get(tag)
+        key = (id(self.types), nested, tag, vr == "SQ")
+        cached = self._actions.get(key)
         if cached is None:
-            cached = self._standard_action(tag)
-            self._actions[tag] = cached
+            cached = self._standard_action(tag, nested, vr)
+            self._actions[key] = cached
         return cached
 
-    def _standard_action(self, tag: int) -> str:
+    def _type_of(self, tag: int, nested: bool) -> str | None:
+        return None if self.types is None else self.types["nested" if nested else "top"].get(tag)
+
+    def _standard_action(self, tag: int, nested: bool, vr: str) -> str:
+        kind = self._type_of(tag, nested)
         override = self.policy.overrides.get(f"{tag:08x}")
         if override:
-            return override
-        if self.profile.rule(tag) is not None:
-            return self.profile.action(tag, self.options)[0]
-        if tag >> 16 == 0x0002:
+            action = "D" if override == "X" and type_class(kind) == "1" and self.types is not None else override
+        elif self.profile.rule(tag) is not None:
+            action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
+        elif tag >> 16 == 0x0002:
             return "K"
-        return "X" if tag in self.identifying_tags or not dictionary_has_tag(tag) else "K"
+        elif _repeating_group(tag) and (tag & 0xFFFF) != 0x3000:
+            # An overlay (60xx) or curve (50xx) is one unit: its other attributes follow what the
+            # table does to its data element (60xx,3000), or a removed overlay leaves a broken module.
+            return "X" if self._standard_action((tag & 0xFFFF0000) | 0x3000, nested, "") == "X" else "K"
+        else:
+            known = dictionary_has_tag(tag) or repeater_has_tag(tag)  # 50xx/60xx groups are repeaters
+            return "X" if tag in self.identifying_tags or not known else "K"
+        if action == "X" and type_class(kind) == "1" and self.types is not None:
+            # Required here (Type 1/1C, e.g. an SR content item's TextValue): removing it would
+            # make the instance invalid, so it gets a dummy (or, for a sequence, is cleaned).
+            action = "C" if vr == "SQ" else "D"
+        if vr == "SQ" and action in ("Z", "D") and type_class(kind) != "2":
+            # An empty sequence is valid only where the IOD says Type 2; a dummy sequence
+            # item would be invented content. Type 1 sequences are cleaned item by item.
+            action = "C" if type_class(kind) == "1" and self.types is not None else "X"
+        return action
 
     def _private_action(self, tag: int, dataset: Dataset) -> str:
         override = self.policy.overrides.get(f"{tag:08x}")
@@ -158,6 +204,7 @@ class Deidentifier:
         self.shift = date_shift_days(self.keys.project, patient_id) if \
             "retain-longitudinal-modified-dates" in self.options else None
         self.patient_pseudonym = pseudonym(self.keys.patient, patient_id or "<no patient id>")
+        self.types = load_iod_types().for_sop_class(str(ds.get("SOPClassUID", "") or ""))
         self._survey(ds, outcome)  # first every identifying value, so cleaning can scrub them all
         self._walk(ds, outcome)
         self._mark(ds)
@@ -165,15 +212,15 @@ class Deidentifier:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         return outcome
 
-    def _survey(self, dataset: Dataset, outcome: Outcome) -> None:
+    def _survey(self, dataset: Dataset, outcome: Outcome, nested: bool = False) -> None:
         for tag, vr, private in _entries(dataset):
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 outcome.identifying.update(_strings(dataset[tag].value))
                 continue
-            action = self.action(tag, private, dataset)
+            action = self.action(tag, private, dataset, nested, vr)
             if vr == "SQ":
                 for item in dataset[tag].value or []:
-                    (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome))
+                    (self._collect(item, outcome) if action in ("X", "Z") else self._survey(item, outcome, True))
             elif action == "K":
                 # Kept on purpose: by the table or an option, classified by the policy, or a
                 # standard coded/short attribute the table does not list (free text stays scanned).
@@ -183,7 +230,8 @@ class Deidentifier:
             elif action in ("X", "Z", "D", "C") and is_identifying(vr, tag):
                 outcome.identifying.update(_strings(dataset[tag].value))
 
-    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False) -> None:
+    def _walk(self, dataset: Dataset, outcome: Outcome, cleaning: bool = False, private_kept: bool = False,
+              nested: bool = False) -> None:
         """`cleaning`: inside a sequence under C, free text that would be kept is scrubbed too.
         `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
         any_private = False
@@ -193,7 +241,7 @@ class Deidentifier:
                 dataset[tag].value = self.patient_pseudonym
                 outcome.actions["pseudonym"] += 1
                 continue
-            action = "K" if private_kept and private else self.action(tag, private, dataset)
+            action = "K" if private_kept and private else self.action(tag, private, dataset, nested, vr)
             outcome.actions[action] += 1
             if vr == "SQ":
                 self._sequence(dataset, dataset[tag], action, outcome, cleaning, private_kept or private)
@@ -201,7 +249,11 @@ class Deidentifier:
             if action == "K" and cleaning and vr in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
             if action == "K":
+                if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
+                    self._pattern_pass(dataset[tag])  # retained text: identifiers no dictionary knows
                 continue
+            if action == "C" and vr in DESCRIPTIVE and not self._descriptor_allowed(dataset[tag]):
+                action = self._removal(tag, nested)
             if action == "X":
                 del dataset[tag]
                 continue
@@ -210,6 +262,8 @@ class Deidentifier:
                 elem.value = None if elem.VR not in ("OB", "OW", "UN") else b""
             elif action == "D":
                 elem.value = self._dummy(elem)
+            elif action == "E":  # emptied text of a Type 1 attribute: a neutral dummy
+                elem.value = "CLEANED"
             elif action == "U":
                 elem.value = self._uids(elem.value)
             elif action == "C":
@@ -226,7 +280,25 @@ class Deidentifier:
                 elem.value = Sequence([])
             return
         for item in elem.value or []:
-            self._walk(item, outcome, cleaning or action == "C", private_kept)
+            self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
+
+    def _descriptor_allowed(self, elem: DataElement) -> bool:
+        return all(self.allow.allows(str(value)) for value in _as_list(elem.value) if value is not None)
+
+    def _removal(self, tag: int, nested: bool) -> str:
+        """A descriptor that is not allow-listed goes, as its Type in the IOD permits."""
+        if self.types is None:
+            return "Z"
+        if self.profile.rule(tag) is None:
+            return "E"  # its Type is not in the table (only Table E.1-1 attributes are): a neutral dummy
+        return {"1": "E", "2": "Z", "3": "X"}[type_class(self._type_of(tag, nested))]
+
+    @staticmethod
+    def _pattern_pass(elem: DataElement) -> None:
+        values = _as_list(elem.value)
+        cleaned = [freetext.scrub(str(v)) if v is not None else v for v in values]
+        if cleaned != [str(v) if v is not None else v for v in values]:
+            elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
 
     def _collect(self, item: Dataset, outcome: Outcome) -> None:
         for tag, vr, _private in _entries(item):
@@ -241,7 +313,7 @@ class Deidentifier:
         if vr == "DA":
             return shift_date(str(elem.value), self.shift) if self.shift is not None else "19000101"
         if vr == "DT":
-            return (shift_date(str(elem.value), self.shift) + str(elem.value)[8:]) if self.shift is not None \
+            return shift_value(str(elem.value), self.shift, "DT") if self.shift is not None \
                 else "19000101000000"
         if vr == "TM":
             return "000000"
@@ -264,27 +336,29 @@ class Deidentifier:
 
     def _clean(self, elem: DataElement, outcome: Outcome) -> None:
         if elem.VR in ("DA", "DT") and self.shift is not None:
-            shifted = [shift_date(str(v), self.shift) + str(v)[8:] for v in _as_list(elem.value) if v]
+            shifted = [shift_value(str(v), self.shift, elem.VR) for v in _as_list(elem.value) if v]
             elem.value = shifted if len(shifted) != 1 else shifted[0]
         elif elem.VR in ("LO", "SH", "LT", "ST", "UT", "UC", "PN"):
             elem.value = self._scrub(str(elem.value or ""), outcome)
         # Other VRs under C (e.g. graphics data under Clean Graphics) are kept as they are.
 
     def _scrub(self, text: str, outcome: Outcome) -> str:
+        """The file's own identifying values, then the identifier patterns."""
         cleaned = text
         for value in sorted(outcome.identifying, key=len, reverse=True):
-            if len(value) >= 3 and value.lower() in cleaned.lower():
+            while len(value) >= 3 and value.lower() in cleaned.lower():
                 start = cleaned.lower().index(value.lower())
                 cleaned = cleaned[:start] + "***" + cleaned[start + len(value):]
-        return cleaned
+        return freetext.scrub(cleaned)
 
     @staticmethod
     def _drop_empty_private_blocks(dataset: Dataset) -> None:
-        for elem in list(dataset):
-            if elem.tag.is_private_creator:
-                block_low = (elem.tag.element & 0xFF) << 8
-                if not any(e.tag.group == elem.tag.group and (e.tag.element & 0xFF00) == block_low for e in dataset):
-                    del dataset[elem.tag]
+        """One pass: the blocks still in use, then every creator of an unused block dropped."""
+        tags = [tag for tag in dataset.keys() if tag.is_private]
+        used = {(tag.group, tag.element >> 8) for tag in tags if tag.element > 0x00FF}
+        for tag in tags:
+            if 0x0010 <= tag.element <= 0x00FF and (tag.group, tag.element) not in used:
+                del dataset[tag]
 
     def _mark(self, ds: Dataset) -> None:
         ds.PatientIdentityRemoved = "YES"
@@ -309,11 +383,22 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
     """
     needles = {v.lower() for v in outcome.identifying if (len(v) >= 4 and not v.isdigit() or len(v) >= 6)}
     hits: list[str] = []
+    # Text still in its raw bytes is searched without decoding it into pydicom values (and so
+    # written back raw, which is faster) when the character set decodes byte for byte.
+    encoding = RAW_TEXT_ENCODINGS.get(str(ds.get("SpecificCharacterSet", "") or ""))
 
     def scan(dataset: Dataset, path: str) -> None:
         for tag, vr, _private in _entries(dataset):
             if tag in outcome.retained or tag in CODE_ATTRIBUTES or vr not in SCANNED_VRS:
                 continue  # kept on purpose (e.g. Manufacturer under Retain Device Identity), a code, binary
+            raw = dataset.get_item(tag)
+            if encoding and vr in TEXT_VRS and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+                text = raw.value.decode(encoding, "replace")
+                if vr in DESCRIPTIVE and tag not in (PATIENT_ID, PATIENT_NAME):
+                    hits.extend(f"{path}{Tag(tag)} holds a {kind}" for kind, _found in freetext.find(text))
+                text = text.lower()
+                hits.extend(f"{path}{Tag(tag)} contains {needle!r}" for needle in needles if needle in text)
+                continue
             elem = dataset[tag]
             where = f"{path}{elem.tag}"
             if elem.VR == "SQ":
@@ -325,7 +410,10 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
             elif isinstance(elem.value, (bytes, bytearray)):
                 continue
             else:
-                text = " ".join(_strings(elem.value)).lower()
+                text = " ".join(_strings(elem.value))
+                if elem.VR in DESCRIPTIVE and tag not in (PATIENT_ID, PATIENT_NAME):
+                    hits.extend(f"{where} holds a {kind}" for kind, _found in freetext.find(text))
+                text = text.lower()
             for needle in needles:
                 if needle in text:
                     hits.append(f"{where} contains {needle!r}")

@@ -1,9 +1,12 @@
 """The confidentiality profile table (generated from PS3.15 Table E.1-1) and action resolution.
 
-Combined codes are resolved by the attribute's type in the IOD, which the table does not
-carry: medplat resolves them to the least destructive action that is conformant for every
-type the code allows (X/Z -> Z, X/D and Z/D and X/Z/D -> D, X/Z/U* -> U), and to X when the
-attribute is in no standard composite IOD (then it can be required by none).
+Combined codes are resolved by the attribute's Type in the instance's IOD (PS3.15 E.3.1:
+"X unless Z/D is required to maintain IOD conformance"), looked up in `iod-types.json`
+(generated from the PS3.3 module tables): Type 1/1C gets a dummy (D), Type 2/2C an empty
+value (Z), Type 3 or absent is removed (X); X/Z/U* keeps the element with its UIDs remapped
+(U is conformant for every Type and keeps references linked). A sequence is never left
+empty unless its Type is 2 (an empty Type 3 sequence is invalid). For an instance of an
+unknown SOP Class the least destructive action conformant for every Type is used.
 """
 from __future__ import annotations
 
@@ -30,6 +33,15 @@ CID_7050 = {"basic": ("113100", "Basic Application Confidentiality Profile"),
             "retain-safe-private": ("113111", "Retain Safe Private Option"),
             "retain-institution-identity": ("113112", "Retain Institution Identity Option")}
 RESOLVED = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U"}
+IOD_TYPES_FILE = "iod-types.json"
+# (combined code, Type class) -> action; Type class: "1" (1, 1C), "2" (2, 2C), "3" (3 or absent).
+BY_TYPE = {"X/Z": {"1": "D", "2": "Z", "3": "X"}, "X/D": {"1": "D", "2": "Z", "3": "X"},
+           "Z/D": {"1": "D", "2": "Z", "3": "Z"}, "X/Z/D": {"1": "D", "2": "Z", "3": "X"},
+           "X/Z/U*": {"1": "U", "2": "U", "3": "U"}}
+
+
+def type_class(kind: str | None) -> str:
+    return "3" if not kind else kind[0]
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,10 @@ class Profile:
                 return rule
         return None
 
-    def action(self, tag: int, options: frozenset[str]) -> tuple[str, str]:
-        """(resolved action, where it came from) for a standard attribute under `options`."""
+    def action(self, tag: int, options: frozenset[str], kind: str | None = None,
+               known_iod: bool = False) -> tuple[str, str]:
+        """(resolved action, where it came from) for a standard attribute under `options`;
+        `kind` is the attribute's Type in the instance's IOD when the IOD is known."""
         rule = self.rule(tag)
         if rule is None:
             return "X", "not in Table E.1-1"
@@ -71,8 +85,30 @@ class Profile:
                 return rule.options[option], option
         code = rule.basic
         if code in RESOLVED:
+            if known_iod:
+                return BY_TYPE[code][type_class(kind)], f"basic, Type {kind or 3}"
             code = RESOLVED[code] if rule.in_standard_iod else "X"
         return code, "basic"
+
+
+class IodTypes:
+    """Type (1, 1C, 2, 2C, 3) of the Table E.1-1 attributes per IOD, top level and nested."""
+
+    def __init__(self, table: dict) -> None:
+        self.source = table["source"]
+        self.sop_classes = table["sopClasses"]
+        self.iods = {iod: {level: {int(tag, 16): kind for tag, kind in found.items()}
+                           for level, found in levels.items()} for iod, levels in table["iods"].items()}
+
+    def for_sop_class(self, sop_class_uid: str) -> dict[str, dict[int, str]] | None:
+        iod = self.sop_classes.get(sop_class_uid)
+        return self.iods.get(iod) if iod else None
+
+
+@lru_cache(maxsize=1)
+def load_iod_types() -> IodTypes:
+    package = __name__.rsplit(".", 1)[0]
+    return IodTypes(json.loads((resources.files(package) / IOD_TYPES_FILE).read_text(encoding="utf-8")))
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,82 @@
+"""Free text (issue 15: "Dr Thaddeus Grimsby at Oakhaven Clinic", a phone number and a first
+name in comments survived because only the file's own identifying values were looked for).
+Every planted identifier below appears in no identifying attribute of the file. The UK phone
+numbers are from Ofcom's ranges reserved for drama (01632 960xxx, 020 7946 0xxx)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from medplat.workloads.dicom_anonymizer.deid import Keys, Outcome, leaks
+from medplat.workloads.dicom_anonymizer.freetext import find
+from medplat.workloads.dicom_anonymizer.policy import Policy
+from medplat.workloads.dicom_anonymizer.run import anonymize_tree
+
+KEYS = Keys(project=b"p" * 32, patient=b"q" * 32)
+PLANTED = ["Grimsby", "Thaddeus", "Oakhaven", "Maria", "7946", "960018", "Elm Street", "03/04/2021", "48151623",
+           "grimsby@oakhaven"]
+NOTE = ("Reviewed by Dr Thaddeus Grimsby at Oakhaven Clinic, tel +44 20 7946 0958 or 01632 960018, "
+        "12 Elm Street; seen 03/04/2021, MRN 48151623, grimsby@oakhaven.example")
+
+
+def _policy(**extra) -> Policy:
+    return Policy.model_validate({"name": "text", "intendedUse": "tests", "patientIdDomain": "tests",
+                                  "options": ["clean-descriptors"],
+                                  "freeText": {"allowWords": ["CT", "CHEST", "WITH", "CONTRAST", "AXIAL"]}, **extra})
+
+
+def _run(tmp_path: Path, ds, chosen: Policy) -> dict:
+    source = tmp_path / "in"
+    source.mkdir(exist_ok=True)
+    ds.save_as(source / "ct.dcm")
+    return anonymize_tree(source, tmp_path / "out", chosen, KEYS)
+
+
+def _ct():
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID = "Doe^John", "P-1"
+    ds.StudyDescription = "CT CHEST WITH CONTRAST"
+    ds.SeriesDescription = "AXIAL 5 mm for Dr Grimsby"
+    ds.ImageComments = "ask Maria about the 12 Elm Street referral"
+    ds.AdditionalPatientHistory = NOTE
+    return ds
+
+
+def test_descriptors_are_removed_unless_allow_listed(tmp_path):
+    report = _run(tmp_path, _ct(), _policy())
+    assert report["anonymized"] == 1, report["results"]
+    output = Path(report["results"][0]["output"])
+    released = dcmread(output)
+    assert released.StudyDescription == "CT CHEST WITH CONTRAST"  # allow-listed descriptor kept
+    assert "SeriesDescription" not in released and "ImageComments" not in released  # Type 3: removed
+    raw = output.read_bytes().decode("latin-1")
+    assert [word for word in PLANTED if word in raw] == []
+    assert "113105" in [item.CodeValue for item in released.DeidentificationMethodCodeSequence]
+
+
+def test_text_the_policy_keeps_goes_through_the_pattern_pass(tmp_path):
+    # The policy keeps Additional Patient History and Image Comments on purpose (override K):
+    # titled names, phones, addresses, e-mail, dates and record numbers are still scrubbed.
+    report = _run(tmp_path, _ct(), _policy(overrides={"0010,21b0": "K", "0020,4000": "K"}))
+    released = dcmread(report["results"][0]["output"])
+    history = str(released.AdditionalPatientHistory)
+    assert [word for word in PLANTED if word in history] == [] and "Reviewed by" in history
+    assert find(history) == []
+    # An untitled first name in prose is beyond patterns: why descriptors are removed by default.
+    assert "Maria" in released.ImageComments and "Elm Street" not in released.ImageComments
+
+
+def test_leak_scan_finds_patterns_not_only_the_files_own_values():
+    ds = _ct()
+    ds.PatientName = "Doe^John"
+    found = leaks(ds, Outcome(identifying={"Doe^John"}))  # the dictionary knows none of the planted text
+    assert any("(0010,21B0) holds a titled name" in hit for hit in found)
+    assert any("holds a phone" in hit for hit in found) and any("street address" in hit for hit in found)
+
+
+def test_ordinary_descriptors_are_not_taken_for_identifiers():
+    for text in ("MR BRAIN W/O CONTRAST", "T1 AX 5mm", "CT CHEST 1.25 mm", "SOFTWARE V3.1.2", "Series 3 of 4",
+                 "DR CHEST PA"):
+        assert find(text) == [], text
