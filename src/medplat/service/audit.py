@@ -82,6 +82,7 @@ class AuditClient:
         self._client = httpx.Client(verify=verify, timeout=30) if url else None
         self._queue: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-client", daemon=True)
@@ -157,6 +158,10 @@ class AuditClient:
 
     def flush(self) -> bool:
         """Send (or spool) everything queued; True when nothing is left waiting."""
+        with self._flushing:  # one flush at a time: two would both send the spool (duplicates)
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
             events, self._queue = self._queue, []
         spooled = self._read_spool()
