@@ -14,11 +14,17 @@ from medplat.service.access import api_routes, route_access
 from medplat.service.app import create_app
 
 SERVICES = ["ingest", "audit-log", "fleet", "consent", "pseudonymizer", "edge-forwarder", "dicom-anonymizer",
-            "sdc-bridge", "hl7-retrofit"]
+            "sdc-bridge", "hl7-retrofit", "portal"]
 # (service, method, path) that anyone may call, and nothing else.
 PUBLIC = {(service, "GET", path) for service in SERVICES for path in ("/healthz", "/readyz", "/metrics")} | {
     ("audit-log", "GET", "/checkpoint"), ("audit-log", "GET", "/verifier"), ("audit-log", "GET", "/witness/verifier"),
     ("fleet", "GET", "/tuf/metadata/{name}"), ("fleet", "GET", "/tuf/targets/{name:path}"),
+    # portal: landing and sign-in pages, the OIDC callback (bound to the browser's login state), and the
+    # local demo issuer's OpenID endpoints (embedded defaults only).
+    ("portal", "GET", "/"), ("portal", "GET", "/login"), ("portal", "GET", "/auth/callback"),
+    ("portal", "GET", "/local-issuer/.well-known/openid-configuration"), ("portal", "GET", "/local-issuer/jwks"),
+    ("portal", "GET", "/local-issuer/authorize"), ("portal", "POST", "/local-issuer/authorize"),
+    ("portal", "POST", "/local-issuer/token"),
 }
 FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 

@@ -1,0 +1,306 @@
+"""portal: OpenID Connect sign-in per role, what each role may open, ward scoping, CSRF, cookies, CSP,
+audit of every view of patient data, live vitals from the real site broker, the compliance portal on a
+real signed evidence bundle."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.auditevent import AuditEvent
+from typer.testing import CliRunner
+
+from conftest import STACKS
+from medplat.cli import app as cli
+from medplat.workloads.portal import sources
+from medplat.workloads.portal.app import Settings, build
+from portal_helpers import csrf_of, sign_in
+from services import Mosquitto, free_port, wait_for_port
+
+VIEWS = {"/ward": {"dr-ward-a", "dr-ward-b"}, "/ops": {"site-operator", "admin"},
+         "/compliance": {"compliance-officer", "admin"}}
+USERS = ["dr-ward-a", "dr-ward-b", "site-operator", "compliance-officer", "admin"]
+
+
+@pytest.fixture
+def portal(tmp_path):
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver",
+                                   evidence_dir=tmp_path / "build"))
+    yield app, settings
+    app.state.audit.close()
+
+
+def client_for(app, user: str, data_dir: Path) -> TestClient:
+    client = TestClient(app)
+    sign_in(client, user, data_dir)
+    return client
+
+
+def audit_events(app) -> list[dict]:
+    app.state.audit.flush()
+    spool = app.state.settings.data_dir / "audit-spool.jsonl"
+    return [json.loads(line) for line in spool.read_text().splitlines()] if spool.exists() else []
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_each_role_opens_its_views_and_is_refused_the_others(portal, user):
+    app, settings = portal
+    client = client_for(app, user, settings.data_dir)
+    for path, allowed in VIEWS.items():
+        response = client.get(path, headers={"accept": "text/html"})
+        assert response.status_code == (200 if user in allowed else 403), (user, path)
+    assert client.get("/", follow_redirects=False).status_code == 303  # to the first view the role opens
+
+
+def test_without_a_session_nothing_but_sign_in(portal):
+    app, _ = portal
+    client = TestClient(app)
+    for path in ("/ward", "/ops", "/compliance"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"accept": "text/html"}, follow_redirects=False).headers["location"] == "/"
+    assert "sign-in" in client.get("/").text
+
+
+def test_login_state_must_come_back_to_the_browser_that_started_it(portal):
+    app, settings = portal
+    victim, attacker = TestClient(app), TestClient(app)
+    started = victim.get("/login", follow_redirects=False)
+    form = victim.get(started.headers["location"])
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form.text))
+    from medplat.workloads.portal.identity import demo_password
+    issued = victim.post("/local-issuer/authorize", data={**fields, "user": "admin",
+                                                          "password": demo_password(settings.data_dir)},
+                         follow_redirects=False)
+    # Login CSRF: another browser replaying the callback URL has no matching login cookie.
+    assert attacker.get(issued.headers["location"], follow_redirects=False).status_code == 400
+    assert attacker.get("/ops").status_code == 401
+    wrong = victim.post("/local-issuer/authorize", data={**fields, "user": "admin", "password": "guess"},
+                        follow_redirects=False)
+    assert wrong.status_code == 401
+
+
+def test_a_clinician_sees_only_the_patients_of_their_wards_by_opaque_id(portal):
+    app, settings = portal
+    census = app.state.census
+    client = client_for(app, "dr-ward-a", settings.data_dir)
+    html = client.get("/ward").text
+    links = re.findall(r'href="/patient/([^"]+)"', html)
+    assert sorted(links) == sorted(p.id for p in census.patients.values() if p.ward == "ward-a")
+    for patient in census.patients.values():
+        assert (patient.name in html) == (patient.ward == "ward-a")
+        assert patient.reference.split("/")[1] not in " ".join(links)  # no identifiers in URLs
+    other = next(p for p in census.patients.values() if p.ward == "ward-b")
+    assert client.get(f"/patient/{other.id}").status_code == 404
+    assert client.get(f"/patient/{other.id}/series").status_code == 404
+
+
+def test_every_view_of_patient_data_is_an_audit_event_naming_the_viewer(portal):
+    app, settings = portal
+    client = client_for(app, "dr-ward-a", settings.data_dir)
+    patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    client.get("/ward")
+    client.get(f"/patient/{patient.id}")
+    events = audit_events(app)
+    for event in events:
+        AuditEvent.model_validate(event)  # FHIR R4 AuditEvent, checked by fhir.resources
+    page = [e for e in events if e.get("outcomeDesc") == "portal patient page"]
+    assert len(page) == 1
+    assert page[0]["agent"][0]["who"]["identifier"]["value"] == "dr-ward-a"
+    assert {"reference": patient.reference} in [e["what"] for e in page[0]["entity"]]
+    ward = [e for e in events if e.get("outcomeDesc") == "portal ward list"]
+    assert len(ward) == 1 and len(ward[0]["entity"]) == 8
+
+
+def test_acknowledging_an_alarm_needs_the_csrf_token_and_the_patients_ward(portal):
+    app, settings = portal
+    census = app.state.census
+    client = client_for(app, "dr-ward-a", settings.data_dir)
+    alarm = next(a for a in census.alarms.values() if a.kind == "alarm" and census.patients[a.patient].ward == "ward-a")
+    page = client.get(f"/patient/{alarm.patient}").text
+    assert client.post(f"/alarms/{alarm.id}/ack").status_code == 403
+    assert client.post(f"/alarms/{alarm.id}/ack", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+    assert alarm.state == "active"
+    done = client.post(f"/alarms/{alarm.id}/ack", headers={"X-CSRF-Token": csrf_of(page)})
+    assert done.status_code == 200 and "acknowledged by dr-ward-a" in done.text
+    assert alarm.state == "acknowledged"
+    foreign = next(a for a in census.alarms.values() if census.patients[a.patient].ward == "ward-b")
+    assert client.post(f"/alarms/{foreign.id}/ack", headers={"X-CSRF-Token": csrf_of(page)}).status_code == 404
+    assert foreign.state == "active"
+    assert any(e.get("outcomeDesc") == "portal alarm acknowledged" for e in audit_events(app))
+
+
+def test_cookies_csp_and_no_inline_script(portal, tmp_path):
+    app, settings = portal
+    client = TestClient(app)
+    sign_in(client, "dr-ward-a", settings.data_dir)
+    patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    for path in ("/", "/ward", f"/patient/{patient.id}"):
+        response = client.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", response.text), path  # every script is a file
+        assert not re.search(r"\son\w+=", response.text) and "style=" not in response.text
+    secure_app, _ = build(Settings(data_dir=tmp_path / "tls", base_url="https://testserver"))
+    secure = TestClient(secure_app, base_url="https://testserver")
+    sign_in(secure, "admin", tmp_path / "tls")
+    cookie = [c for c in secure.cookies.jar if c.name == "__Host-portal"][0]
+    assert cookie.secure and cookie.path == "/" and cookie.has_nonstandard_attr("HttpOnly")
+    secure_app.state.audit.close()
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory):
+    """A real signed bundle from `medplat evidence export` (planned), with the demo key's name. The platform
+    and workload SBOM scans (cyclonedx-py subprocesses, minutes on a loaded machine) are replaced by
+    empty BOMs: the portal reads the control matrix, waivers and signature, which stay real."""
+    from medplat.evidence import sbom
+    patch = pytest.MonkeyPatch()
+    empty = '{"bomFormat": "CycloneDX", "specVersion": "1.6"}'
+    patch.setattr(sbom, "platform_sbom", lambda *a, **k: empty)
+    patch.setattr(sbom, "workload_sbom", lambda *a, **k: empty)
+    build_dir = tmp_path_factory.mktemp("build")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["evidence", "keygen", str(build_dir / "demo-evidence.key")]).exit_code == 0
+    result = runner.invoke(cli, ["evidence", "export", "--all", "--stacks-dir", str(STACKS), "-o",
+                                 str(build_dir / "evidence-20261130-000000"), "--key",
+                                 str(build_dir / "demo-evidence.key"), "--no-checkov", "--today", "2026-11-30"])
+    patch.undo()
+    assert result.exit_code == 0, result.output
+    return build_dir
+
+
+def test_compliance_portal_shows_verdicts_controls_and_the_verification(tmp_path, evidence):
+    import shutil
+    build_dir = tmp_path / "build"
+    shutil.copytree(evidence, build_dir)
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver", evidence_dir=build_dir))
+    client = client_for(app, "compliance-officer", settings.data_dir)
+    listing = client.get("/compliance").text
+    bid = re.search(r'href="/compliance/([0-9a-f]{16})"', listing).group(1)
+    matrix = json.loads((build_dir / "evidence-20261130-000000" / "control-matrix.json").read_text())["controls"]
+    frameworks = {row["framework"] for row in matrix}
+    assert all(framework in listing for framework in frameworks)
+    page = client.get(f"/compliance/{bid}").text
+    assert 'data-ok="true"' in page
+    row = next(r for r in matrix if r["resources"] and r["checks"])
+    control = client.get(f"/compliance/{bid}/controls/{row['control']}").text
+    assert row["checks"][0]["id"] in control and row["resources"][0]["urn"] in control
+    download = client.get(f"/compliance/{bid}/download")
+    import io
+    import zipfile
+    assert "manifest.json" in zipfile.ZipFile(io.BytesIO(download.content)).namelist()
+    # Tampering is shown, as `medplat evidence verify` reports it.
+    (build_dir / "evidence-20261130-000000" / "control-matrix.csv").write_text("control,status\nX,pass\n")
+    tampered = client.get(f"/compliance/{bid}").text
+    assert 'data-ok="false"' in tampered and "modified: control-matrix.csv" in tampered
+    app.state.audit.close()
+
+
+def test_site_operations_reads_the_forwarders_prometheus_metrics(tmp_path):
+    text = ("# TYPE medplat_outbox_depth gauge\nmedplat_outbox_depth 42.0\n"
+            "# TYPE medplat_outbox_oldest_age_seconds gauge\nmedplat_outbox_oldest_age_seconds 7.5\n"
+            "# TYPE medplat_forwarder_refused counter\n"
+            'medplat_forwarder_refused_total{reason="outbox-full"} 3.0\n'
+            'medplat_forwarder_refused_total{reason="egress-policy"} 1.0\n')
+    port = free_port()
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def log_message(self, *args):
+            pass
+    server = HTTPServer(("127.0.0.1", port), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver",
+                                       sites={"site-a": {"forwarder_metrics": f"http://127.0.0.1:{port}/metrics"},
+                                              "site-b": {"forwarder_metrics": f"http://127.0.0.1:{free_port()}/m"}}))
+        client = client_for(app, "site-operator", settings.data_dir)
+        page = client.get("/ops").text
+        assert "queue depth</dt><dd>42.0" in page and "oldest message age (s)</dt><dd>7.5" in page
+        assert "egress-policy 1, outbox-full 3" in page
+        assert "Forwarder: unreachable" in page  # site-b: said, not hidden
+        app.state.audit.close()
+    finally:
+        server.shutdown()
+
+
+def observation(code: str, value: float) -> dict:
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "effectiveDateTime": "2026-11-30T03:00:00+00:00", "valueQuantity": {"value": value, "unit": "/min"}}
+
+
+class Server:
+    """The portal app served by uvicorn on a free port (server-sent events need a real server)."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_an_observation_published_on_the_site_broker_reaches_the_patient_stream(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url=base))
+    subscriber = sources.subscribe(app.state.vitals, broker.url_for("portal"), "portal-test", None, None)
+    server = Server.__new__(Server)
+    server.port, server.server = port, uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                                     log_level="warning"))
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    server.thread.start()
+    wait_for_port(port)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-{uuid.uuid4().hex[:6]}")
+    Mosquitto.login(publisher, "sdc-bridge")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    try:
+        client = httpx.Client(base_url=base)
+        sign_in(client, "dr-ward-a", settings.data_dir)
+        patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+        with client.stream("GET", f"/patient/{patient.id}/events", timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            time.sleep(0.3)  # subscriber connected
+            sent = time.time()
+            envelope = {"id": str(uuid.uuid4()), "device": patient.devices[0], "dataClass": "phi",
+                        "resource": observation("8867-4", 123.0)}
+            publisher.publish(f"medplat/devices/{patient.devices[0]}/observation", json.dumps(envelope), qos=1).wait_for_publish(5)
+            data = next(line for line in lines if line.startswith("data:"))
+            latency = time.time() - sent
+        event = json.loads(data[5:])
+        assert event["metric"] == "HR" and event["value"] == 123.0
+        assert latency < 1.0, latency
+        assert app.state.vitals.latest(patient.id)["HR"] == 123.0
+        # Another ward's clinician cannot open the stream.
+        other = httpx.Client(base_url=base)
+        sign_in(other, "dr-ward-b", settings.data_dir)
+        assert other.get(f"/patient/{patient.id}/events").status_code == 404
+    finally:
+        publisher.loop_stop()
+        subscriber.loop_stop()
+        server.server.should_exit = True
+        server.thread.join(timeout=10)
+        broker.stop()
+        app.state.audit.close()

@@ -1,0 +1,322 @@
+"""portal: web views for clinicians (ward, patient with live vitals), site operators and compliance officers.
+
+Server-rendered Jinja2 pages, htmx for partial updates and server-sent events for live vitals;
+htmx and uPlot are vendored in `static/vendor/` (no CDN, no build step). People sign in with
+OpenID Connect (`identity.py`); every route declares the view it belongs to, and roles open
+views (`identity.VIEWS`). Every page showing patient data is audited with the viewer's identity.
+Strict CSP (no inline scripts or styles), CSRF token on every state change, opaque ids in URLs.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import json
+import random
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from medplat.service.access import public
+from medplat.service.app import create_app
+from medplat.service.audit import AuditClient, balp_event
+from medplat.service.fhir import FhirError
+from medplat.service.settings import ServiceSettings, service_config
+from medplat.service.tls import serve
+from medplat.workloads.portal import sources
+from medplat.workloads.portal.identity import (DEMO_USERS, RelyingParty, Session, Sessions, demo_password,
+                                               local_issuer, session_from_claims)
+
+NAME = "portal"
+HERE = Path(__file__).parent
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+PUBLIC_PAGE = "sign-in and landing pages show no data"
+
+
+class Settings(ServiceSettings):
+    model_config = service_config(NAME)
+    port: int = 8090
+    base_url: str = "http://127.0.0.1:8090"  # how browsers reach the portal (OIDC redirect URI)
+    oidc_issuer: str | None = None  # unset: the local demo issuer under /local-issuer
+    oidc_client_id: str = "medplat-portal"
+    oidc_client_secret_file: Path | None = None
+    broker_url: str | None = None  # site broker, e.g. mqtt://portal@127.0.0.1:1883; unset: demo feed
+    evidence_dir: Path = Path("build")
+    evidence_public_key: Path | None = None  # default: <evidence_dir>/demo-evidence.pub
+    sites: dict[str, dict[str, str]] = {}  # site -> {"forwarder_metrics": url, "certificate": path}
+    demo_patients_per_ward: int = 8
+    demo_feed: bool = True  # made-up vitals when no broker is configured
+
+
+def build(settings: Settings | None = None, *, census: sources.Census | None = None, issuer_transport=None):
+    settings = settings or Settings()
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    secure = settings.base_url.startswith("https://")
+    sessions = Sessions(secure)
+    census = census or sources.demo_census(settings.demo_patients_per_ward)
+    vitals = sources.Vitals(census)
+    audit = AuditClient.for_service(settings)
+    router = APIRouter(include_in_schema=False)
+    redirect_uri = settings.base_url.rstrip("/") + "/auth/callback"
+    secret = settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
+    issuer = settings.oidc_issuer or settings.base_url.rstrip("/") + "/local-issuer"
+
+    def record(session: Session, interaction: str, patients: list[sources.Patient], what: str) -> None:
+        """One AuditEvent per page of patient data: who, which patients, which view."""
+        audit.record(balp_event(interaction, source=NAME, agent=session.subject,
+                                patient=patients[0].reference if len(patients) == 1 else None,
+                                entities=[p.reference for p in patients] if len(patients) > 1 else [],
+                                purpose="TREAT", description=what))
+
+    def page(request: Request, template: str, session: Session | None, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"session": session, **context})
+
+    def patient_for(session: Session, pid: str) -> sources.Patient:
+        patient = census.patients.get(pid)
+        if patient is None or patient.ward not in session.wards:  # same answer: do not reveal who exists
+            raise FhirError(404, "no such patient on your wards", code="not-found")
+        return patient
+
+    # ---- sign-in ---------------------------------------------------------------------------------
+
+    @router.get("/", dependencies=[public(PUBLIC_PAGE)])
+    def home(request: Request) -> Response:
+        session = sessions.current(request)
+        if session is None:
+            return page(request, "index.html", None)
+        view = next((v for v in ("ward", "ops", "compliance") if session.may(v)), None)
+        return RedirectResponse(f"/{view}", 303) if view else page(request, "index.html", session)
+
+    @router.get("/login", dependencies=[public(PUBLIC_PAGE)])
+    async def login() -> Response:
+        url, state = await relying_party.start()
+        response = RedirectResponse(url, 303)
+        response.set_cookie("portal_login", state, max_age=600, httponly=True, samesite="lax", secure=secure,
+                            path="/auth/callback")
+        return response
+
+    @router.get("/auth/callback", dependencies=[public("OpenID Connect redirect; the code is bound to the "
+                                                       "browser's login state and PKCE verifier")])
+    async def callback(request: Request, code: str, state: str) -> Response:
+        claims = await relying_party.finish(code, state, request.cookies.get("portal_login"))
+        session = session_from_claims(claims)
+        response = RedirectResponse("/", 303)
+        sessions.set_cookie(response, sessions.create(session))
+        response.delete_cookie("portal_login", path="/auth/callback")
+        return response
+
+    @router.post("/logout")
+    def logout(request: Request, _session: Session = Depends(sessions.require_csrf("any"))) -> Response:
+        sessions.end(request)
+        response = Response(status_code=204, headers={"HX-Redirect": "/"})
+        response.delete_cookie(sessions.cookie, path="/")
+        return response
+
+    # ---- clinician view --------------------------------------------------------------------------
+
+    def ward_rows(session: Session) -> list[dict[str, Any]]:
+        return [{"patient": p, "latest": vitals.latest(p.id), "alarms": census.active_alarms(p.id)}
+                for p in census.of_wards(session.wards)]
+
+    @router.get("/ward")
+    def ward(request: Request, session: Session = Depends(sessions.require("ward"))) -> HTMLResponse:
+        rows = ward_rows(session)
+        record(session, "search-type", [r["patient"] for r in rows], "portal ward list")
+        partial = request.headers.get("hx-request") == "true"
+        return page(request, "ward_rows.html" if partial else "ward.html", session, rows=rows,
+                    labels=sources.LABELS)
+
+    @router.get("/patient/{pid}")
+    def patient_page(request: Request, pid: str, session: Session = Depends(sessions.require("ward"))) -> HTMLResponse:
+        patient = patient_for(session, pid)
+        record(session, "read", [patient], "portal patient page")
+        return page(request, "patient.html", session, patient=patient, latest=vitals.latest(pid),
+                    alarms=census.active_alarms(pid), labels=sources.LABELS)
+
+    @router.get("/patient/{pid}/series")
+    def patient_series(pid: str, session: Session = Depends(sessions.require("ward"))) -> JSONResponse:
+        patient = patient_for(session, pid)
+        record(session, "read", [patient], "portal vitals history")
+        return JSONResponse(vitals.series(pid))
+
+    @router.get("/patient/{pid}/events")
+    async def patient_events(request: Request, pid: str,
+                             session: Session = Depends(sessions.require("ward"))) -> StreamingResponse:
+        patient = patient_for(session, pid)
+        record(session, "read", [patient], "portal live vitals stream")
+        vitals.loop = asyncio.get_running_loop()
+        queue = vitals.listen(pid)
+
+        async def stream():
+            try:
+                yield "retry: 1000\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: vital\ndata: {json.dumps(event)}\n\n"
+            finally:
+                vitals.unlisten(pid, queue)
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @router.post("/alarms/{aid}/ack")
+    def acknowledge(request: Request, aid: str, session: Session = Depends(sessions.require_csrf("ward"))) -> HTMLResponse:
+        alarm = census.alarms.get(aid)
+        if alarm is None:
+            raise FhirError(404, "no such alarm", code="not-found")
+        patient = patient_for(session, alarm.patient)
+        if alarm.state == "active":
+            alarm.state, alarm.by = ("acknowledged" if alarm.kind == "alarm" else "claimed"), session.subject
+        record(session, "update", [patient], f"portal {alarm.kind} {alarm.state}")
+        return page(request, "alarm.html", session, alarm=alarm)
+
+    # ---- compliance portal -----------------------------------------------------------------------
+
+    def bundle_for(bid: str) -> sources.BundleView:
+        found = next((b for b in sources.evidence_bundles(settings.evidence_dir) if b.id == bid), None)
+        if found is None:
+            raise FhirError(404, "no such evidence bundle", code="not-found")
+        return found
+
+    def verification(bundle: sources.BundleView) -> dict[str, Any]:
+        from medplat.evidence import bundle as evidence
+
+        key = settings.evidence_public_key or settings.evidence_dir / "demo-evidence.pub"
+        if not key.is_file():
+            return {"ok": False, "problems": [f"no public key configured ({key.name} missing)"]}
+        result = evidence.verify(bundle.path, key)
+        return {"ok": result.ok, "problems": result.problems, "files": result.files}
+
+    @router.get("/compliance")
+    def compliance(request: Request, session: Session = Depends(sessions.require("compliance"))) -> HTMLResponse:
+        bundles = sources.evidence_bundles(settings.evidence_dir)
+        return page(request, "compliance.html", session, bundles=bundles,
+                    verdicts={b.id: sources.verdicts(b.controls) for b in bundles})
+
+    @router.get("/compliance/{bid}")
+    def bundle_page(request: Request, bid: str,
+                    session: Session = Depends(sessions.require("compliance"))) -> HTMLResponse:
+        bundle = bundle_for(bid)
+        today = datetime.date.today().isoformat()
+        return page(request, "bundle.html", session, bundle=bundle, verdicts=sources.verdicts(bundle.controls),
+                    verification=verification(bundle), today=today)
+
+    @router.get("/compliance/{bid}/controls/{cid}")
+    def control_page(request: Request, bid: str, cid: str,
+                     session: Session = Depends(sessions.require("compliance"))) -> HTMLResponse:
+        bundle = bundle_for(bid)
+        control = next((c for c in bundle.controls if c["control"] == cid), None)
+        if control is None:
+            raise FhirError(404, "no such control in this bundle", code="not-found")
+        return page(request, "control.html", session, bundle=bundle, control=control)
+
+    @router.get("/compliance/{bid}/download")
+    def download(bid: str, _session: Session = Depends(sessions.require("compliance"))) -> Response:
+        bundle = bundle_for(bid)
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for path in sorted(bundle.path.rglob("*")):
+                if path.is_file():
+                    zipped.write(path, str(path.relative_to(bundle.path)))
+        return Response(archive.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{bundle.path.name}.zip"'})
+
+    # ---- site operations -------------------------------------------------------------------------
+
+    @router.get("/ops")
+    def operations(request: Request, session: Session = Depends(sessions.require("ops"))) -> HTMLResponse:
+        now = time.time()
+        devices = sorted((device, round(now - seen, 1)) for device, seen in vitals.device_seen.items())
+        sites = []
+        for site, config in sorted(settings.sites.items()):
+            expiry = sources.certificate_expiry(Path(config["certificate"])) if config.get("certificate") else None
+            sites.append({"name": site,
+                          "forwarder": sources.forwarder_metrics(config["forwarder_metrics"])
+                          if config.get("forwarder_metrics") else None,
+                          "certificate_expiry": expiry.date().isoformat() if expiry else None})
+        return page(request, "ops.html", session, sites=sites, devices=devices)
+
+    relying_party = RelyingParty(issuer, settings.oidc_client_id, secret, redirect_uri, issuer_transport)
+    app = create_app(NAME, "Web views for clinicians, site operators and compliance officers", router,
+                     lambda: {"patients": len(census.patients)}, settings=settings)
+    if not settings.oidc_issuer:
+        app.include_router(local_issuer(settings.base_url, settings.data_dir, settings.oidc_client_id, templates))
+        if relying_party.transport is None:  # the portal talks to its own issuer in-process
+            relying_party.transport = httpx.ASGITransport(app=app)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    _html_errors(app, templates)
+    _security_headers(app)
+    app.state.settings, app.state.audit, app.state.vitals, app.state.census = settings, audit, vitals, census
+    app.state.sessions = sessions
+    return app, settings
+
+
+def _html_errors(app, templates) -> None:
+    """Browsers get an HTML page (401: sign in); API clients keep the OperationOutcome."""
+    original = app.exception_handlers[FhirError]
+
+    async def handler(request: Request, exc: FhirError):
+        if "text/html" not in request.headers.get("accept", "") or request.headers.get("hx-request"):
+            return await original(request, exc)
+        if exc.status_code == 401:
+            return RedirectResponse("/", 303)
+        return templates.TemplateResponse(request, "error.html", {"session": None, "status": exc.status_code,
+                                                                  "message": str(exc.detail)},
+                                           status_code=exc.status_code)
+    app.add_exception_handler(FhirError, handler)
+
+
+def _security_headers(app) -> None:
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def demo_feed(vitals: sources.Vitals, stop: threading.Event, period_s: float = 1.0) -> None:
+    """Made-up vital signs for the demo census, one Observation per device and period."""
+    rng = random.Random(3)
+    codes = {"8867-4": (60, 110, "/min"), "59408-5": (88, 100, "%"), "9279-1": (10, 24, "/min"),
+             "8480-6": (95, 150, "mm[Hg]"), "8310-5": (36.0, 38.5, "Cel")}
+    while not stop.wait(period_s):
+        for device in list(vitals.devices):
+            for code, (low, high, unit) in codes.items():
+                vitals.ingest({"device": device, "resource": {
+                    "resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "effectiveDateTime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "valueQuantity": {"value": round(rng.uniform(low, high), 1), "unit": unit}}})
+
+
+def main() -> None:
+    app, settings = build()
+    stop = threading.Event()
+    if settings.broker_url:
+        sources.subscribe(app.state.vitals, settings.broker_url, f"portal-{random.getrandbits(32):08x}",
+                          settings.broker_ca, settings.broker_password_file)
+    elif settings.demo_feed:
+        threading.Thread(target=demo_feed, args=(app.state.vitals, stop), daemon=True).start()
+    if not settings.oidc_issuer:
+        print(f"portal: {settings.base_url}/ — local demo issuer, users {', '.join(DEMO_USERS)}; password in "
+              f"{settings.data_dir / 'auth' / 'demo-password'}", flush=True)
+        demo_password(settings.data_dir)
+    try:
+        serve(app, settings)
+    finally:
+        stop.set()

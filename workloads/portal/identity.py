@@ -1,0 +1,280 @@
+"""Who is looking: OpenID Connect login (authlib, authorization code + PKCE), server-side sessions,
+roles, CSRF tokens, and the local demo issuer used on embedded defaults.
+
+The browser holds one opaque, HttpOnly, SameSite=Lax cookie (Secure and `__Host-` prefixed
+under TLS); everything else (roles, wards, CSRF token) stays on the server. Roles and wards come
+from the ID token's `roles` and `medplat_wards` claims.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, OKPKey
+
+from medplat.service.access import mark, public
+from medplat.service.fhir import FhirError
+from medplat.service.settings import private_dir
+
+ROLES = ("clinician", "site-operator", "compliance-officer", "admin")
+# What each role may open. Patient data is for the treating clinician only (least privilege):
+# administrators run the platform and read its evidence, they do not browse vitals.
+VIEWS = {"ward": {"clinician"}, "ops": {"site-operator", "admin"}, "compliance": {"compliance-officer", "admin"},
+         "any": set(ROLES)}
+SESSION_TTL_S = 8 * 3600
+LOGIN_TTL_S = 600
+ALGORITHMS = ["Ed25519", "ES256", "RS256", "PS256"]
+
+
+@dataclass
+class Session:
+    subject: str
+    name: str
+    roles: frozenset[str]
+    wards: frozenset[str]
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    expires: float = field(default_factory=lambda: time.time() + SESSION_TTL_S)
+
+    def may(self, view: str) -> bool:
+        return bool(self.roles & VIEWS[view])
+
+
+class Sessions:
+    """Server-side sessions keyed by an unguessable cookie value."""
+
+    def __init__(self, secure: bool) -> None:
+        self.secure = secure
+        self.cookie = "__Host-portal" if secure else "portal"
+        self._by_id: dict[str, Session] = {}
+
+    def create(self, session: Session) -> str:
+        sid = secrets.token_urlsafe(32)
+        self._by_id[sid] = session
+        return sid
+
+    def current(self, request: Request) -> Session | None:
+        sid = request.cookies.get(self.cookie)
+        session = self._by_id.get(sid) if sid else None
+        if session and session.expires < time.time():
+            self._by_id.pop(sid, None)
+            return None
+        return session
+
+    def end(self, request: Request) -> None:
+        self._by_id.pop(request.cookies.get(self.cookie, ""), None)
+
+    def set_cookie(self, response, sid: str) -> None:
+        response.set_cookie(self.cookie, sid, max_age=SESSION_TTL_S, httponly=True, samesite="lax",
+                            secure=self.secure, path="/")
+
+    def require(self, view: str):
+        """Access declaration: a signed-in person whose roles open `view` (401 → login page, 403 otherwise)."""
+        def dependency(request: Request) -> Session:
+            session = self.current(request)
+            if session is None:
+                raise FhirError(401, "sign in first", code="login")
+            if not session.may(view):
+                raise FhirError(403, f"your roles do not open the {view} view", code="forbidden")
+            return session
+        return mark(dependency, kind="session", view=view)
+
+    def require_csrf(self, view: str):
+        """Like `require`, for state-changing requests: the session's CSRF token in `X-CSRF-Token`."""
+        inner = self.require(view)
+
+        def dependency(request: Request) -> Session:
+            session = inner(request)
+            sent = request.headers.get("x-csrf-token", "")
+            if not secrets.compare_digest(sent, session.csrf):
+                raise FhirError(403, "missing or wrong CSRF token", code="forbidden")
+            return session
+        return mark(dependency, kind="session", view=view, csrf=True)
+
+
+def _pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+class RelyingParty:
+    """The portal as an OpenID Connect client of `issuer` (discovery, code flow with PKCE, ID token check)."""
+
+    def __init__(self, issuer: str, client_id: str, client_secret: str | None, redirect_uri: str,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.issuer, self.client_id, self.client_secret = issuer.rstrip("/"), client_id, client_secret
+        self.redirect_uri, self.transport = redirect_uri, transport
+        self.metadata: dict[str, Any] | None = None
+        self.keys: KeySet | None = None
+        self.pending: dict[str, dict[str, Any]] = {}
+
+    def _client(self) -> AsyncOAuth2Client:
+        kwargs = {"transport": self.transport} if self.transport else {}
+        return AsyncOAuth2Client(client_id=self.client_id, client_secret=self.client_secret,
+                                 redirect_uri=self.redirect_uri, scope="openid profile",
+                                 code_challenge_method="S256",
+                                 token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
+                                 **kwargs)
+
+    async def _discover(self) -> dict[str, Any]:
+        """The issuer's metadata and keys (plain GETs; authlib's client is for the OAuth exchanges)."""
+        if self.metadata is None:
+            kwargs = {"transport": self.transport} if self.transport else {}
+            async with httpx.AsyncClient(timeout=10, **kwargs) as client:
+                response = await client.get(f"{self.issuer}/.well-known/openid-configuration")
+                response.raise_for_status()
+                metadata = response.json()
+                if metadata.get("issuer", "").rstrip("/") != self.issuer:
+                    raise FhirError(502, "identity provider metadata names another issuer", code="exception")
+                self.keys = KeySet.import_key_set((await client.get(metadata["jwks_uri"])).json())
+            self.metadata = metadata
+        return self.metadata
+
+    async def start(self) -> tuple[str, str]:
+        """The authorization URL to send the browser to, and the state that binds it to this browser."""
+        metadata = await self._discover()
+        state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+        self._expire_pending()
+        self.pending[state] = {"nonce": nonce, "verifier": verifier, "at": time.time()}
+        async with self._client() as client:
+            url, _ = client.create_authorization_url(metadata["authorization_endpoint"], state=state, nonce=nonce,
+                                                     code_verifier=verifier)
+        return url, state
+
+    def _expire_pending(self) -> None:
+        for state in [s for s, p in self.pending.items() if p["at"] < time.time() - LOGIN_TTL_S]:
+            del self.pending[state]
+
+    async def finish(self, code: str, state: str, browser_state: str | None) -> dict[str, Any]:
+        """Exchange the code and return the verified ID token claims."""
+        login = self.pending.pop(state, None)
+        if login is None or not browser_state or not secrets.compare_digest(state, browser_state):
+            raise FhirError(400, "login expired or started in another browser; sign in again", code="login")
+        metadata = await self._discover()
+        async with self._client() as client:
+            token = await client.fetch_token(metadata["token_endpoint"], code=code, code_verifier=login["verifier"])
+        try:
+            decoded = jwt.decode(token["id_token"], self.keys, algorithms=ALGORITHMS)
+            jwt.JWTClaimsRegistry(iss={"essential": True, "value": self.issuer},
+                                  aud={"essential": True, "value": self.client_id},
+                                  nonce={"essential": True, "value": login["nonce"]},
+                                  exp={"essential": True}, sub={"essential": True}).validate(decoded.claims)
+        except (JoseError, KeyError, ValueError) as exc:
+            raise FhirError(401, f"ID token rejected: {exc}", code="login") from None
+        return decoded.claims
+
+
+def session_from_claims(claims: dict[str, Any]) -> Session:
+    roles = claims.get("roles") or []
+    wards = claims.get("medplat_wards") or []
+    if not isinstance(roles, list) or not isinstance(wards, list):
+        raise FhirError(401, "ID token roles/medplat_wards are not lists", code="login")
+    return Session(subject=str(claims["sub"]), name=str(claims.get("name") or claims["sub"]),
+                   roles=frozenset(r for r in roles if r in ROLES), wards=frozenset(str(w) for w in wards))
+
+
+# ---- local demo issuer (embedded defaults only) -------------------------------------------------
+
+DEMO_USERS = {
+    "dr-ward-a": {"name": "Dr. A (ward A)", "roles": ["clinician"], "medplat_wards": ["ward-a"]},
+    "dr-ward-b": {"name": "Dr. B (ward B)", "roles": ["clinician"], "medplat_wards": ["ward-b"]},
+    "site-operator": {"name": "Site operator", "roles": ["site-operator"], "medplat_wards": []},
+    "compliance-officer": {"name": "Compliance officer", "roles": ["compliance-officer"], "medplat_wards": []},
+    "admin": {"name": "Platform admin", "roles": ["admin"], "medplat_wards": []},
+}
+
+
+def _issuer_key(data_dir: Path) -> OKPKey:
+    path = private_dir(data_dir / "auth") / "oidc-issuer.jwk"
+    if path.exists():
+        return OKPKey.import_key(json.loads(path.read_text()))
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(key.as_dict(private=True), handle)
+    return key
+
+
+def demo_password(data_dir: Path) -> str:
+    """The local issuer's demo password, generated once into the data folder (0600)."""
+    path = private_dir(data_dir / "auth") / "demo-password"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(12))
+    return path.read_text().strip()
+
+
+def local_issuer(base_url: str, data_dir: Path, client_id: str, templates) -> APIRouter:
+    """A minimal OpenID provider for the demo users (authorization code + PKCE, Ed25519 ID tokens)."""
+    issuer = base_url.rstrip("/") + "/local-issuer"
+    key, password = _issuer_key(data_dir), demo_password(data_dir)
+    codes: dict[str, dict[str, Any]] = {}
+    router = APIRouter(prefix="/local-issuer", include_in_schema=False)
+    reason = "the local demo identity provider's OpenID endpoints (embedded defaults only)"
+
+    @router.get("/.well-known/openid-configuration", dependencies=[public(reason)])
+    def configuration() -> JSONResponse:
+        return JSONResponse({"issuer": issuer, "authorization_endpoint": f"{issuer}/authorize",
+                             "token_endpoint": f"{issuer}/token", "jwks_uri": f"{issuer}/jwks",
+                             "response_types_supported": ["code"], "subject_types_supported": ["public"],
+                             "id_token_signing_alg_values_supported": ["EdDSA"],
+                             "code_challenge_methods_supported": ["S256"]})
+
+    @router.get("/jwks", dependencies=[public(reason)])
+    def jwks() -> JSONResponse:
+        return JSONResponse(KeySet([key]).as_dict(private=False))
+
+    @router.get("/authorize", dependencies=[public(reason)])
+    def authorize(request: Request, client_id: str, redirect_uri: str, state: str, nonce: str,
+                  code_challenge: str, code_challenge_method: str = "S256") -> HTMLResponse:
+        if client_id != request.app.state.settings.oidc_client_id or code_challenge_method != "S256":
+            raise FhirError(400, "unknown client or PKCE method", code="invalid")
+        return templates.TemplateResponse(request, "issuer_login.html", {
+            "users": DEMO_USERS, "fields": {"client_id": client_id, "redirect_uri": redirect_uri, "state": state,
+                                            "nonce": nonce, "code_challenge": code_challenge}})
+
+    @router.post("/authorize", dependencies=[public(reason)])
+    def sign_in(user: str = Form(..., max_length=64), password_: str = Form(..., alias="password", max_length=200),
+                client_id: str = Form(..., max_length=200), redirect_uri: str = Form(..., max_length=500),
+                state: str = Form(..., max_length=200), nonce: str = Form(..., max_length=200),
+                code_challenge: str = Form(..., max_length=200)) -> RedirectResponse:
+        if user not in DEMO_USERS or not secrets.compare_digest(password_, password):
+            raise FhirError(401, "unknown user or wrong password", code="login")
+        if client_id != clientid or not redirect_uri.startswith(base_url.rstrip("/") + "/"):
+            raise FhirError(400, "redirect_uri is not this portal's", code="invalid")
+        code = secrets.token_urlsafe(32)
+        codes[code] = {"user": user, "nonce": nonce, "challenge": code_challenge, "at": time.time(),
+                       "redirect_uri": redirect_uri}
+        return RedirectResponse(f"{redirect_uri}?{httpx.QueryParams({'code': code, 'state': state})}", 303)
+
+    clientid = client_id
+
+    @router.post("/token", dependencies=[public(reason)])
+    def token(grant_type: str = Form(...), code: str = Form(..., max_length=200),
+              code_verifier: str = Form(..., max_length=200), client_id: str = Form(..., max_length=200),
+              redirect_uri: str = Form("", max_length=500)) -> JSONResponse:
+        grant = codes.pop(code, None)
+        if (grant_type != "authorization_code" or grant is None or grant["at"] < time.time() - 60
+                or client_id != clientid or _pkce_challenge(code_verifier) != grant["challenge"]):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        now, user = int(time.time()), grant["user"]
+        claims = {"iss": issuer, "aud": clientid, "sub": user, "nonce": grant["nonce"], "iat": now, "exp": now + 300,
+                  **DEMO_USERS[user]}
+        id_token = jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=ALGORITHMS)
+        return JSONResponse({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 300,
+                             "id_token": id_token})
+
+    return router
