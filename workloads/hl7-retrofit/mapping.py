@@ -114,7 +114,7 @@ def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
     sent = dt.date_time(message.first(msh, 7), rules.zone, ("MSH", 1, 7))
     base = hashlib.sha256(f"{sender}|{decoded.control_id}".encode()).hexdigest()[:24]
     patient, order_time, observations, counts = None, None, [], {}
-    seen_obr = False
+    seen_obr, commented = False, None  # commented: the Observation an NTE right after its OBX belongs to
     for segment in message.segments:
         name = segment.name
         counts[name] = sequence = counts.get(name, 0) + 1
@@ -133,6 +133,11 @@ def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
             observation = _observation(decoded, segment, sequence, base, patient, order_time or sent, rules)
             if observation:
                 observations.append(observation)
+            commented = observation
+        elif name == "NTE" and commented:
+            _add_note(decoded, commented, segment)
+            continue
+        commented = None if name != "OBX" else commented
     if not observations:
         raise Hl7Error(101, "ORU^R01 without an OBX that carries a value: nothing to map", ("OBX", 1))
     return _bundle(decoded, base, sender, sent, observations, rules)
@@ -206,6 +211,14 @@ def _observation_shape(observation: dict) -> bytes:
     if path and FHIR_STRING.match(path):  # the OBX-4 path differs per row: checked here, not per shape
         shape["extension"] = [{**shape["extension"][0], "valueString": "-"}]
     return orjson.dumps(shape)
+
+
+def _add_note(decoded: Decoded, observation: dict, nte) -> None:
+    """NTE after an OBX (ORU_R01: OBX {NTE}) -> Observation.note (v2-to-FHIR IG, Segment NTE to
+    Annotation: NTE-3 -> text). A lab's comment such as "sample haemolysed" must not be lost."""
+    text = "\n".join(_text(decoded, item) for item in decoded.message.repetitions(nte, 3))
+    if text.strip():
+        observation.setdefault("note", []).append({"text": text})
 
 
 PATIENT_SYSTEM = "urn:medplat:patient-id"
