@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 from medplat.workloads.hl7_retrofit.errors import Hl7Error
 
 # YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ] (2A.22)
-DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
-SN_TEXT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
-NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")  # NM (2A.47): digits, optional sign and point
+DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$", re.ASCII)
+SN_TEXT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$", re.ASCII)
+NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$", re.ASCII)  # NM (2A.47): digits, optional sign and point
 FHIR_COMPARATORS = {"<", "<=", ">=", ">"}
 # Formatting commands as plain text: line breaks, highlighting dropped (python-hl7 writes "_").
 FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", "H": "", "N": ""}
