@@ -68,6 +68,11 @@ def number(text: str, where: tuple) -> float:
     return value
 
 
+def _mdc_shaped(code: str) -> bool:
+    """An 11073-10101 code (a number) or reference id (MDC_...)."""
+    return code.isascii() and (code.isdigit() or code.startswith("MDC_"))
+
+
 def codeable_concept(components: list[str], coding_system, default_system: str = "") -> dict:
     """CWE/CE/CNE: identifier^text^system and alternate identifier^text^system -> codings;
     CWE.9 original text -> text (Datatype CWE to CodeableConcept)."""
@@ -77,7 +82,10 @@ def codeable_concept(components: list[str], coding_system, default_system: str =
         display = components[first + 1] if len(components) > first + 1 else ""
         system = components[first + 2] if len(components) > first + 2 else ""
         if code:
-            codings.append({"system": coding_system(system or default_system), "code": code,
+            # the default (MDC for a PCD-01 OBX-3) only for codes shaped like MDC ones; no system
+            # is no system (CWE.3 is optional), never an invented one
+            system = system or (default_system if default_system != "MDC" or _mdc_shaped(code) else "")
+            codings.append({**({"system": coding_system(system)} if system else {}), "code": code,
                             **({"display": display} if display else {})})
     concept: dict = {"coding": codings} if codings else {}
     text = components[8] if len(components) > 8 and components[8] else \
