@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,7 @@ class Listener:
         observation = bundle["entry"][1]["resource"]
         device = (observation.get("device") or {}).get("identifier", {}).get("value") or \
             bundle["entry"][0]["resource"]["source"]["name"]
-        prepared.topic = f"{self.settings.topic_prefix}/{device}/oru"
+        prepared.topic = f"{self.settings.topic_prefix}/{topic_level(device)}/oru"
         prepared.payload = orjson.dumps({"id": bundle["id"], "device": device, "dataClass": "phi", "resource": bundle})
         return prepared
 
@@ -308,6 +309,13 @@ class _Budget:
     def give(self, size: int) -> None:
         self.used -= size
         self.freed.set()
+
+
+def topic_level(name: str) -> str:
+    """A sender or equipment name as one MQTT topic level (3.1.1 section 4.7): `/` would add levels
+    outside the broker ACL's `+/oru`, `+` and `#` are wildcards a topic name may not hold, NUL is
+    forbidden. The envelope keeps the name as sent."""
+    return re.sub(r"[/+#\x00]", "_", name) or "unknown-sender"
 
 
 def build(settings: Settings | None = None, publisher: Publisher | None = None):

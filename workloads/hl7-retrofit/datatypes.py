@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 from medplat.workloads.hl7_retrofit.errors import Hl7Error
 
 # YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ] (2A.22)
-DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
-SN_TEXT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
-NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")  # NM (2A.47): digits, optional sign and point
+DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$", re.ASCII)
+SN_TEXT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$", re.ASCII)
+NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$", re.ASCII)  # NM (2A.47): digits, optional sign and point
 FHIR_COMPARATORS = {"<", "<=", ">=", ">"}
 # Formatting commands as plain text: line breaks, highlighting dropped (python-hl7 writes "_").
 FORMATTING = {".br": "\n", ".sp": "\n", ".ce": "\n", "H": "", "N": ""}
@@ -68,6 +68,11 @@ def number(text: str, where: tuple) -> float:
     return value
 
 
+def _mdc_shaped(code: str) -> bool:
+    """An 11073-10101 code (a number) or reference id (MDC_...)."""
+    return code.isascii() and (code.isdigit() or code.startswith("MDC_"))
+
+
 def codeable_concept(components: list[str], coding_system, default_system: str = "") -> dict:
     """CWE/CE/CNE: identifier^text^system and alternate identifier^text^system -> codings;
     CWE.9 original text -> text (Datatype CWE to CodeableConcept)."""
@@ -77,7 +82,10 @@ def codeable_concept(components: list[str], coding_system, default_system: str =
         display = components[first + 1] if len(components) > first + 1 else ""
         system = components[first + 2] if len(components) > first + 2 else ""
         if code:
-            codings.append({"system": coding_system(system or default_system), "code": code,
+            # the default (MDC for a PCD-01 OBX-3) only for codes shaped like MDC ones; no system
+            # is no system (CWE.3 is optional), never an invented one
+            system = system or (default_system if default_system != "MDC" or _mdc_shaped(code) else "")
+            codings.append({**({"system": coding_system(system)} if system else {}), "code": code,
                             **({"display": display} if display else {})})
     concept: dict = {"coding": codings} if codings else {}
     text = components[8] if len(components) > 8 and components[8] else \

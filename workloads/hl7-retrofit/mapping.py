@@ -12,6 +12,7 @@ import datetime
 import functools
 import hashlib
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -112,8 +113,8 @@ def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
     sender = message.first(msh, 3).strip() or "unknown-sender"
     sent = dt.date_time(message.first(msh, 7), rules.zone, ("MSH", 1, 7))
     base = hashlib.sha256(f"{sender}|{decoded.control_id}".encode()).hexdigest()[:24]
-    patient, order_time, observations, counts = "", None, [], {}
-    seen_obr = False
+    patient, order_time, observations, counts = None, None, [], {}
+    seen_obr, commented = False, None  # commented: the Observation an NTE right after its OBX belongs to
     for segment in message.segments:
         name = segment.name
         counts[name] = sequence = counts.get(name, 0) + 1
@@ -121,7 +122,7 @@ def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
             if seen_obr:
                 raise Hl7Error(100, "PID after OBR (ORU^R01: the PATIENT group precedes ORDER_OBSERVATION)",
                                ("PID", sequence))
-            patient = message.first(segment, 3)
+            patient = _patient_identifier(message, segment)
         elif name == "OBR":
             seen_obr = True
             order_time = dt.date_time(message.first(segment, 7), rules.zone, ("OBR", sequence, 7))
@@ -132,6 +133,11 @@ def to_bundle(decoded: Decoded, rules: SiteRules) -> dict[str, Any]:
             observation = _observation(decoded, segment, sequence, base, patient, order_time or sent, rules)
             if observation:
                 observations.append(observation)
+            commented = observation
+        elif name == "NTE" and commented:
+            _add_note(decoded, commented, segment)
+            continue
+        commented = None if name != "OBX" else commented
     if not observations:
         raise Hl7Error(101, "ORU^R01 without an OBX that carries a value: nothing to map", ("OBX", 1))
     return _bundle(decoded, base, sender, sent, observations, rules)
@@ -207,7 +213,45 @@ def _observation_shape(observation: dict) -> bytes:
     return orjson.dumps(shape)
 
 
-def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, fallback_time: str | None,
+def _add_note(decoded: Decoded, observation: dict, nte) -> None:
+    """NTE after an OBX (ORU_R01: OBX {NTE}) -> Observation.note (v2-to-FHIR IG, Segment NTE to
+    Annotation: NTE-3 -> text). A lab's comment such as "sample haemolysed" must not be lost."""
+    text = "\n".join(_text(decoded, item) for item in decoded.message.repetitions(nte, 3))
+    if text.strip():
+        observation.setdefault("note", []).append({"text": text})
+
+
+PATIENT_SYSTEM = "urn:medplat:patient-id"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
+PATIENT_ID_TYPES = ("MR", "PI")  # preferred among PID-3 repetitions (Table 0203), over e.g. VN / AN
+
+
+def _patient_identifier(message: er7.Message, pid) -> dict | None:
+    """PID-3 (CX) -> Identifier per the v2-to-FHIR IG's CX map: CX.1 value, CX.4 assigning authority
+    -> system (HD.2 with HD.3 ISO -> urn:oid:, a URI as is, else the namespace HD.1), CX.5 -> type.
+    Without the authority one number at two hospitals would be one patient."""
+    candidates = [r.split(message.component) for r in message.repetitions(pid, 3)]
+    candidates = [(c + [""] * 5)[:5] for c in candidates if c and c[0]]
+    if not candidates:
+        return None
+    chosen = next((c for kind in PATIENT_ID_TYPES for c in candidates if c[4] == kind), candidates[0])
+    value, authority, kind = chosen[0], (chosen[3].split(message.subcomponent) + ["", "", ""])[:3], chosen[4]
+    namespace, universal, universal_type = authority
+    if universal and universal_type == "ISO":
+        system = f"urn:oid:{universal}"
+    elif universal and universal_type in ("URI", "URL"):
+        system = universal
+    elif namespace or universal:
+        system = f"{PATIENT_SYSTEM}:{urllib.parse.quote(namespace or universal, safe='')}"
+    else:
+        system = PATIENT_SYSTEM
+    identifier: dict[str, Any] = {"system": system, "value": value}
+    if kind:
+        identifier["type"] = {"coding": [{"system": IDENTIFIER_TYPE, "code": kind}]}
+    return identifier
+
+
+def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: dict | None, fallback_time: str | None,
                  rules: SiteRules) -> dict[str, Any] | None:
     where, message = ("OBX", sequence), decoded.message
     value_type, has_value = obx.field(2), obx.field(5) != ""
@@ -246,7 +290,7 @@ def _observation(decoded: Decoded, obx, sequence: int, base: str, patient: str, 
     if equipment:
         observation["device"] = {"identifier": {"system": "urn:medplat:equipment-instance", "value": equipment}}
     if patient:
-        observation["subject"] = {"identifier": {"system": "urn:medplat:patient-id", "value": patient}}
+        observation["subject"] = {"identifier": patient}
     return observation
 
 

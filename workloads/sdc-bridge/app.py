@@ -24,7 +24,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import Field, ValidationError
 
 from medplat.service.app import create_app
-from medplat.service.auth import Authenticator
+from medplat.service.auth import Authenticator, Principal
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.fhir import FhirError, operation_outcome
 from medplat.service.durable_publisher import DurablePublisher, OutboxFull
@@ -136,7 +136,7 @@ def build(settings: Settings | None = None, publisher: DurablePublisher | None =
     output = Output(publisher, settings.topic_prefix)
 
     def record(decision: dict[str, Any]) -> None:
-        audit.record(balp_event("execute", source=NAME, agent=NAME,
+        audit.record(balp_event("execute", source=NAME, agent=decision.get("by", NAME),
                                 description=f"alarm {decision['alarm']} {decision['decision']}: "
                                             f"{decision['condition']} on {decision['device']}"))
 
@@ -159,10 +159,10 @@ def build(settings: Settings | None = None, publisher: DurablePublisher | None =
                             "acknowledged": a.acknowledged, "escalated": a.escalated, "repeats": a.repeats}
                            for a in router.active.values()]}
 
-    @api.post("/alarms/{alarm_id}/acknowledge", tags=["alarms"],
-              dependencies=[Depends(auth.require("alarms.acknowledge"))])
-    def acknowledge(alarm_id: str, by: str = Query("unknown")) -> dict[str, Any]:
-        if not router.acknowledge(alarm_id, by):
+    @api.post("/alarms/{alarm_id}/acknowledge", tags=["alarms"])
+    def acknowledge(alarm_id: str, caller: Principal = Depends(auth.require("alarms.acknowledge"))) -> dict[str, Any]:
+        # who acknowledged is the authenticated caller, never a name the request chooses
+        if not router.acknowledge(alarm_id, caller.subject):
             raise FhirError(404, f"no active alarm {alarm_id}")
         return {"acknowledged": alarm_id}
 
