@@ -80,3 +80,20 @@ def test_ordinary_descriptors_are_not_taken_for_identifiers():
     for text in ("MR BRAIN W/O CONTRAST", "T1 AX 5mm", "CT CHEST 1.25 mm", "SOFTWARE V3.1.2", "Series 3 of 4",
                  "DR CHEST PA"):
         assert find(text) == [], text
+
+
+def test_unlisted_text_attributes_lose_the_patients_own_name(tmp_path):
+    # Found by a fresh-eyes run (fresh15) on pydicom's CT_small.dcm: short text attributes
+    # that Table E.1-1 does not list (Window Center & Width Explanation, LUT Explanation) are
+    # kept, and were neither scrubbed of the file's identifying values nor leak-scanned, so the
+    # patient's surname and given name (upper case as PN values are, or any case) were released.
+    ds = _ct()
+    ds.PatientName, ds.PatientID = "GRIMSBY^THADDEUS", "MRN4471923"
+    ds.WindowCenterWidthExplanation = "GRIMSBY window"
+    ds.add_new((0x0028, 0x3003), "LO", "thaddeus lut")  # LUT Explanation
+    report = _run(tmp_path, ds, _policy())
+    assert report["anonymized"] == 1, report["results"]
+    raw = Path(report["results"][0]["output"]).read_bytes().decode("latin-1").lower()
+    assert "grimsby" not in raw and "thaddeus" not in raw
+    released = dcmread(report["results"][0]["output"])
+    assert "window" in str(released.WindowCenterWidthExplanation).lower()  # the rest of the text is kept

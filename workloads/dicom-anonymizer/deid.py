@@ -250,7 +250,10 @@ class Deidentifier:
                 action = "C"
             if action == "K":
                 if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
-                    self._pattern_pass(dataset[tag])  # retained text: identifiers no dictionary knows
+                    if private or self.profile.rule(tag) is not None or tag in self.classified_kept:
+                        self._pattern_pass(dataset[tag])  # kept on purpose: identifiers no dictionary knows
+                    else:  # kept only because the table does not list it: the file's own values go too
+                        self._scrub_values(dataset[tag], outcome)
                 continue
             if action == "C" and vr in DESCRIPTIVE and not self._descriptor_allowed(dataset[tag]):
                 action = self._removal(tag, nested)
@@ -297,6 +300,12 @@ class Deidentifier:
     def _pattern_pass(elem: DataElement) -> None:
         values = _as_list(elem.value)
         cleaned = [freetext.scrub(str(v)) if v is not None else v for v in values]
+        if cleaned != [str(v) if v is not None else v for v in values]:
+            elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
+
+    def _scrub_values(self, elem: DataElement, outcome: Outcome) -> None:
+        values = _as_list(elem.value)
+        cleaned = [self._scrub(str(v), outcome) if v is not None else v for v in values]
         if cleaned != [str(v) if v is not None else v for v in values]:
             elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
 
