@@ -97,3 +97,23 @@ def test_unlisted_text_attributes_lose_the_patients_own_name(tmp_path):
     assert "grimsby" not in raw and "thaddeus" not in raw
     released = dcmread(report["results"][0]["output"])
     assert "window" in str(released.WindowCenterWidthExplanation).lower()  # the rest of the text is kept
+
+
+def test_file_meta_carries_no_station_ae_title_or_private_information(tmp_path):
+    # Found by a fresh-eyes run (fresh15): the Part 10 header's Source AE Title (PS3.10 Table
+    # 7.1-1, 0002,0016 — the sending station, which Table E.1-1 removes as Station AE Title in
+    # the dataset) and the header's Private Information (0002,0102) were written out unchanged
+    # under a policy that removes device identity and private data.
+    ds = _ct()
+    ds.file_meta.SourceApplicationEntityTitle = "AE_ROOM_MORTIMER"
+    ds.file_meta.SendingApplicationEntityTitle = "OAKHAVEN_PACS"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"GRIMSBY THADDEUS"
+    report = _run(tmp_path, ds, _policy())
+    assert report["anonymized"] == 1, report["results"]
+    raw = Path(report["results"][0]["output"]).read_bytes()
+    assert b"MORTIMER" not in raw and b"OAKHAVEN" not in raw and b"GRIMSBY" not in raw
+    (tmp_path / "device").mkdir()
+    kept = _run(tmp_path / "device", ds, _policy(options=["clean-descriptors", "retain-device-identity"],
+                                                 deviceIdentity={"retain": True, "rationale": "the reader needs the device for tests"}))
+    assert b"AE_ROOM_MORTIMER" in Path(kept["results"][0]["output"]).read_bytes()  # the option keeps it
