@@ -12,6 +12,7 @@ Workload spec's `batch` section; each pod runs `medplat anonymize` on its shard.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import tempfile
@@ -131,6 +132,11 @@ def build(settings: Settings | None = None):
                                 if policy.k_anonymity.k > 1 else None, outcome="0" if report else "8",
                                 description=f"DICOM de-identification; {summary}"[:1000]))
 
+    def cohort_state(principal: Principal) -> Path:
+        """One cohort per caller: files held back for k-anonymity are released only to the caller
+        who sent them (hashed: a subject is not a safe folder name)."""
+        return settings.data_dir / "cohorts" / hashlib.sha256(principal.subject.encode()).hexdigest()[:32]
+
     def scratch() -> Path:
         return Path(tempfile.mkdtemp(prefix="deid-", dir=settings.data_dir))
 
@@ -179,7 +185,7 @@ def build(settings: Settings | None = None):
                 upload.unlink()
                 out = folder / "out"
                 report = anonymize_tree(folder / "in", out, chosen, keys, workers=settings.workers,
-                                        state=settings.data_dir / "cohorts")
+                                        state=cohort_state(principal))
                 buffer = io.BytesIO()
                 with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as result:
                     for path in sorted((out / RELEASED).rglob("*")):
@@ -219,7 +225,7 @@ def build(settings: Settings | None = None):
                 return
             try:
                 report = anonymize_tree(source, output, chosen, keys, workers=settings.workers,
-                                        state=settings.data_dir / "cohorts")
+                                        state=cohort_state(principal))
                 jobs[job_id].update(status="done", report={k: v for k, v in report.items() if k != "results"})
                 audited(principal, chosen, report)
             except Exception as exc:  # the job's failure is its result
