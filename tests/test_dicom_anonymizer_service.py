@@ -148,3 +148,15 @@ def test_files_held_back_for_one_caller_are_never_sent_to_another(tmp_path):
     third = client.post("/archives", params={"policy": "research-export"}, content=_patients(20, 2))
     report = json.loads(zipfile.ZipFile(io.BytesIO(third.content)).read("anonymization-report.json"))
     assert report["kAnonymity"]["releasedPatients"] == 5  # A's own 3 + 2, released to A
+
+
+def test_the_archive_answer_names_no_server_path(tmp_path):
+    # Found by a fresh-eyes run (fresh15): the run report in the answer gave each output as the
+    # service's absolute scratch path (issue 13: errors and answers never reveal internal paths).
+    client, _app, settings = _client(tmp_path)
+    answer = client.post("/archives", content=_zip({"ct.dcm": Path(get_testdata_file("CT_small.dcm")).read_bytes()}))
+    assert answer.status_code == 200
+    bundle = zipfile.ZipFile(io.BytesIO(answer.content))
+    report = json.loads(bundle.read("anonymization-report.json"))
+    assert str(settings.data_dir) not in json.dumps(report) and "deid-" not in json.dumps(report)
+    assert report["results"][0]["output"] in bundle.namelist()  # relative to the answer's root

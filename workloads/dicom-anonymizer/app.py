@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import tempfile
 import threading
@@ -106,6 +107,16 @@ def extract_bounded(archive: Path, target: Path, settings: Settings) -> int:
         return len(members)
 
 
+def answer_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The run report as the caller gets it: outputs relative to the answer, no server path."""
+    results = []
+    for result in report.get("results", []):
+        output = result.get("output") or ""
+        inside = Path(output).is_relative_to(out) if output else False
+        results.append({**result, "output": Path(output).relative_to(out).as_posix() if inside else ""})
+    return {**report, "results": results}
+
+
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +202,7 @@ def build(settings: Settings | None = None):
                     for path in sorted((out / RELEASED).rglob("*")):
                         if path.is_file():
                             result.write(path, path.relative_to(out).as_posix())
-                    result.write(out / REPORT, REPORT)
+                    result.writestr(REPORT, json.dumps(answer_report(report, out), indent=2))
                 return buffer.getvalue(), report
 
             body, report = await run_in_threadpool(work)
