@@ -117,3 +117,21 @@ def test_file_meta_carries_no_station_ae_title_or_private_information(tmp_path):
     kept = _run(tmp_path / "device", ds, _policy(options=["clean-descriptors", "retain-device-identity"],
                                                  deviceIdentity={"retain": True, "rationale": "the reader needs the device for tests"}))
     assert b"AE_ROOM_MORTIMER" in Path(kept["results"][0]["output"]).read_bytes()  # the option keeps it
+
+
+def test_no_person_name_attribute_of_the_dictionary_survives(tmp_path):
+    # Found by a fresh-eyes run (fresh15): PN attributes Table E.1-1 does not list (Secondary
+    # Reviewer Name 0014,0104, Evaluator Name 0014,2006, Document Author Trial 0040,A067) were
+    # kept verbatim: a staff member's name in the output. Vector: every PN attribute of pydicom's
+    # copy of the PS3.6 data dictionary, each with its own name, planted into CT_small.dcm.
+    from pydicom.datadict import DicomDictionary
+    ds = _ct()
+    planted = {}
+    for tag, (vr, _vm, _name, _retired, keyword) in DicomDictionary.items():
+        if vr == "PN" and keyword not in ("PatientName",):
+            planted[keyword] = f"Zq{len(planted)}name^Hermione"
+            ds.add_new(tag, "PN", planted[keyword])
+    report = _run(tmp_path, ds, _policy())
+    assert report["anonymized"] == 1, report["results"]
+    raw = Path(report["results"][0]["output"]).read_bytes().decode("latin-1")
+    assert [keyword for keyword, name in planted.items() if name.split("^")[0] in raw] == []

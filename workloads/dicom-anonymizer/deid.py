@@ -173,7 +173,11 @@ class Deidentifier:
             return "X" if self._standard_action((tag & 0xFFFF0000) | 0x3000, nested, "") == "X" else "K"
         else:
             known = dictionary_has_tag(tag) or repeater_has_tag(tag)  # 50xx/60xx groups are repeaters
-            return "X" if tag in self.identifying_tags or not known else "K"
+            if tag in self.identifying_tags or not known:
+                return "X"
+            if (vr or dictionary_VR(tag)) != "PN" or tag in self.classified_kept:
+                return "K"
+            action = "X"  # a person's name the table does not list (e.g. Evaluator Name): removed as it lists names
         if action == "X" and type_class(kind) == "1" and self.types is not None:
             # Required here (Type 1/1C, e.g. an SR content item's TextValue): removing it would
             # make the instance invalid, so it gets a dummy (or, for a sequence, is cleaned).
