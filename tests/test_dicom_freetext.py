@@ -135,3 +135,20 @@ def test_no_person_name_attribute_of_the_dictionary_survives(tmp_path):
     assert report["anonymized"] == 1, report["results"]
     raw = Path(report["results"][0]["output"]).read_bytes().decode("latin-1")
     assert [keyword for keyword, name in planted.items() if name.split("^")[0] in raw] == []
+
+
+def test_prose_in_comments_the_table_does_not_list_is_removed_under_clean_descriptors(tmp_path):
+    # Found by a fresh-eyes run (fresh15), planting a token in every text attribute of pydicom's
+    # data dictionary: long-text comments Table E.1-1 does not list (Comments on the Scheduled
+    # Procedure Step 0040,0400 LT, Dose Comment's kin, Assertion Comments 0044,0106 UT) were kept
+    # with only the pattern pass, so an untitled first name in prose was released, though the
+    # README promises removal by default for exactly that case.
+    ds = _ct()
+    ds.CommentsOnTheScheduledProcedureStep = "ask Maria before the scan"
+    ds.add_new((0x0044, 0x0106), "UT", "confirmed with Maria on the ward")
+    report = _run(tmp_path, ds, _policy())
+    assert report["anonymized"] == 1, report["results"]
+    assert b"Maria" not in Path(report["results"][0]["output"]).read_bytes()
+    (tmp_path / "allowed").mkdir()
+    kept = _run(tmp_path / "allowed", ds, _policy(overrides={"0040,0400": "K"}))  # kept on purpose: kept
+    assert "ask Maria" in str(dcmread(kept["results"][0]["output"]).CommentsOnTheScheduledProcedureStep)

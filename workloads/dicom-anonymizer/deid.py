@@ -252,6 +252,8 @@ class Deidentifier:
                 continue
             if action == "K" and cleaning and vr in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
+            if action == "K" and vr in LONG_TEXT and not private and self._unlisted_prose(tag):
+                action = "C"  # prose the table does not list: a descriptor like any other
             if action == "K":
                 if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
                     if private or self.profile.rule(tag) is not None or tag in self.classified_kept:
@@ -288,6 +290,11 @@ class Deidentifier:
             return
         for item in elem.value or []:
             self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
+
+    def _unlisted_prose(self, tag: int) -> bool:
+        """Long text that Table E.1-1, the policy's classification and overrides all leave unsaid."""
+        return ("clean-descriptors" in self.options and self.profile.rule(tag) is None and
+                tag not in self.classified_kept and f"{tag:08x}" not in self.policy.overrides)
 
     def _descriptor_allowed(self, elem: DataElement) -> bool:
         return all(self.allow.allows(str(value)) for value in _as_list(elem.value) if value is not None)
