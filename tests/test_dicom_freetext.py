@@ -152,3 +152,33 @@ def test_prose_in_comments_the_table_does_not_list_is_removed_under_clean_descri
     (tmp_path / "allowed").mkdir()
     kept = _run(tmp_path / "allowed", ds, _policy(overrides={"0040,0400": "K"}))  # kept on purpose: kept
     assert "ask Maria" in str(dcmread(kept["results"][0]["output"]).CommentsOnTheScheduledProcedureStep)
+
+
+def test_overlay_bitmaps_are_not_released_unread_under_clean_graphics(tmp_path):
+    # Found by a fresh-eyes run (fresh15): with the Clean Graphics option (research-export), an
+    # overlay plane (60xx,3000) holding the patient's name and ID, rendered with Pillow into
+    # CT_small.dcm, was released unchanged (Tesseract read "QUIMBY 4471923" back from the output's
+    # overlay) while the output declared Clean Graphics (113103). Nothing reads overlay bitmaps,
+    # so the overlay goes, as in the basic profile; the instance stays valid.
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from pydicom.pixels import pack_bits
+    ds = _ct()
+    ds.PatientName, ds.PatientID = "QUIMBY^ROSALIND", "4471923"
+    bitmap = Image.new("1", (ds.Columns, ds.Rows), 0)
+    ImageDraw.Draw(bitmap).text((2, 10), "QUIMBY 4471923", fill=1)
+    for element, vr, value in ((0x0010, "US", ds.Rows), (0x0011, "US", ds.Columns), (0x0040, "CS", "G"),
+                               (0x0050, "SS", [1, 1]), (0x0100, "US", 1), (0x0102, "US", 0),
+                               (0x3000, "OW", pack_bits(np.array(bitmap, dtype=np.uint8)))):
+        ds.add_new(0x60000000 | element, vr, value)
+    report = _run(tmp_path, ds, _policy(options=["clean-descriptors", "clean-graphics"]))
+    assert report["anonymized"] == 1, report["results"]
+    output = Path(report["results"][0]["output"])
+    released = dcmread(output)
+    assert not [tag for tag in released.keys() if tag.group == 0x6000]  # the whole overlay plane
+    assert "113103" in [item.CodeValue for item in released.DeidentificationMethodCodeSequence]
+    checked = subprocess.run([shutil.which("dciodvfy"), str(output)], capture_output=True, text=True)
+    assert "Overlay" not in checked.stderr + checked.stdout

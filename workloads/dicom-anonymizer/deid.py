@@ -165,6 +165,10 @@ class Deidentifier:
             action = "D" if override == "X" and type_class(kind) == "1" and self.types is not None else override
         elif self.profile.rule(tag) is not None:
             action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
+            if action == "C" and _repeating_group(tag) and (tag & 0xFFFF) == 0x3000:
+                # Clean Graphics: nothing here reads an overlay or curve bitmap (burned-in text
+                # can be drawn in it), so it goes with its plane, as in the basic profile.
+                return "X"
         elif tag >> 16 == 0x0002:
             return "K"
         elif _repeating_group(tag) and (tag & 0xFFFF) != 0x3000:
