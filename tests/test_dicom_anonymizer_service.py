@@ -115,3 +115,48 @@ def test_jobs_do_not_reveal_whether_a_path_exists(tmp_path):
     assert "etc" not in answers[1].text
     with pytest.raises(Exception):
         client.post("/jobs", json={"source": "exists", "output": "out", "policy": "/etc/x.yaml"}).raise_for_status()
+
+
+def _patients(first: int, count: int) -> bytes:
+    """`count` one-file patients made from pydicom's CT_small.dcm (same quasi-identifiers)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+    members = {}
+    for number in range(first, first + count):
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PatientID, ds.PatientName = f"P{number}", f"Patient^{number}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        members[f"p{number}.dcm"] = buffer.getvalue()
+    return _zip(members)
+
+
+def test_files_held_back_for_one_caller_are_never_sent_to_another(tmp_path):
+    # Found by a fresh-eyes run (fresh15): the cohort state was one per policy for every caller,
+    # so the 3 patients caller A's archive held back (k = 5) were released into caller B's
+    # answer (B sent 3 patients and received 6), and A never received them.
+    client, _app, settings = _client(tmp_path)
+    other = mint_local_token(settings.data_dir, "dicom-anonymizer", ["anonymize.run"], "other-department")
+    first = client.post("/archives", params={"policy": "research-export"}, content=_patients(0, 3))
+    assert first.status_code == 200
+    assert not [n for n in zipfile.ZipFile(io.BytesIO(first.content)).namelist() if n.startswith("released/")]
+    second = client.post("/archives", params={"policy": "research-export"}, content=_patients(10, 3),
+                         headers={"authorization": f"Bearer {other}"})
+    released = [n for n in zipfile.ZipFile(io.BytesIO(second.content)).namelist() if n.startswith("released/")]
+    assert released == []  # B's 3 patients wait for B's next batch; A's are not B's
+    third = client.post("/archives", params={"policy": "research-export"}, content=_patients(20, 2))
+    report = json.loads(zipfile.ZipFile(io.BytesIO(third.content)).read("anonymization-report.json"))
+    assert report["kAnonymity"]["releasedPatients"] == 5  # A's own 3 + 2, released to A
+
+
+def test_the_archive_answer_names_no_server_path(tmp_path):
+    # Found by a fresh-eyes run (fresh15): the run report in the answer gave each output as the
+    # service's absolute scratch path (issue 13: errors and answers never reveal internal paths).
+    client, _app, settings = _client(tmp_path)
+    answer = client.post("/archives", content=_zip({"ct.dcm": Path(get_testdata_file("CT_small.dcm")).read_bytes()}))
+    assert answer.status_code == 200
+    bundle = zipfile.ZipFile(io.BytesIO(answer.content))
+    report = json.loads(bundle.read("anonymization-report.json"))
+    assert str(settings.data_dir) not in json.dumps(report) and "deid-" not in json.dumps(report)
+    assert report["results"][0]["output"] in bundle.namelist()  # relative to the answer's root

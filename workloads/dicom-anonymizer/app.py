@@ -12,7 +12,9 @@ Workload spec's `batch` section; each pod runs `medplat anonymize` on its shard.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import tempfile
 import threading
@@ -105,6 +107,16 @@ def extract_bounded(archive: Path, target: Path, settings: Settings) -> int:
         return len(members)
 
 
+def answer_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The run report as the caller gets it: outputs relative to the answer, no server path."""
+    results = []
+    for result in report.get("results", []):
+        output = result.get("output") or ""
+        inside = Path(output).is_relative_to(out) if output else False
+        results.append({**result, "output": Path(output).relative_to(out).as_posix() if inside else ""})
+    return {**report, "results": results}
+
+
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +142,11 @@ def build(settings: Settings | None = None):
         audit.record(balp_event("execute", source=NAME, agent=principal.subject, purpose="HRESCH"
                                 if policy.k_anonymity.k > 1 else None, outcome="0" if report else "8",
                                 description=f"DICOM de-identification; {summary}"[:1000]))
+
+    def cohort_state(principal: Principal) -> Path:
+        """One cohort per caller: files held back for k-anonymity are released only to the caller
+        who sent them (hashed: a subject is not a safe folder name)."""
+        return settings.data_dir / "cohorts" / hashlib.sha256(principal.subject.encode()).hexdigest()[:32]
 
     def scratch() -> Path:
         return Path(tempfile.mkdtemp(prefix="deid-", dir=settings.data_dir))
@@ -179,13 +196,13 @@ def build(settings: Settings | None = None):
                 upload.unlink()
                 out = folder / "out"
                 report = anonymize_tree(folder / "in", out, chosen, keys, workers=settings.workers,
-                                        state=settings.data_dir / "cohorts")
+                                        state=cohort_state(principal))
                 buffer = io.BytesIO()
                 with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as result:
                     for path in sorted((out / RELEASED).rglob("*")):
                         if path.is_file():
                             result.write(path, path.relative_to(out).as_posix())
-                    result.write(out / REPORT, REPORT)
+                    result.writestr(REPORT, json.dumps(answer_report(report, out), indent=2))
                 return buffer.getvalue(), report
 
             body, report = await run_in_threadpool(work)
@@ -219,7 +236,7 @@ def build(settings: Settings | None = None):
                 return
             try:
                 report = anonymize_tree(source, output, chosen, keys, workers=settings.workers,
-                                        state=settings.data_dir / "cohorts")
+                                        state=cohort_state(principal))
                 jobs[job_id].update(status="done", report={k: v for k, v in report.items() if k != "results"})
                 audited(principal, chosen, report)
             except Exception as exc:  # the job's failure is its result

@@ -165,6 +165,10 @@ class Deidentifier:
             action = "D" if override == "X" and type_class(kind) == "1" and self.types is not None else override
         elif self.profile.rule(tag) is not None:
             action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
+            if action == "C" and _repeating_group(tag) and (tag & 0xFFFF) == 0x3000:
+                # Clean Graphics: nothing here reads an overlay or curve bitmap (burned-in text
+                # can be drawn in it), so it goes with its plane, as in the basic profile.
+                return "X"
         elif tag >> 16 == 0x0002:
             return "K"
         elif _repeating_group(tag) and (tag & 0xFFFF) != 0x3000:
@@ -173,7 +177,11 @@ class Deidentifier:
             return "X" if self._standard_action((tag & 0xFFFF0000) | 0x3000, nested, "") == "X" else "K"
         else:
             known = dictionary_has_tag(tag) or repeater_has_tag(tag)  # 50xx/60xx groups are repeaters
-            return "X" if tag in self.identifying_tags or not known else "K"
+            if tag in self.identifying_tags or not known:
+                return "X"
+            if (vr or dictionary_VR(tag)) != "PN" or tag in self.classified_kept:
+                return "K"
+            action = "X"  # a person's name the table does not list (e.g. Evaluator Name): removed as it lists names
         if action == "X" and type_class(kind) == "1" and self.types is not None:
             # Required here (Type 1/1C, e.g. an SR content item's TextValue): removing it would
             # make the instance invalid, so it gets a dummy (or, for a sequence, is cleaned).
@@ -248,9 +256,14 @@ class Deidentifier:
                 continue
             if action == "K" and cleaning and vr in FREE_TEXT and tag not in CODE_ATTRIBUTES:
                 action = "C"
+            if action == "K" and vr in LONG_TEXT and not private and self._unlisted_prose(tag):
+                action = "C"  # prose the table does not list: a descriptor like any other
             if action == "K":
                 if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
-                    self._pattern_pass(dataset[tag])  # retained text: identifiers no dictionary knows
+                    if private or self.profile.rule(tag) is not None or tag in self.classified_kept:
+                        self._pattern_pass(dataset[tag])  # kept on purpose: identifiers no dictionary knows
+                    else:  # kept only because the table does not list it: the file's own values go too
+                        self._scrub_values(dataset[tag], outcome)
                 continue
             if action == "C" and vr in DESCRIPTIVE and not self._descriptor_allowed(dataset[tag]):
                 action = self._removal(tag, nested)
@@ -282,6 +295,11 @@ class Deidentifier:
         for item in elem.value or []:
             self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
 
+    def _unlisted_prose(self, tag: int) -> bool:
+        """Long text that Table E.1-1, the policy's classification and overrides all leave unsaid."""
+        return ("clean-descriptors" in self.options and self.profile.rule(tag) is None and
+                tag not in self.classified_kept and f"{tag:08x}" not in self.policy.overrides)
+
     def _descriptor_allowed(self, elem: DataElement) -> bool:
         return all(self.allow.allows(str(value)) for value in _as_list(elem.value) if value is not None)
 
@@ -297,6 +315,12 @@ class Deidentifier:
     def _pattern_pass(elem: DataElement) -> None:
         values = _as_list(elem.value)
         cleaned = [freetext.scrub(str(v)) if v is not None else v for v in values]
+        if cleaned != [str(v) if v is not None else v for v in values]:
+            elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
+
+    def _scrub_values(self, elem: DataElement, outcome: Outcome) -> None:
+        values = _as_list(elem.value)
+        cleaned = [self._scrub(str(v), outcome) if v is not None else v for v in values]
         if cleaned != [str(v) if v is not None else v for v in values]:
             elem.value = cleaned if len(cleaned) != 1 else cleaned[0]
 

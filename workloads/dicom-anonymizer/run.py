@@ -120,10 +120,20 @@ def _check_complete(dataset, size: int) -> None:
             raise InvalidDicomError(f"truncated: {tag} declares {length} bytes at offset {start}, the file has {size}")
 
 
-def complete_file_meta(ds) -> None:
+# Part 10 header elements naming the stations and network addresses a file passed through
+# (Station AE Title's kin) and the header's private data: removed unless device identity is retained.
+META_DEVICE_IDENTITY = (0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028)
+META_PRIVATE = (0x00020100, 0x00020102)
+
+
+def complete_file_meta(ds, policy: Policy) -> None:
     """A Part 10 header that matches the dataset: the transfer syntax it was read in (a file
     without a header keeps its encoding, declared instead of mixed), and the new UIDs."""
     meta = ds.file_meta
+    removed = META_PRIVATE if "retain-device-identity" in policy.option_set else META_DEVICE_IDENTITY + META_PRIVATE
+    for tag in removed:
+        if tag in meta:
+            del meta[tag]
     if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian  # written inflated: same content, no re-deflate
     if "TransferSyntaxUID" not in meta:
@@ -186,7 +196,7 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
         found = leaks(ds, outcome)
         if found:
             return _quarantine(source, relative, out, keys, "leak scan: " + "; ".join(found[:5]))
-        complete_file_meta(ds)
+        complete_file_meta(ds, policy)
         result = FileResult(relative, "anonymized", pixels=pixels, patient=str(ds.get("PatientID", "") or ""))
         if in_place:
             target = source
