@@ -363,6 +363,8 @@ kek = {kek}
 [oslo_policy]
 enforce_new_defaults = false
 [keystone_authtoken]
+# No token cache: a revoked token is refused at once (the key provider's re-authentication test).
+token_cache_time = -1
 {self._authtoken_section("barbican")}""")
         paste = home / "barbican-api-paste.ini"
         paste.write_text(Path("/etc/barbican/barbican-api-paste.ini").read_text().replace(
