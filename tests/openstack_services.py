@@ -245,9 +245,12 @@ enforce_new_defaults = false
             make_fernet_repository(home / repository)
         self._timed("keystone-manage db_sync", lambda: self._run([*manage, "db_sync"]))
         admin_password = secrets.token_urlsafe(16)
-        self._timed("keystone-manage bootstrap", lambda: self._run([*manage, "bootstrap", "--bootstrap-password", admin_password,
+        # The password by environment: a token_urlsafe value may start with "-" (read as an
+        # option), and the process list stays free of it.
+        self._timed("keystone-manage bootstrap", lambda: self._run([*manage, "bootstrap",
                    "--bootstrap-admin-url", self.keystone_url, "--bootstrap-public-url", self.keystone_url,
-                   "--bootstrap-internal-url", self.keystone_url, "--bootstrap-region-id", REGION]))
+                   "--bootstrap-internal-url", self.keystone_url, "--bootstrap-region-id", REGION],
+            {"OS_BOOTSTRAP_PASSWORD": admin_password}))
         self._uwsgi("keystone", port, ["--wsgi-file", "/usr/bin/keystone-wsgi-public"],
                     {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
         self._timed("keystone uwsgi ready", lambda: self._wait("keystone", self.keystone_url))
