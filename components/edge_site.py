@@ -2,7 +2,8 @@
 
 The namespace enforces Pod Security Admission `restricted`; a default-deny NetworkPolicy
 covers ingress and egress, and each workload gets only the allows its spec declares.
-The EU zone's endpoint, CA, this site's mTLS client credential and the site policy come
+The EU zone's endpoint, CA certificate, this site's mTLS enrollment (the name its CSR must
+carry; the site's key is generated at the site and never leaves it) and the site policy come
 from the EU PHI stack through a StackReference.
 """
 from __future__ import annotations
@@ -79,20 +80,20 @@ class EdgeSite(LabelledComponent):
         # Take this site's slice of the EU stack's outputs once: the outputs grow with the
         # number of sites, and every lookup would otherwise walk all of them again.
         cloud = self.cloud.outputs.apply(lambda outputs: _site_slice(outputs, args.site, args.cloud_stack))
-        credential = cloud.apply(lambda c: c["credential"])
+        enrollment = cloud.apply(lambda c: c["enrollment"])
         site_policy = cloud.apply(lambda c: c["policy"])
         ingest_endpoint = cloud.apply(lambda c: c["ingestEndpoint"])
 
         self.namespace = restricted_namespace(self, f"medplat-{args.site}")
         ns = self.namespace.metadata.name
-        mtls = self.child(
-            k8s.core.v1.Secret, "mtls-client",
-            data_class="key-material",
-            metadata={"namespace": ns, "name": "mtls-client"},
-            type="kubernetes.io/tls",
-            string_data={
-                "tls.crt": credential.apply(lambda c: c["certPem"]),
-                "tls.key": pulumi.Output.secret(credential.apply(lambda c: c["keyPem"])),
+        # The site's key is generated here and never leaves it: the enrollment job makes a CSR
+        # for this name, has it signed by the Barbican-held CA and installs the Secret named
+        # here. Pulumi publishes only what the CSR must say and the CA to trust.
+        self.child(
+            k8s.core.v1.ConfigMap, "mtls-enrollment",
+            metadata={"namespace": ns, "name": "mtls-enrollment"},
+            data={
+                "enrollment.json": enrollment.apply(lambda e: json.dumps(e, sort_keys=True, indent=2)),
                 "ca.crt": cloud.apply(lambda c: c["caCertPem"]),
             },
         )
@@ -119,7 +120,7 @@ class EdgeSite(LabelledComponent):
                     spec=spec, image=args.images[spec.name], namespace=ns, peers=peers,
                     # The broker's per-workload passwords: an operator-provisioned Secret
                     # (mosquitto_passwd format); pods fail closed until it exists.
-                    secret_names={"mtls-client": mtls.metadata.name,
+                    secret_names={"mtls-client": enrollment.apply(lambda e: e["secretName"]),
                                   "mqtt-broker-passwords": BROKER_PASSWORDS_SECRET},
                     config_map_names={"site-policy": policy_map.metadata.name},
                     storage_class=args.storage_class, volume_sizes=volume_sizes,
@@ -135,17 +136,17 @@ class EdgeSite(LabelledComponent):
         })
 
 
-CLOUD_OUTPUTS = ("caCertPem", "ingestEndpoint", "ingressCidr", "siteCredentials", "sitePolicies")
+CLOUD_OUTPUTS = ("caCertPem", "ingestEndpoint", "ingressCidr", "siteEnrollments", "sitePolicies")
 
 
 def _site_slice(outputs: dict, site: str, cloud_stack: str) -> dict:
     missing = [key for key in CLOUD_OUTPUTS if key not in outputs]
     if missing:
         raise ValueError(f"stack {cloud_stack!r} has no output {', '.join(missing)}: is it an EU PHI zone stack?")
-    if site not in outputs["siteCredentials"] or site not in outputs["sitePolicies"]:
+    if site not in outputs["siteEnrollments"] or site not in outputs["sitePolicies"]:
         raise ValueError(f"stack {cloud_stack!r} does not admit site {site!r}: add it to medplat:euPhi.edgeSites")
     return {
-        "credential": outputs["siteCredentials"][site],
+        "enrollment": outputs["siteEnrollments"][site],
         "policy": outputs["sitePolicies"][site],
         **{key: outputs[key] for key in ("caCertPem", "ingestEndpoint", "ingressCidr")},
     }

@@ -3,8 +3,9 @@
 Private network only; the single way in is an Octavia TCP listener on 443 whose
 `allowed_cidrs` and security group admit just the edge sites' egress ranges (mTLS is
 terminated by the ingest workload itself). PHI rests on the provider's encrypted volume
-type and in versioned Swift containers; keys are generated inside Barbican by orders, so
-no key material passes through config or state. The PHI workloads run on a Magnum
+type and in versioned Swift containers; data keys are generated inside Barbican by orders and
+the mTLS CA key is a Barbican secret used outside Pulumi (sites and services enroll with CSRs,
+`medplat.barbican_ca`), so no private key material passes through config, state or outputs. The PHI workloads run on a Magnum
 cluster without floating IPs, in a PSA-restricted, default-deny namespace.
 """
 from __future__ import annotations
@@ -52,6 +53,8 @@ class EuPhiZoneArgs:
     workloads: list[WorkloadSpec]
     images: dict[str, str]
     egress_data_classes: list[str]
+    ca_cert_pem: str                  # the platform CA certificate (public)
+    ca_key_ref: str                   # Barbican reference of the CA key
     dns_nameservers: list[str] = field(default_factory=list)
 
 
@@ -154,6 +157,7 @@ class EuPhiZone(LabelledComponent):
             # The zone itself is a client too (its audit log and services calling each other).
             sites=[*(s.site for s in args.edge_sites), "eu-phi"],
             services={"ingest": [f"ingest.{name}.medplat.internal"]},
+            ca_cert_pem=args.ca_cert_pem, ca_key_ref=args.ca_key_ref,
         ), labels=self.labels, opts=pulumi.ResourceOptions(parent=self))
 
         # --- PHI workloads on the cluster ---------------------------------------------------
@@ -167,18 +171,6 @@ class EuPhiZone(LabelledComponent):
                    metadata={"name": "medplat-encrypted"}, provisioner="cinder.csi.openstack.org",
                    parameters={"type": args.encrypted_volume_type}, reclaim_policy="Retain",
                    allow_volume_expansion=True, volume_binding_mode="WaitForFirstConsumer")
-        ingest_tls = pki.service_credentials["ingest"]
-        server_secret = self.child(
-            k8s.core.v1.Secret, "mtls-server", data_class="key-material", opts=k8s_opts,
-            metadata={"namespace": ns, "name": "mtls-server"}, type="kubernetes.io/tls",
-            string_data={"tls.crt": ingest_tls.cert_pem, "tls.key": ingest_tls.key_pem, "ca.crt": pki.ca_cert_pem},
-        )
-        zone_client = pki.site_credentials["eu-phi"]
-        client_secret = self.child(
-            k8s.core.v1.Secret, "mtls-client", data_class="key-material", opts=k8s_opts,
-            metadata={"namespace": ns, "name": "mtls-client"}, type="kubernetes.io/tls",
-            string_data={"tls.crt": zone_client.cert_pem, "tls.key": zone_client.key_pem, "ca.crt": pki.ca_cert_pem},
-        )
         peers = PeerContext(
             cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr]},
             workload_ports={s.name: [p.port for p in s.ports] for s in args.workloads},
@@ -188,8 +180,9 @@ class EuPhiZone(LabelledComponent):
             spec.name: Workload(
                 f"{name}-{spec.name}",
                 WorkloadArgs(spec=spec, image=args.images[spec.name], namespace=ns, peers=peers,
-                             secret_names={"mtls-server": server_secret.metadata.name,
-                                           "mtls-client": client_secret.metadata.name},
+                             # installed by enrollment (CSR signed by the Barbican-held CA)
+                             secret_names={"mtls-server": pki.service_enrollments["ingest"].secret_name,
+                                           "mtls-client": pki.site_enrollments["eu-phi"].secret_name},
                              storage_class="medplat-encrypted"),
                 labels=self.labels,
                 opts=pulumi.ResourceOptions(parent=self, provider=kube),
@@ -198,11 +191,7 @@ class EuPhiZone(LabelledComponent):
         }
 
         self.ingest_endpoint = public_ip.address.apply(lambda ip: f"https://{ip}:443")
-        self.site_credentials = pulumi.Output.secret({
-            site.site: {"certPem": pki.site_credentials[site.site].cert_pem,
-                        "keyPem": pki.site_credentials[site.site].key_pem}
-            for site in args.edge_sites
-        })
+        self.site_enrollments = {site.site: pki.site_enrollments[site.site].to_output() for site in args.edge_sites}
         self.site_policies = {
             s.site: {"site": s.site, "egressDataClasses": sorted(args.egress_data_classes),
                      "refusedDataClasses": ["key-material"], "cloudIngress": "ingest"}
@@ -212,7 +201,7 @@ class EuPhiZone(LabelledComponent):
             "ingestEndpoint": self.ingest_endpoint,
             "ingressCidr": public_ip.address.apply(lambda ip: f"{ip}/32"),
             "caCertPem": pki.ca_cert_pem,
-            "siteCredentials": self.site_credentials,
+            "siteEnrollments": self.site_enrollments,
             "sitePolicies": self.site_policies,
             "keyRefs": {purpose: order.order_ref for purpose, order in keys.items()},
             "phiArchive": archive.name,

@@ -1,89 +1,78 @@
-"""`PlatformPki`: the mTLS CA and the per-site / per-service certificates (pulumi-tls).
+"""`PlatformPki`: the mTLS CA's public side and who may enroll — no private key anywhere in Pulumi.
 
-Private keys exist only as Pulumi secrets (encrypted in state); the CA key never leaves
-the EU PHI zone's stack. Edge sites receive their client credentials as secret stack
-outputs through a StackReference.
+The CA key is a Barbican secret of the EU PHI project (`medplat.barbican_ca.create_ca`); the
+stack config carries only the CA certificate and that secret's reference. Every site and
+service generates its own key where it runs and sends a CSR; `medplat.barbican_ca.sign` checks
+that the CSR names the enrolled identity and issues the certificate, which the enrollment
+installs as the kubernetes.io/tls Secret named here. Pulumi state and outputs therefore hold
+certificates, names and references only (policy: no private key material in state).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import pulumi
-import pulumi_tls as tls
+from cryptography import x509
 
 from medplat.components.base import LabelledComponent
 from medplat.components.labels import Labels
 
-CLIENT_USES = ["digital_signature", "key_encipherment", "client_auth"]
-SERVER_USES = ["digital_signature", "key_encipherment", "server_auth"]
+CLIENT_SECRET = "mtls-client"
+SERVER_SECRET = "mtls-server"
 
 
 @dataclass
 class PlatformPkiArgs:
     organization: str
     country: str
+    ca_cert_pem: str                  # public certificate of the CA
+    ca_key_ref: str                   # Barbican secret reference of the CA key (not the key)
     sites: list[str]
     services: dict[str, list[str]] = field(default_factory=dict)  # service -> DNS names
-    ca_validity_hours: int = 5 * 365 * 24
-    leaf_validity_hours: int = 365 * 24
-    early_renewal_hours: int = 30 * 24
+    leaf_validity_days: int = 365
 
 
-@dataclass
-class Credential:
-    cert_pem: pulumi.Output[str]
-    key_pem: pulumi.Output[str]
+@dataclass(frozen=True)
+class Enrollment:
+    """What a CSR must ask for and where the issued credential is installed."""
+    common_name: str
+    organization: str
+    secret_name: str
+    dns_names: tuple[str, ...] = ()
+    validity_days: int = 365
+
+    def to_output(self) -> dict:
+        return {"commonName": self.common_name, "organization": self.organization, "secretName": self.secret_name,
+                "dnsNames": list(self.dns_names), "validityDays": self.validity_days}
+
+
+def _check_ca(pem: str) -> None:
+    if "PRIVATE KEY" in pem:
+        raise ValueError("platformCa.certPem holds a private key: only the CA certificate belongs in config")
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+        raise ValueError("platformCa.certPem is not a CA certificate")
 
 
 class PlatformPki(LabelledComponent):
     def __init__(self, name: str, args: PlatformPkiArgs, labels: Labels, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("medplat:components:PlatformPki", name, labels.with_class("key-material"), opts)
+        _check_ca(args.ca_cert_pem)
+        # Only public material and references: the component is operational, not key material.
+        super().__init__("medplat:components:PlatformPki", name, labels.with_class("operational"), opts)
         self.args = args
-        ca_key = self.child(tls.PrivateKey, "ca-key", algorithm="ECDSA", ecdsa_curve="P384")
-        self._ca_key_pem = pulumi.Output.secret(ca_key.private_key_pem)
-        self.ca = self.child(
-            tls.SelfSignedCert, "ca",
-            private_key_pem=self._ca_key_pem,
-            is_ca_certificate=True,
-            max_path_length=0,
-            set_subject_key_id=True,
-            subject={"common_name": f"{args.organization} medplat mTLS CA",
-                     "organization": args.organization, "country": args.country},
-            validity_period_hours=args.ca_validity_hours,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            data_class="operational",  # the certificate is public; its key is the secret part
-        )
-        self.ca_cert_pem: pulumi.Output[str] = self.ca.cert_pem
-        self.site_credentials = {
-            site: self._issue(f"site-{site}", f"edge-{site}", [], CLIENT_USES) for site in args.sites
+        self.ca_cert_pem: str = args.ca_cert_pem
+        self.ca_key_ref: str = args.ca_key_ref
+        self.site_enrollments = {
+            site: Enrollment(f"edge-{site}", args.organization, CLIENT_SECRET, (), args.leaf_validity_days)
+            for site in args.sites
         }
-        self.service_credentials = {
-            service: self._issue(f"svc-{service}", service, dns, SERVER_USES) for service, dns in args.services.items()
+        self.service_enrollments = {
+            service: Enrollment(service, args.organization, SERVER_SECRET, tuple(dns), args.leaf_validity_days)
+            for service, dns in args.services.items()
         }
         self.finish({
             "caCertPem": self.ca_cert_pem,
+            "caKeyRef": self.ca_key_ref,
             "sites": list(args.sites),
             "services": sorted(args.services),
         })
-
-    def _issue(self, name: str, common_name: str, dns_names: list[str], uses: list[str]) -> Credential:
-        key = self.child(tls.PrivateKey, f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256")
-        key_pem = pulumi.Output.secret(key.private_key_pem)
-        request = self.child(
-            tls.CertRequest, f"{name}-csr",
-            private_key_pem=key_pem,
-            dns_names=dns_names or None,
-            subject={"common_name": common_name, "organization": self.args.organization},
-            data_class="operational",
-        )
-        cert = self.child(
-            tls.LocallySignedCert, f"{name}-cert",
-            cert_request_pem=request.cert_request_pem,
-            ca_private_key_pem=self._ca_key_pem,
-            ca_cert_pem=self.ca.cert_pem,
-            validity_period_hours=self.args.leaf_validity_hours,
-            early_renewal_hours=self.args.early_renewal_hours,
-            allowed_uses=uses,
-            data_class="operational",
-        )
-        return Credential(cert_pem=cert.cert_pem, key_pem=key_pem)

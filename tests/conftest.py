@@ -100,3 +100,15 @@ def postgres_url():
     yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def openstack():
+    """Real Keystone, Barbican and Swift (Debian's packages) on loopback, one per test session."""
+    from openstack_services import start_openstack
+
+    cloud = start_openstack()
+    print(f"\nOpenStack fixture startup seconds: {cloud.startup_seconds}")
+    yield cloud
+    cloud.stop()
+    shutil.rmtree(cloud.root, ignore_errors=True)

@@ -1,6 +1,8 @@
 """EdgeSite under the mock runtime: PSA restricted, default deny, hardened workloads."""
 from __future__ import annotations
 
+import json
+
 import re
 
 from conftest import REPO, named, of_type
@@ -82,9 +84,13 @@ def test_cloud_credentials_and_policy_come_from_the_eu_stack(inventories):
     inv = inventories["edge-dresden"]
     (reference,) = of_type(inv, "pulumi:pulumi:StackReference")
     assert reference["inputs"]["name"] == "saxony-hospital-group/medplat/eu-phi"
-    secrets = {s["inputs"]["metadata"]["name"]: s for s in of_type(inv, "kubernetes:core/v1:Secret")}
-    assert secrets["mtls-client"]["inputs"]["stringData"] == "[secret]"
-    assert reference["urn"] in secrets["mtls-client"]["dependencies"]
+    # The site's key stays at the site: Pulumi creates no Secret with key material, only the
+    # enrollment record (what the CSR must name, which Secret it fills) and the CA to trust.
+    assert "mtls-client" not in {s["inputs"]["metadata"]["name"] for s in of_type(inv, "kubernetes:core/v1:Secret")}
+    enrollment = named(inv, "mtls-enrollment")
+    assert reference["urn"] in enrollment["dependencies"]
+    assert json.loads(enrollment["inputs"]["data"]["enrollment.json"])["commonName"] == "edge-dresden"
+    assert "BEGIN CERTIFICATE" in enrollment["inputs"]["data"]["ca.crt"]
     config_map = named(inv, "site-policy")
     assert '"refusedDataClasses": [\n    "key-material"\n  ]' in config_map["inputs"]["data"]["site-policy.json"]
     assert config_map["inputs"]["data"]["cloud-endpoint"].startswith("https://")

@@ -72,7 +72,14 @@ def test_keys_are_generated_by_barbican_orders_and_never_in_clear(inventories):
     assert not of_type(inv, "openstack:keymanager/secretV1:SecretV1"), "no key payloads through state"
     text = json.dumps(inv)
     assert "planned private key" not in text, "a private key reached the inventory unmasked"
-    assert inv["outputs"]["siteCredentials"] == "[secret]"
+    # The mTLS CA key is a Barbican secret used outside Pulumi; sites enroll with CSRs: no
+    # pulumi-tls private key anywhere, and the enrollments the sites read are public records.
+    for stack, inventory in inventories.items():
+        assert not of_type(inventory, "tls:index/privateKey:PrivateKey"), stack
+        assert "PRIVATE KEY" not in json.dumps(inventory), stack
+    assert inv["outputs"]["siteEnrollments"]["dresden"] == {
+        "commonName": "edge-dresden", "organization": "Saxony Hospital Group", "secretName": "mtls-client",
+        "dnsNames": [], "validityDays": 365}
 
 
 def test_phi_workloads_run_in_a_restricted_namespace(inventories):
@@ -91,5 +98,6 @@ def test_phi_workloads_run_in_a_restricted_namespace(inventories):
 def test_stack_exports_what_edge_sites_need(examples):
     outputs = examples.results["eu-phi"].outputs
     assert outputs["ingestEndpoint"].startswith("https://")
-    assert set(outputs["siteCredentials"]) == {"dresden", "leipzig"}
+    assert set(outputs["siteEnrollments"]) == {"dresden", "leipzig"}
+    assert "BEGIN CERTIFICATE" in outputs["caCertPem"] and "PRIVATE KEY" not in json.dumps(outputs, default=str)
     assert all(policy["refusedDataClasses"] == ["key-material"] for policy in outputs["sitePolicies"].values())

@@ -38,6 +38,12 @@ CASES = [
     ("eu-phi", set_key(["openstack:region"], "UK1"), "openstack:region: region 'UK1' is not an EU region"),
     ("eu-phi", set_key(["openstack:authUrl"], "http://auth.cloud.ovh.net/v3"), "must use https"),
     ("eu-phi", set_key(["medplat:zone"], "moon"), "medplat:zone:"),
+    # The CA key belongs in Barbican: config takes its certificate and the secret's reference only.
+    ("eu-phi", set_key(["medplat:euPhi", "platformCa", "certPem"],
+                       "-----BEGIN PRIVATE KEY-----\n" + "A" * 120 + "\n-----END PRIVATE KEY-----\n"),
+     "medplat:euPhi.platformCa.certPem: holds a private key"),
+    ("eu-phi", set_key(["medplat:euPhi", "platformCa", "keyRef"], "file:///etc/medplat/ca.key"),
+     "medplat:euPhi.platformCa.keyRef:"),
 ]
 
 

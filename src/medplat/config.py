@@ -70,6 +70,22 @@ class PhiDatabase(_Model):
     datastore_version: str = "15"
 
 
+class PlatformCaConfig(_Model):
+    """The mTLS CA's public certificate and the Barbican reference of its key (made with
+    `medplat.barbican_ca.create_ca`); the key itself never appears in config."""
+    cert_pem: str = Field(min_length=100)
+    key_ref: str = Field(pattern=r"^https://[^/]+(/[^/]+)*/v1/secrets/[0-9a-f-]{36}$")
+
+    @field_validator("cert_pem")
+    @classmethod
+    def _public_only(cls, value: str) -> str:
+        if "PRIVATE KEY" in value:
+            raise ValueError("holds a private key: only the CA certificate belongs in config")
+        if "BEGIN CERTIFICATE" not in value:
+            raise ValueError("is not a PEM certificate")
+        return value
+
+
 class EuPhiConfig(_Model):
     provider: str
     organization: str = Field(min_length=2)
@@ -83,6 +99,7 @@ class EuPhiConfig(_Model):
     database: PhiDatabase
     edge_sites: list[EdgeSiteRef] = Field(min_length=1)
     workloads: list[str] = Field(min_length=1)
+    platform_ca: PlatformCaConfig
     egress_data_classes: list[Literal["phi", "pseudonymized", "deidentified", "operational"]] = Field(
         default_factory=lambda: ["phi", "pseudonymized", "deidentified", "operational"],
         description="data classes edge sites may send to the EU zone; key material never leaves a site",

@@ -33,8 +33,12 @@ class Settings(ServiceSettings):
     port: int = 8050
     key_file: Path | None = None  # local provider; default <data_dir>/keys.json
     key_passphrase: str | None = None  # default: a generated passphrase file beside the key file
+    # Barbican with a Keystone application credential (the secret from a mounted file); the
+    # endpoint defaults to the catalog's key-manager entry.
+    barbican_auth_url: str | None = None
+    barbican_application_credential_id: str | None = None
+    barbican_application_credential_secret_file: Path | None = None
     barbican_endpoint: str | None = None
-    barbican_token_file: Path | None = None
     aws_kms_key_id: str | None = None
     aws_region: str | None = None
     max_batch: int = Field(10_000, ge=1)
@@ -63,8 +67,12 @@ class Pseudonyms(BaseModel):
 def providers(settings: Settings) -> dict[str, KeyProvider]:
     found: dict[str, KeyProvider] = {"local": LocalKeyFile(settings.key_file or settings.data_dir / "keys.json",
                                                            settings.key_passphrase)}
-    if settings.barbican_endpoint and settings.barbican_token_file:
-        found["barbican"] = Barbican(settings.barbican_endpoint, settings.barbican_token_file.read_text().strip())
+    if settings.barbican_auth_url and settings.barbican_application_credential_id:
+        if settings.barbican_application_credential_secret_file is None:
+            raise ValueError("barbican_application_credential_secret_file is required with barbican_auth_url")
+        found["barbican"] = Barbican(settings.barbican_auth_url, settings.barbican_application_credential_id,
+                                     settings.barbican_application_credential_secret_file.read_text().strip(),
+                                     settings.barbican_endpoint)
     if settings.aws_kms_key_id and settings.aws_region:
         found["aws-kms"] = AwsKms(settings.aws_kms_key_id, settings.aws_region)
     return found

@@ -1,6 +1,7 @@
 """The pseudonymization library behind the API (and the key interface other workloads use)."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -11,7 +12,7 @@ from sqlalchemy import (Boolean, Column, DateTime, Engine, Integer, LargeBinary,
                         insert, select)
 from sqlalchemy.exc import IntegrityError
 
-from medplat.workloads.pseudonymizer.keys import ALLOWED_CLASSES, KeyProvider
+from medplat.workloads.pseudonymizer.keys import ALLOWED_CLASSES, KeyProvider, KeyProviderUnavailable, MissingKey
 from medplat.workloads.pseudonymizer.pseudonyms import CROCKFORD, pseudonym, well_formed
 
 metadata = MetaData()
@@ -48,6 +49,18 @@ class PseudonymError(ValueError):
         self.status, self.where = status, where
 
 
+@contextlib.contextmanager
+def keys_unavailable_as_503(provider: str):
+    """A key service that is down or refuses us stops the operation before anything is written
+    (the surrounding transaction rolls back); an unreadable key is a server-side fault."""
+    try:
+        yield
+    except KeyProviderUnavailable as exc:
+        raise PseudonymError(503, f"key provider {provider!r} unavailable, nothing was written: {exc}") from exc
+    except MissingKey as exc:
+        raise PseudonymError(500, f"key provider {provider!r} cannot return the domain key: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Domain:
     name: str
@@ -79,7 +92,7 @@ class Pseudonymizer:
                                  "length")
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
-            with self.engine.begin() as connection:
+            with self.engine.begin() as connection, keys_unavailable_as_503(provider):
                 connection.execute(insert(domains).values(name=name, provider=provider, data_class=data_class,
                                                           alphabet=alphabet, length=length, reversible=reversible,
                                                           created=now))
@@ -96,7 +109,7 @@ class Pseudonymizer:
 
     def rotate(self, name: str) -> int:
         domain = self.domain(name)
-        with self.engine.begin() as connection:
+        with self.engine.begin() as connection, keys_unavailable_as_503(domain.provider):
             version = connection.execute(select(func.max(domain_keys.c.version))
                                          .where(domain_keys.c.domain == name)).scalar_one() + 1
             self._add_key(connection, name, domain.provider, version, domain.reversible,
@@ -120,7 +133,8 @@ class Pseudonymizer:
         cached = self._keys.get((domain.name, row["version"]))
         if cached is None:
             keys = self.providers[domain.provider]
-            cached = (keys.get(row["hmac_ref"]), keys.get(row["mapping_ref"]) if row["mapping_ref"] else None)
+            with keys_unavailable_as_503(domain.provider):
+                cached = (keys.get(row["hmac_ref"]), keys.get(row["mapping_ref"]) if row["mapping_ref"] else None)
             self._keys[(domain.name, row["version"])] = cached
         return row["version"], cached[0], cached[1]
 

@@ -1,0 +1,80 @@
+"""The platform CA with its key in real Barbican (tests/openstack_services.py): the key is read
+back with the official `openstack secret get`, site keys stay at the site (CSR flow), and the
+ingest's mTLS accepts a site certificate issued from the Barbican-held CA and refuses others."""
+from __future__ import annotations
+
+import ssl
+import subprocess
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from services import Service, free_port
+from test_ingest import batch
+
+from medplat.barbican_ca import BarbicanStore, CaError, create_ca, sign, site_request
+from medplat.service.localpki import Ca
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def platform_ca(openstack):
+    deployer = openstack.deployer
+    store = BarbicanStore.from_application_credential(deployer.auth_url, deployer.app_cred_id,
+                                                      deployer.app_cred_secret)
+    cert_pem, key_ref = create_ca(store, "Example Clinic GmbH", "DE")
+    return store, cert_pem, key_ref
+
+
+def test_ca_key_is_a_barbican_secret_matching_the_certificate(openstack, platform_ca, tmp_path):
+    store, cert_pem, key_ref = platform_ca
+    assert key_ref.startswith(f"{openstack.barbican_url}/v1/secrets/")
+    target = tmp_path / "ca-key.der"
+    result = subprocess.run(["openstack", "secret", "get", key_ref, "--file", str(target),
+                             "--payload_content_type", "application/octet-stream"], capture_output=True, text=True,
+                            timeout=120, env=openstack.deployer.cli_env(application_credential=True))
+    assert result.returncode == 0, result.stderr
+    key = serialization.load_der_private_key(target.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert "PRIVATE KEY" not in cert_pem and "PRIVATE KEY" not in key_ref
+
+
+def test_csr_must_name_the_enrolled_site(platform_ca):
+    store, cert_pem, key_ref = platform_ca
+    _, csr = site_request("edge-leipzig", "Example Clinic GmbH")
+    with pytest.raises(CaError, match="enrolled name is 'edge-dresden'"):
+        sign(store, cert_pem, key_ref, csr, "edge-dresden")
+
+
+def test_ingest_mtls_accepts_a_site_certificate_from_the_barbican_ca(platform_ca, tmp_path):
+    store, cert_pem, key_ref = platform_ca
+    (tmp_path / "ca.pem").write_text(cert_pem)
+    server_key, server_csr = site_request("ingest", "Example Clinic GmbH")
+    (tmp_path / "server.key").write_bytes(server_key)
+    (tmp_path / "server.pem").write_text(sign(store, cert_pem, key_ref, server_csr, "ingest",
+                                              server_names=["localhost", "127.0.0.1"]))
+    site_key, site_csr = site_request("edge-dresden", "Example Clinic GmbH")   # generated at the site
+    (tmp_path / "site.key").write_bytes(site_key)
+    (tmp_path / "site.pem").write_text(sign(store, cert_pem, key_ref, site_csr, "edge-dresden"))
+    stranger = Ca(tmp_path, "stranger").issue("edge-dresden")
+    service = Service("ingest", {"data_dir": tmp_path / "ingest", "tls_cert": tmp_path / "server.pem",
+                                 "tls_key": tmp_path / "server.key", "tls_client_ca": tmp_path / "ca.pem"},
+                      free_port(), tmp_path / "ingest.log").start()
+    try:
+        def client(cert: tuple) -> httpx.Client:
+            context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            context.load_cert_chain(str(cert[0]), str(cert[1]))
+            return httpx.Client(verify=context, timeout=10)
+
+        with client((tmp_path / "site.pem", tmp_path / "site.key")) as site:
+            response = site.post(f"https://127.0.0.1:{service.port}/batches", json=batch(("barbican-ca-1", 1)))
+        assert response.status_code == 200 and response.json()["committed"] == ["barbican-ca-1"]
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)):
+            with client(stranger[:2]) as other:
+                other.post(f"https://127.0.0.1:{service.port}/batches", json=batch(("stranger-1", 1)))
+    finally:
+        service.stop()
