@@ -197,16 +197,22 @@ def evidence_export(
         help="Use real `pulumi stack export` (deployed) or preview/inventory files instead of synthesizing."),
     stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
     checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+    scan: Optional[list[Path]] = typer.Option(None, "--scan", help="A vulnerability scan result to import "
+        "(pip-audit, OSV-Scanner, Grype or Trivy JSON, CycloneDX VEX); repeatable."),
+    previous: Optional[Path] = typer.Option(None, "--previous", help="The previous bundle, for the report's diff."),
     today: Optional[str] = typer.Option(None, "--today", hidden=True),
 ) -> None:
     """Write a signed evidence bundle; reproducible with SOURCE_DATE_EPOCH."""
     import tempfile
 
-    from medplat.evidence import bundle, signing
+    from medplat.evidence import bundle, signing, vulns
 
     try:
         private = signing.load_private(key)
-    except signing.SigningError as exc:
+        scans = [vulns.load(path) for path in scan or []]
+        if previous is not None:
+            bundle.read(previous)
+    except (signing.SigningError, vulns.ScanError, bundle.BundleError) as exc:
         fail(str(exc))
     if output.exists() and (output.is_file() or any(output.iterdir())):
         fail(f"{output}: already exists; choose a new bundle path")
@@ -216,7 +222,7 @@ def evidence_export(
         root = project_root() or Path.cwd()
         try:
             with console.status("building evidence (SBOMs, OSCAL, report)…"):
-                files = bundle.build_files(inventories, result, root)
+                files = bundle.build_files(inventories, result, root, signing.key_id(private), previous, scans)
                 sealed = bundle.seal(files, inventories, result, private, root)
                 bundle.write(sealed, output)
         except (bundle.BundleError, signing.SigningError) as exc:
@@ -503,10 +509,12 @@ def demo(
         signing.keygen(key_path)
     target = out / f"evidence-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     inventories = [inv for inv, _, _ in entries]
+    private = signing.load_private(key_path)
+    previous = sorted(p for p in out.glob("evidence-*") if p.is_dir())
     with console.status("3/4 building the signed evidence bundle…"):
-        files = bundle.build_files(inventories, result, project_root() or Path.cwd())
-        bundle.write(bundle.seal(files, inventories, result, signing.load_private(key_path),
-                                 project_root() or Path.cwd()), target)
+        files = bundle.build_files(inventories, result, project_root() or Path.cwd(), signing.key_id(private),
+                                   previous[-1] if previous else None)
+        bundle.write(bundle.seal(files, inventories, result, private, project_root() or Path.cwd()), target)
     verified = bundle.verify(target, key_path.with_suffix(".pub"))
     console.print(f"3/4 evidence bundle: {target} ({verified.files} files, signature "
                   f"{'verified' if verified.ok else 'NOT verified'}; demo key {key_path})", soft_wrap=True)
