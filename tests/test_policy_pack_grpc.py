@@ -41,7 +41,7 @@ def test_analyzer_info_lists_every_policy(analyzer):
     info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
     assert info.name == "medplat"
     names = {p.name for p in info.policies}
-    assert len(names) == 31 and {"dataflow-residency", "s3-sse-kms", "k8s-psa-restricted"} <= names
+    assert len(names) == 34 and {"dataflow-residency", "s3-sse-kms", "k8s-psa-restricted"} <= names
     assert all(p.description for p in info.policies)
 
 

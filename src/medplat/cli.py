@@ -313,6 +313,8 @@ def audit_verify(
                                           "reproduce, e.g. the last one the witness countersigned; repeatable."),
     origin: str | None = typer.Option(None, "--origin", help="Expected checkpoint origin."),
     require_cosigned: bool = typer.Option(False, "--require-cosigned", help="Fail unless a checkpoint is cosigned."),
+    allow_unverified_tail: bool = typer.Option(False, "--allow-unverified-tail",
+        help="Exit 0 even if entries after the last signed checkpoint could not be verified (still reported)."),
 ) -> None:
     """Verify an exported audit log offline against its signed checkpoints (exit 1 on tampering)."""
     from medplat.workloads.audit_log.note import NoteError, Verifier
@@ -331,9 +333,17 @@ def audit_verify(
         errors.print(f"medplat: TAMPERED: {problem}", markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
-    span = f"entries {report.first}..{report.first + report.entries - 1}" if report.entries else "no entries"
+    tail = report.unverified
+    verified_last = tail[0] - 1 if tail else report.last
+    span = f"entries {report.first}..{verified_last}" if report.entries and verified_last >= report.first \
+        else "no entries"
     console.print(f"audit log OK: {span}, {report.checkpoints} signed checkpoints reproduced, "
                   f"{report.cosignatures} cosigned by the witness", soft_wrap=True)
+    if tail:
+        errors.print(f"medplat: UNVERIFIED: entries {tail[0]}..{tail[1]} are not covered by a signed checkpoint; "
+                     "their content is not proven", markup=False, highlight=False, soft_wrap=True)
+        if not allow_unverified_tail:
+            raise typer.Exit(1)
 
 
 fleet_app = typer.Typer(no_args_is_help=True, help="The fleet's TUF update repository.")
