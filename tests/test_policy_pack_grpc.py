@@ -72,3 +72,54 @@ def test_analyze_stack_runs_the_graph_policies(analyzer):
     messages = [d.message for d in response.diagnostics if d.policyName == "dataflow-residency"]
     assert any("phi flows out of the EU zone without anonymization" in m for m in messages), messages
     assert not [d for d in response.diagnostics if d.policyName == "k8s-default-deny-per-namespace"]
+
+
+def start_pack(env):
+    process = subprocess.Popen([sys.executable, "-u", str(REPO / "policies" / "pack" / "__main__.py")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    port = int(process.stdout.readline().strip())
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    return process, channel
+
+
+def test_stack_waivers_are_honoured_under_the_cli(tmp_path):
+    """The CLI passes the stack's config to the pack as PULUMI_CONFIG (JSON, structured values as
+    JSON strings); a waiver there accepts the violation, which stays visible as advisory."""
+    import json
+    import os
+
+    waivers = [{"policy": "kms-key-rotation", "resource": "tamper-*", "reason": "Key retired with the 2027 data set.",
+                "approver": "ciso@saxony-hospitals.example", "expires": "2099-01-31"},
+               {"policy": "dataflow-residency", "resource": "*tamper-exporter*", "reason": "Expired acceptance.",
+                "approver": "ciso@saxony-hospitals.example", "expires": "2020-01-31"}]
+    env = {**os.environ, "PULUMI_CONFIG": json.dumps({"medplat:zone": "analytics",
+                                                      "medplat:waivers": json.dumps(waivers)}),
+           "PULUMI_PROJECT": "medplat", "PULUMI_STACK": "analytics"}
+    process, channel = start_pack(env)
+    try:
+        stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+        inventory = synthesize("analytics", STACKS, extra=cases.kms_without_rotation).inventory.to_json()
+        (key,) = [r for r in inventory["resources"] if r["name"] == "tamper-key"]
+        response = stub.Analyze(analyzer_pb2.AnalyzeRequest(
+            type=key["type"], properties=_struct(key["inputs"]), urn=key["urn"], name=key["name"]))
+        by_policy = {d.policyName: d for d in response.diagnostics}
+        assert "kms-key-rotation" not in by_policy, "a waived violation must not block"
+        waived = by_policy["medplat-waived"]
+        assert waived.enforcementLevel == analyzer_pb2.ADVISORY
+        assert "KMS key 'tamper-key' does not rotate" in waived.message
+        assert "ciso@saxony-hospitals.example until 2099-01-31" in waived.message
+        # The expired waiver accepts nothing: the residency violation stays mandatory.
+        eu = synthesize("eu-phi", STACKS).outputs
+        edge = synthesize("edge-dresden", STACKS, {"saxony-hospital-group/medplat/eu-phi": eu},
+                          extra=cases.phi_to_the_internet).inventory.to_json()
+        resources = [analyzer_pb2.AnalyzerResource(
+            type=r["type"], properties=_struct(r["inputs"]), urn=r["urn"], name=r["name"],
+            parent=r["parent"] or "", dependencies=r["dependencies"]) for r in edge["resources"]]
+        stack = stub.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=resources))
+        residency = [d for d in stack.diagnostics if d.policyName == "dataflow-residency"]
+        assert residency and all(d.enforcementLevel == analyzer_pb2.MANDATORY for d in residency)
+    finally:
+        channel.close()
+        process.kill()
+        process.wait(timeout=10)
