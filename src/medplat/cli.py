@@ -346,6 +346,91 @@ def audit_verify(
             raise typer.Exit(1)
 
 
+compliance_app = typer.Typer(no_args_is_help=True, help="Continuous compliance of deployed stacks.")
+app.add_typer(compliance_app, name="compliance")
+
+
+@compliance_app.command("run")
+def compliance_run(
+    exports: list[Path] = typer.Argument(..., help="`pulumi stack export` or `pulumi preview --json` files."),
+    out: Path = typer.Option(Path("build/compliance"), "--out", "-o", help="Folder kept across runs."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir", help="Where Pulumi.<stack>.yaml (waivers) live."),
+    planned: Optional[Path] = typer.Option(None, "--planned", help="Folder of planned <stack>.inventory.json files "
+                                           "to report drift against."),
+    audit_url: Optional[str] = typer.Option(None, "--audit-url", envvar="MEDPLAT_COMPLIANCE_AUDIT_URL",
+                                            help="Audit log to record the run's digest in (spooled while down)."),
+    checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+    today: Optional[str] = typer.Option(None, "--today", hidden=True),
+) -> None:
+    """Re-check deployed state: policies + checkov, an OSCAL result appended, digest audited, drift shown."""
+    import datetime
+
+    from medplat import gate
+    from medplat.evidence import continuous
+    from medplat.service.audit import AuditClient
+
+    day = _day(today)
+    try:
+        loaded = [gate.from_file(path) for path in exports]
+        entries = [(inv, None, continuous.stack_waivers(stacks_dir or default_stacks_dir(), inv["stack"]))
+                   for inv, _, _ in loaded]
+        checkov_findings, checkov_summary = [], {}
+        if checkov:
+            from medplat import checkov as checkov_runner
+            checkov_findings, checkov_summary = checkov_runner.run_for(entries, out / "checkov")
+        result = gate.check_inventories(entries, day, checkov_findings, checkov_summary)
+        moment = datetime.datetime.now(datetime.timezone.utc)
+        inventories = [inv for inv, _, _ in entries]
+        record, path, digest = continuous.run(inventories, result, out, moment)
+        before = continuous.previous_run(out, path)
+        changes = continuous.drift(continuous.load_side(before), record) if before else []
+        if planned is not None:
+            for inv in inventories:
+                side = planned / f"{inv['stack']}.inventory.json"
+                if side.is_file():
+                    changes += [f"vs planned {inv['stack']}: {line}" for line in
+                                continuous.drift(continuous.load_side(side), {
+                                    "resources": continuous.resource_digests([inv]), "controls": {}})]
+    except USER_ERRORS + (continuous.ComplianceError,) as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"waivers: {str(exc).splitlines()[0]}")
+    client = AuditClient(audit_url, out / "audit-spool.jsonl", flush_s=3600)
+    try:
+        client.record(continuous.audit_event(digest, path, record))
+        delivered = client.flush()
+    finally:
+        client.close()
+    gate_line = result.summary()
+    console.print(f"compliance run {path} (sha256 {digest[:16]}…): gate {gate_line['result'].upper()}, "
+                  f"{gate_line['mandatoryFailures']} mandatory violation(s); OSCAL result appended to "
+                  f"{out / continuous.RESULTS}", soft_wrap=True)
+    console.print(f"audit log: {'recorded at ' + audit_url if delivered and audit_url else 'NOT delivered: spooled in ' + str(out / 'audit-spool.jsonl')}",
+                  soft_wrap=True)
+    for line in changes:
+        console.print(f"drift: {line}", markup=False, soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+@compliance_app.command("drift")
+def compliance_drift(
+    before: Path = typer.Argument(..., help="A run record (runs/*.json), inventory or stack export."),
+    after: Path = typer.Argument(..., help="The later one."),
+) -> None:
+    """New, removed and changed resources and flipped controls; exit 1 if anything drifted."""
+    from medplat.evidence import continuous
+
+    try:
+        lines = continuous.drift(continuous.load_side(before), continuous.load_side(after))
+    except USER_ERRORS + (continuous.ComplianceError,) as exc:
+        fail(str(exc))
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+    if not lines:
+        console.print("no drift")
+    raise typer.Exit(1 if lines else 0)
+
+
 fleet_app = typer.Typer(no_args_is_help=True, help="The fleet's TUF update repository.")
 app.add_typer(fleet_app, name="fleet")
 
