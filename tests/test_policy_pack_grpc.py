@@ -123,3 +123,58 @@ def test_stack_waivers_are_honoured_under_the_cli(tmp_path):
         channel.close()
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_built_pack_is_self_contained(tmp_path):
+    """Every module the pack imports, transitively through medplat, is in the pack's wheel, the
+    standard library, or a distribution the wheel requires (or pulumi-policy)."""
+    import ast
+    import re
+    import zipfile
+    from importlib import metadata
+
+    from typer.testing import CliRunner
+
+    from medplat.cli import app
+
+    out = tmp_path / "pack"
+    result = CliRunner().invoke(app, ["policy", "pack", str(out)])
+    assert result.exit_code == 0, result.output
+    (wheel,) = out.glob("medplat-*.whl")
+    assert f"./{wheel.name}" in (out / "requirements.txt").read_text().splitlines()
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    required = {re.split(r"[ ;<>=!~\[]", line.split(":", 1)[1].strip())[0].lower().replace("_", "-")
+                for line in archive.read(meta).decode().splitlines() if line.startswith("Requires-Dist:")
+                and "extra ==" not in line} | {"pulumi-policy"}
+    provided = metadata.packages_distributions()
+
+    def module_file(module: str) -> str | None:
+        path = module.replace(".", "/")
+        return next((n for n in (f"{path}.py", f"{path}/__init__.py") if n in names), None)
+
+    # The registry imports every policy module by walking its packages: start from all of them.
+    policy_files = {n for n in names if n.startswith("medplat/policies/") and n.endswith(".py")}
+    seen, third_party = set(policy_files), set()
+    queue = [(out / "__main__.py").read_text()] + [archive.read(n).decode() for n in sorted(policy_files)]
+    while queue:
+        tree = ast.parse(queue.pop())
+        for node in ast.walk(tree):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] + [f"{node.module}.{a.name}" for a in node.names] \
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "medplat":
+                    found = module_file(module)
+                    if found and found not in seen:
+                        seen.add(found)
+                        queue.append(archive.read(found).decode())
+                elif top not in sys.stdlib_module_names:
+                    third_party.add(top)
+    assert "medplat/policies/resource/k8s_image_published.py" in seen
+    missing = {top for top in third_party
+               if not {d.lower().replace("_", "-") for d in provided.get(top, [])} & required}
+    assert missing == set(), f"imported by the pack but not required by the wheel: {missing}"

@@ -171,6 +171,23 @@ def _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, day):
         fail(f"{exc.filename or 'output'}: {exc.strerror}")
 
 
+@policy_app.command("pack")
+def policy_pack(out: Path = typer.Argument(..., help="Folder for the publishable pack (must be new or empty).")) -> None:
+    """Build a self-contained policy pack folder for `pulumi policy publish` (medplat inside as a wheel)."""
+    from medplat import packbuild
+
+    root = project_root()
+    if root is None:
+        fail("run from a medplat checkout: the pack is built from its sources")
+    try:
+        with console.status("building the medplat wheel into the pack…"):
+            requirements = packbuild.build(root, out)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"policy pack: {out} ({requirements.name} names the bundled wheel); "
+                  f"publish with `pulumi policy publish {out}`", soft_wrap=True)
+
+
 evidence_app = typer.Typer(no_args_is_help=True, help="Signed compliance evidence bundles.")
 app.add_typer(evidence_app, name="evidence")
 
@@ -270,11 +287,16 @@ def evidence_diff(old: Path = typer.Argument(...), new: Path = typer.Argument(..
 
 
 @evidence_app.command("coverage")
-def evidence_coverage(stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir")) -> None:
-    """Print the automated-check coverage table (markdown) for the required controls."""
+def evidence_coverage(stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
+                      checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+                      today: Optional[str] = typer.Option(None, "--today", hidden=True)) -> None:
+    """Print the coverage table (markdown) for the required controls: the evidence bundle's verdicts."""
+    import tempfile
+
     from medplat.evidence import matrix
 
-    entries, result = _run_gate(None, True, None, stacks_dir, Path("build/policy"), False, _day(None))
+    with tempfile.TemporaryDirectory() as scratch:
+        entries, result = _run_gate(None, True, None, stacks_dir, Path(scratch), checkov, _day(today))
     rows = matrix.control_matrix([inv for inv, _, _ in entries], result)
     print(matrix.coverage_markdown(matrix.coverage(rows)), end="")
 
