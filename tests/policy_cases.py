@@ -202,5 +202,6 @@ def private_key_in_state():
     import pulumi_tls as tls
 
     tls.PrivateKey("tamper-ca-key", algorithm="ECDSA", ecdsa_curve="P384")
-    labelled(k8s.core.v1.Secret, "tamper-plain-key", PHI, opts=k3s(), metadata={"name": "tamper-plain-key"},
-             string_data={"key.pem": PEM})
+    # A ConfigMap is never masked as a secret: the key would sit in state as plain text.
+    labelled(k8s.core.v1.ConfigMap, "tamper-plain-key", PHI, opts=k3s(), metadata={"name": "tamper-plain-key"},
+             data={"key.pem": PEM})

@@ -139,7 +139,7 @@ def test_private_key_material_in_state_fails(eu_outputs):
     broken = findings_for("analytics", "no-private-key-in-state", eu_outputs, extra=cases.private_key_in_state)
     messages = [f.message for f in broken]
     assert "tls:index/privateKey:PrivateKey 'tamper-ca-key' generates its private key into Pulumi state" in messages
-    assert "'tamper-plain-key' holds PEM private key text at stringData.key.pem" in messages
+    assert "'tamper-plain-key' holds PEM private key text at data.key.pem" in messages
 
 
 @pytest.mark.xfail(strict=True, reason="PlatformPki keys in state until iss20 lands")
