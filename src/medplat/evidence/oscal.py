@@ -25,9 +25,8 @@ def _observation(row: dict[str, Any], moment, label: str) -> Observation:
     """What was checked for one control: every evaluated resource with its result."""
     subjects = [SubjectReference(
         subject_uuid=_uuid("subject", r["stack"], r["urn"]), type="resource", title=r["urn"][:250] or "-",
-        props=[Property(name="medplat-result", value=r["status"]), Property(name="medplat-stack", value=r["stack"])]
-        + [Property(name=f"medplat-{key}-checks", value=str(len(r[key]))) for key in ("pass", "fail", "waived")],
-    ) for r in row["resources"]]
+        props=[Property(name="medplat-result", value=r["status"])],
+    ) for r in row["resources"]]  # which checks passed or failed per resource: control-matrix.json
     checks = ", ".join(f"{c['id']} ({c['status']}, {c['evaluated']} evaluated)" for c in row["checks"]) or "none"
     return Observation(
         uuid=_uuid("observation", row["control"], label, moment.isoformat()), title=f"Automated checks for {row['control']}",
