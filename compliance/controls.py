@@ -15,6 +15,7 @@ class Control:
     title: str
     kind: str  # "technical" | "organizational"
     evidence: str | None = None
+    requires: tuple[str, ...] = ()  # checks that must have evaluated something before the control can pass
 
 
 @lru_cache(maxsize=1)
@@ -27,7 +28,8 @@ def catalog() -> dict[str, Control]:
         document = yaml.safe_load(entry.read_text(encoding="utf-8"))
         for control_id, body in document["controls"].items():
             controls[control_id] = Control(id=control_id, framework=document["framework"], title=body["title"],
-                                           kind=body["kind"], evidence=body.get("evidence"))
+                                           kind=body["kind"], evidence=body.get("evidence"),
+                                           requires=tuple(body.get("requires") or ()))
     return controls
 
 

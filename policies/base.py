@@ -7,6 +7,7 @@ mapping stays data that auditors can review apart from code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from pulumi_policy import (
     EnforcementLevel, PolicyComplianceFramework, ReportViolation, ResourceValidationArgs,
@@ -28,6 +29,11 @@ class Meta:
     remediation: str
     enforcement: EnforcementLevel = EnforcementLevel.MANDATORY
     resource_types: tuple[str, ...] = ()  # empty: every type (the validator filters itself)
+    # Which resources the policy evaluates (evidence: a verdict names what was checked).
+    # Resource policies: applies(resource_type, props) -> bool (default: resource_types, or every
+    # resource when that is empty); stack policies: scope(resources) -> [urn, ...].
+    applies: Callable[[str, Any], bool] | None = None
+    scope: Callable[[Any], Iterable[str]] | None = None
 
 
 def controls_for(policy_id: str) -> list[str]:
@@ -43,13 +49,19 @@ class MedplatResourcePolicy(ResourceValidationPolicy):
         self.controls = controls_for(meta.id)
 
         def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
-            if meta.resource_types and args.resource_type not in meta.resource_types:
+            if not self.evaluates(args.resource_type, args.props):
                 return
             check(args, report)
 
         super().__init__(name=meta.id, description=meta.description, validate=validate,
                          enforcement_level=meta.enforcement, severity=meta.severity, framework=FRAMEWORK,
                          tags=list(self.controls), remediation_steps=meta.remediation)
+
+    def evaluates(self, resource_type: str, props) -> bool:
+        """Whether this policy inspects the resource (it is in the policy's scope)."""
+        if self.meta.resource_types and resource_type not in self.meta.resource_types:
+            return False
+        return self.meta.applies(resource_type, props) if self.meta.applies else True
 
 
 class MedplatStackPolicy(StackValidationPolicy):
@@ -63,3 +75,9 @@ class MedplatStackPolicy(StackValidationPolicy):
         super().__init__(name=meta.id, description=meta.description, validate=validate,
                          enforcement_level=meta.enforcement, severity=meta.severity, framework=FRAMEWORK,
                          tags=list(self.controls), remediation_steps=meta.remediation)
+
+    def scope(self, resources) -> list[str]:
+        """URNs of the resources this policy evaluates in a stack."""
+        if self.meta.scope is None:
+            raise LookupError(f"stack policy {self.meta.id!r} declares no scope")
+        return list(self.meta.scope(resources))

@@ -44,6 +44,11 @@ def pod_spec(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None
     return node if isinstance(node, Mapping) else None
 
 
+def has_pod(resource_type: str, props) -> bool:
+    """In scope of the container policies: a workload kind with a pod template."""
+    return pod_spec(resource_type, props) is not None
+
+
 def containers(pod: dict[str, Any]) -> Iterable[dict[str, Any]]:
     yield from pod.get("initContainers") or []
     yield from pod.get("containers") or []

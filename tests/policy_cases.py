@@ -175,3 +175,33 @@ def _deployment(name, security=None, pod_security=None, resources=None, image=No
                 "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
                 if resources is None else resources,
                 "securityContext": container_security}]}}})
+
+
+def unsigned_image_pod():
+    """A real-looking digest that is in no lock file: nobody recorded a signature verification."""
+    _deployment("tamper-unsigned", image="registry.example.eu/acme/pump-gateway@sha256:"
+                "4b1d2c3e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeeff001")
+
+
+def placeholder_issuer_pod():
+    labelled(k8s.apps.v1.Deployment, "tamper-issuer", EDGE, opts=k3s(), metadata={
+        "namespace": "medplat-dresden", "name": "tamper-issuer"}, spec={
+        "selector": {"matchLabels": {"app": "tamper-issuer"}},
+        "template": {"metadata": {"labels": {"app": "tamper-issuer"}}, "spec": {"containers": [{
+            "name": "app", "image": "ghcr.io/x/y@sha256:" + "4b" * 32,
+            "env": [{"name": "AUTH_ISSUER", "value": "https://idp.example.com/realms/x"},
+                    {"name": "AUDIT_URL", "value": "http://audit-log:8080"}]}]}}})
+
+
+# A hand-built PEM block of the kind pulumi-tls writes to state (the key itself is irrelevant:
+# the policy must refuse any PRIVATE KEY text; this one is truncated and not a usable key).
+PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIByfQ0Zp5m7b9g==\n-----END EC PRIVATE KEY-----\n"
+
+
+def private_key_in_state():
+    import pulumi_tls as tls
+
+    tls.PrivateKey("tamper-ca-key", algorithm="ECDSA", ecdsa_curve="P384")
+    # A ConfigMap is never masked as a secret: the key would sit in state as plain text.
+    labelled(k8s.core.v1.ConfigMap, "tamper-plain-key", PHI, opts=k3s(), metadata={"name": "tamper-plain-key"},
+             data={"key.pem": PEM})

@@ -304,3 +304,58 @@ def test_witness_countersigns_consistent_growth_and_refuses_rewritten_history(tm
         assert response.status_code == 409 and "roll-back" in response.json()["issue"][0]["diagnostics"]
         untrusted = Signer.generate("mallory").sign_note(Checkpoint(edge.origin, 12, b"\1" * 32).text())
         assert cloud.post("/witness", json={"note": untrusted, "start": 11, "entries": []}).status_code == 403
+
+
+# --- verification says only what it proved ------------------------------------------------
+
+def test_a_changed_last_entry_without_its_checkpoint_is_unverified(exported):
+    """The issue's case: the last entry changed and its checkpoint row deleted."""
+    engine, _audit, export, key = exported
+    _modify(engine, 40)
+    with engine.begin() as connection:
+        connection.execute(checkpoints.delete().where(checkpoints.c.size == 40))
+    result = verify(str(export()), "--key", str(key))
+    assert result.exit_code == 1, result.output
+    assert "UNVERIFIED: entries 31..40 are not covered by a signed checkpoint" in result.stderr
+    assert "audit log OK: entries 1..30" in result.stdout
+    allowed = verify(str(export()), "--key", str(key), "--allow-unverified-tail")
+    assert allowed.exit_code == 0 and "UNVERIFIED: entries 31..40" in allowed.stderr
+
+
+def test_a_deleted_last_entry_fails_because_the_export_keeps_its_checkpoint(exported):
+    engine, _audit, export, key = exported
+    _delete(engine, 40)
+    text = export().read_text()
+    assert text.rstrip().splitlines()[-1].startswith('{"checkpoint"'), "the checkpoint at 40 is exported"
+    result = verify(str(export()), "--key", str(key))
+    assert result.exit_code == 1
+    assert "TAMPERED: checkpoint for size 40 where the log has 39 entries" in result.stderr
+
+
+def test_a_truncated_export_reports_its_tail_unverified(exported, tmp_path):
+    _engine, _audit, export, key = exported
+    lines = export().read_bytes().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines[:-3]))  # drops entries 39, 40 and the last checkpoint
+    result = verify(str(cut), "--key", str(key))
+    assert result.exit_code == 1 and "UNVERIFIED: entries 31..38" in result.stderr
+
+
+def test_search_results_carry_inclusion_proofs_and_their_indexed_fields(service):
+    from medplat.workloads.audit_log.verify import verify_search
+
+    client, _app = service
+    client.post("/entries", json={"events": events(5)})
+    client.post("/entries", json={"events": events(3, patient="Patient/p2", start=5)})
+    key = Verifier.from_text(client.get("/verifier").text)
+    response = client.get("/entries", params={"patient": "Patient/p2"}).json()
+    assert [e["index"] for e in response["entries"]] == [6, 7, 8] and response["size"] == 8
+    assert response["entries"][0]["indexed"]["patient"] == "Patient/p2"
+    assert verify_search(response, key, patient="Patient/p2") == []
+    forged = {**response, "entries": [dict(response["entries"][0])]}
+    forged["entries"][0]["event"] = {**forged["entries"][0]["event"], "outcome": "8"}
+    assert "entry 6: not included in checkpoint 8" in verify_search(forged, key, patient="Patient/p2")[0]
+    # A row returned for the wrong patient (e.g. a tampered search column) is caught from the entry itself.
+    other = client.get("/entries", params={"patient": "Patient/p1"}).json()
+    assert verify_search(other, key, patient="Patient/p2") == [
+        f"entry {i}: its logged content does not match the query" for i in range(1, 6)]

@@ -82,3 +82,14 @@ def test_dockerfiles_are_scanned(checkov_tool, tmp_path):
     assert summary["zones"]["images"]["checks"] > 3
     assert any(f.policy == "CKV_DOCKER_3" for f in findings)  # no non-root USER
     assert all(f.source == "checkov" and f.stack == "workloads" for f in findings)
+
+
+@pytest.mark.slow
+def test_readme_coverage_table_is_what_the_evidence_says(checkov_tool):
+    """The README's table is `medplat evidence coverage`: the bundle's verdicts (checkov + waivers)."""
+    from conftest import REPO
+
+    result = runner.invoke(app, ["evidence", "coverage", "--stacks-dir", str(STACKS), "--today", "2026-11-23"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout in (REPO / "README.md").read_text(), \
+        "README coverage table is stale: paste `medplat evidence coverage`"

@@ -55,9 +55,13 @@ def findings_for(stack, policy_id, eu_outputs, extra=None, stacks_dir=STACKS):
     return [f for f in run_pack(inventory, [by_id()[policy_id]])]
 
 
+# Policies the shipped stacks fail on purpose (placeholders, keys in state), tested on their own below.
+FAIL_ON_SHIPPED = {"k8s-image-published", "no-placeholder-endpoints", "no-private-key-in-state"}
+
+
 def test_every_policy_has_a_case_and_metadata():
     ids = {p.name for p in all_policies()}
-    assert ids - {"site-required-workloads"} == {c[0] for c in CASES}
+    assert ids - {"site-required-workloads"} - FAIL_ON_SHIPPED == {c[0] for c in CASES}
     for policy in all_policies():
         meta = policy.meta
         assert meta.rationale and meta.remediation and policy.severity and policy.enforcement_level
@@ -89,3 +93,60 @@ def test_anonymizer_on_the_path_makes_the_flow_compliant(eu_outputs):
             "medplat.io/workload": "anon", "medplat.io/roles": "anonymizer", "medplat.io/reads": "phi",
             "medplat.io/writes": "deidentified", "medplat.io/egress": "@internet"})
     assert findings_for("edge-dresden", "dataflow-residency", eu_outputs, extra=through_anonymizer) == []
+
+
+def test_placeholder_digests_fail(eu_outputs):
+    """Every image in workloads/images.lock.yaml is an all-zero placeholder: the check must say so."""
+    shipped = findings_for("edge-dresden", "k8s-image-published", eu_outputs)
+    assert shipped and all("placeholder digest (sha256:00000000" in f.message for f in shipped), shipped
+    workloads = {f.name for f in shipped}
+    assert {"edge-dresden-edge-forwarder-deployment", "edge-dresden-audit-log-deployment"} <= workloads
+    analytics = findings_for("analytics", "k8s-image-published", eu_outputs)
+    assert any("analytics-api" in f.message and "placeholder digest" in f.message for f in analytics)
+    unsigned = findings_for("edge-dresden", "k8s-image-published", eu_outputs, extra=cases.unsigned_image_pod)
+    assert any(f.name == "tamper-unsigned" and "no signature verification recorded" in f.message
+               for f in unsigned)
+
+
+def test_a_published_signed_image_passes(monkeypatch):
+    from medplat import workloads
+    from medplat.policies.resource import k8s_image_published as policy
+
+    digest = "sha256:" + "4b1d2c3e" * 8
+    entries = {"ingest": {"digest": digest, "signature": {"type": "cosign", "verified": "2026-11-20"}},
+               "consent": {"digest": "sha256:" + "5c" * 32}}
+    monkeypatch.setattr(workloads, "image_entries", lambda: entries)
+    assert policy.problem(f"ghcr.io/medplat/ingest@{digest}") is None
+    assert "no verified signature" in policy.problem("ghcr.io/medplat/consent@sha256:" + "5c" * 32)
+    assert "placeholder digest" in policy.problem("ghcr.io/medplat/ingest@sha256:" + "f" * 64)
+
+
+def test_placeholder_endpoints_fail(eu_outputs):
+    shipped = findings_for("eu-phi", "no-placeholder-endpoints", eu_outputs)
+    messages = sorted(f.message for f in shipped)
+    assert any("consent" in m and "MEDPLAT_CONSENT_AUTH_ISSUER points at placeholder host keycloak.medplat.internal"
+               in m for m in messages), messages
+    assert any("MEDPLAT_PSEUDONYMIZER_BARBICAN_ENDPOINT points at placeholder host key-manager.medplat.internal"
+               in m for m in messages), messages
+    assert findings_for("edge-dresden", "no-placeholder-endpoints", eu_outputs) == []
+    broken = findings_for("edge-dresden", "no-placeholder-endpoints", eu_outputs, extra=cases.placeholder_issuer_pod)
+    assert [f.message for f in broken] == [
+        "'tamper-issuer', container 'app': AUTH_ISSUER points at placeholder host idp.example.com"]
+
+
+def test_private_key_material_in_state_fails(eu_outputs):
+    assert findings_for("analytics", "no-private-key-in-state", eu_outputs) == []
+    broken = findings_for("analytics", "no-private-key-in-state", eu_outputs, extra=cases.private_key_in_state)
+    messages = [f.message for f in broken]
+    assert "tls:index/privateKey:PrivateKey 'tamper-ca-key' generates its private key into Pulumi state" in messages
+    assert "'tamper-plain-key' holds PEM private key text at data.key.pem" in messages
+
+
+def test_no_private_key_in_any_synthesized_state_or_output(inventories):
+    """No stack generates, passes or exports a private key (PlatformPki: CSR flow, Barbican-held CA)."""
+    import json
+
+    policy = by_id()["no-private-key-in-state"]
+    for name, inventory in inventories.items():
+        assert "PRIVATE KEY" not in json.dumps(inventory), name
+        assert run_pack(inventory, [policy]) == [], name

@@ -89,7 +89,7 @@ def _waive(expires, reason="Forwarder is being replaced by the 2027 uplink proje
         _drop_forwarder(config)
         config["medplat:waivers"] = [{"policy": "site-required-workloads", "resource": "edge-dresden-namespace",
                                       "reason": reason, "approver": "ciso@saxony-hospitals.example",
-                                      "expires": expires}]
+                                      "expires": expires}] + config.get("medplat:waivers", [])
     return edit
 
 
@@ -107,7 +107,8 @@ def test_valid_waiver_accepts_the_violation_and_is_reported(stacks_copy, tmp_pat
     report = json.loads((tmp_path / "report.json").read_text())
     (waived,) = [f for f in report["findings"] if f["policy"] == "site-required-workloads"]
     assert waived["status"] == "waived" and waived["waiver"]["approver"] == "ciso@saxony-hospitals.example"
-    assert report["waivers"][0]["expires"] == "2027-03-31" and report["waivers"][0]["expired"] is False
+    (record,) = [w for w in report["waivers"] if w["policy"] == "site-required-workloads"]
+    assert record["expires"] == "2027-03-31" and record["expired"] is False
     sarif = json.loads((tmp_path / "report.sarif").read_text())
     (result_entry,) = [r for r in sarif["runs"][0]["results"] if r["ruleId"] == "site-required-workloads"]
     assert result_entry["suppressions"][0]["status"] == "accepted"

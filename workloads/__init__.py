@@ -28,10 +28,15 @@ def catalog() -> dict[str, WorkloadSpec]:
 
 
 @lru_cache(maxsize=1)
+def image_entries() -> dict[str, dict]:
+    """Workload name -> its lock entry (digest, placeholder flag, recorded signature verification)."""
+    data = yaml.safe_load((resources.files(__name__) / LOCK_FILE).read_text(encoding="utf-8")) or {}
+    return {name: dict(entry) for name, entry in (data.get("images") or {}).items()}
+
+
 def image_lock() -> dict[str, str]:
     """Workload name -> image digest, written by the release pipeline."""
-    data = yaml.safe_load((resources.files(__name__) / LOCK_FILE).read_text(encoding="utf-8")) or {}
-    return {name: entry["digest"] for name, entry in (data.get("images") or {}).items()}
+    return {name: entry["digest"] for name, entry in image_entries().items()}
 
 
 @lru_cache(maxsize=1)

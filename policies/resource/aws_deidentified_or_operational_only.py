@@ -11,6 +11,7 @@ META = Meta(
     rationale="Pseudonymized data is still personal data; only data that no longer identifies a patient, "
               "and the platform's own operational data, may be processed on AWS.",
     remediation="Keep pseudonymized/PHI processing in the EU PHI zone; anonymize before export to AWS.",
+    applies=lambda resource_type, _props: is_aws(resource_type) and not resource_type.startswith("pulumi:providers:"),
 )
 ALLOWED = ("deidentified", "operational")
 

@@ -12,6 +12,7 @@ META = Meta(
     rationale="Even de-identified research data stays in the EU; processing elsewhere is a transfer under "
               "GDPR Chapter V and breaks the platform's residency promise.",
     remediation="Set aws:region (or the resource's region) to an EU region listed in compliance/residency.yaml.",
+    applies=lambda resource_type, _props: is_aws(resource_type),
 )
 
 

@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, annotations, csv, pod_spec
+from medplat.policies.lib import WORKLOAD_KINDS, annotations, csv, pod_spec, has_pod
 
 META = Meta(
     id="edge-egress-mtls",
@@ -13,6 +13,7 @@ META = Meta(
               "from the platform CA.",
     remediation="Declare `secrets: [{name: mtls-client, ...}]` (or mtls-server) in the workload spec.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 

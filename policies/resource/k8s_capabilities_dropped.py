@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, security_context
+from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, security_context, has_pod
 
 META = Meta(
     id="k8s-capabilities-dropped",
@@ -11,6 +11,7 @@ META = Meta(
     rationale="Capabilities such as NET_RAW or SYS_ADMIN give a compromised process kernel-level powers.",
     remediation="Set capabilities.drop=[ALL] and seccompProfile.type=RuntimeDefault.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 

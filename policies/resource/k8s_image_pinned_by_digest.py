@@ -4,7 +4,7 @@ import re
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check
+from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, has_pod
 
 META = Meta(
     id="k8s-image-pinned-by-digest",
@@ -14,6 +14,7 @@ META = Meta(
               "and listed in the SBOM.",
     remediation="Reference images as repository@sha256:<digest> (workloads/images.lock.yaml).",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 

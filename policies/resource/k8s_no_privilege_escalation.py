@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, containers, pod_spec
+from medplat.policies.lib import WORKLOAD_KINDS, containers, pod_spec, has_pod
 
 META = Meta(
     id="k8s-no-privilege-escalation",
@@ -12,6 +12,7 @@ META = Meta(
     rationale="Privileged pods and host namespaces bypass container isolation entirely.",
     remediation="Set privileged=false and allowPrivilegeEscalation=false; remove hostNetwork/hostPID/hostIPC.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 

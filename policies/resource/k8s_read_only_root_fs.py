@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check
+from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, has_pod
 
 META = Meta(
     id="k8s-read-only-root-fs",
@@ -11,6 +11,7 @@ META = Meta(
     rationale="An immutable image cannot be altered at run time to persist an attacker's tools.",
     remediation="Set securityContext.readOnlyRootFilesystem=true; mount an emptyDir for scratch space.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 POLICY = MedplatResourcePolicy(META, container_policy_check(

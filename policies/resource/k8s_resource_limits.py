@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check
+from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, has_pod
 
 META = Meta(
     id="k8s-resource-limits",
@@ -11,6 +11,7 @@ META = Meta(
     rationale="One runaway workload must not starve the device adapters of a small edge node.",
     remediation="Set resources.requests and resources.limits for cpu and memory.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 

@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatResourcePolicy
-from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, security_context
+from medplat.policies.lib import WORKLOAD_KINDS, container_policy_check, security_context, has_pod
 
 META = Meta(
     id="k8s-run-as-non-root",
@@ -11,6 +11,7 @@ META = Meta(
     rationale="A process running as root turns a container escape into node compromise.",
     remediation="Set securityContext.runAsNonRoot=true and a runAsUser >= 1000.",
     resource_types=tuple(WORKLOAD_KINDS),
+    applies=has_pod,
 )
 
 

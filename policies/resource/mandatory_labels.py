@@ -12,6 +12,7 @@ META = Meta(
     severity=Severity.MEDIUM,
     rationale="The asset inventory, data classification and the residency proof all read these labels.",
     remediation="Create the resource through a medplat component (LabelledComponent.child), which labels it.",
+    applies=lambda resource_type, _props: not resource_type.startswith("pulumi:") and taggable(resource_type),
 )
 
 

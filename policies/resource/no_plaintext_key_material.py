@@ -16,6 +16,8 @@ META = Meta(
     remediation="Use openstack.keymanager.OrderV1 instead of SecretV1 with a payload; wrap secret values "
                 "in pulumi.Output.secret.",
     resource_types=("openstack:keymanager/secretV1:SecretV1", "kubernetes:core/v1:Secret"),
+    applies=lambda resource_type, props: resource_type != "kubernetes:core/v1:Secret"
+    or data_class(resource_type, props) == "key-material" or props.get("type") == "kubernetes.io/tls",
 )
 MASK = "[secret]"
 

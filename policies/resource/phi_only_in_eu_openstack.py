@@ -12,6 +12,8 @@ META = Meta(
               "a US-owned cloud falls under third-country access laws (GDPR Art. 44).",
     remediation="Move the resource into the EuPhiZone stack, or de-identify the data before it reaches AWS "
                 "and label the resource 'deidentified'.",
+    # Every resource that declares a data class: each one is checked for where that class may live.
+    applies=lambda resource_type, props: data_class(resource_type, props) is not None,
 )
 
 

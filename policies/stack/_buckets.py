@@ -11,6 +11,11 @@ def buckets(args):
     return [r for r in args.resources if r.resource_type == BUCKET]
 
 
+def bucket_urns(resources) -> list[str]:
+    """Scope of the bucket policies: every S3 bucket."""
+    return [r.urn for r in resources if r.resource_type == BUCKET]
+
+
 def purpose(bucket) -> str | None:
     return (bucket.props.get("tags") or {}).get(PURPOSE_TAG)
 

@@ -23,6 +23,8 @@ META = Meta(
               "workload streams PHI to it from outside the EU.",
     remediation="Route the data through the dicom-anonymizer or pseudonymizer workload first, or keep the "
                 "consumer in the EU PHI zone / at the edge.",
+    # Every resource that holds or handles phi / key-material: the paths from each are followed.
+    scope=lambda resources: [r.urn for r in resources if _carried(r)],
 )
 TRANSFORMERS = {"anonymizer", "pseudonymizer"}
 INTERNET = "internet (an address outside the declared peers)"

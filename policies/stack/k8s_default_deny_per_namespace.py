@@ -10,6 +10,7 @@ META = Meta(
     rationale="Without a default deny, every pod can reach every other pod and the internet; allows must be "
               "explicit.",
     remediation="Create namespaces with restricted_namespace(), which adds default-deny-all.",
+    scope=lambda resources: [r.urn for r in resources if r.resource_type == "kubernetes:core/v1:Namespace"],
 )
 
 

@@ -11,6 +11,8 @@ META = Meta(
     severity=Severity.HIGH,
     rationale="Audit trails and evidence bundles must be impossible to alter or delete, even for admins.",
     remediation="Pass object_lock_days to SecureBucket.",
+    scope=lambda resources: [r.urn for r in resources if r.resource_type == "aws:s3/bucket:Bucket"
+                             and purpose(r) in LOCKED],
 )
 LOCKED = ("audit", "evidence")
 LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"

@@ -3,7 +3,7 @@ from pulumi_policy import Severity
 
 from medplat.components.secure_bucket import LOG_TARGET_PURPOSE
 from medplat.policies.base import Meta, MedplatStackPolicy
-from medplat.policies.stack._buckets import bucket_check, purpose
+from medplat.policies.stack._buckets import bucket_urns, bucket_check, purpose
 
 META = Meta(
     id="s3-access-logging",
@@ -11,6 +11,7 @@ META = Meta(
     severity=Severity.MEDIUM,
     rationale="Object-level access logs show who read research data and when.",
     remediation="Pass access_log_bucket to SecureBucket.",
+    scope=bucket_urns,
 )
 
 

@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatStackPolicy
-from medplat.policies.stack._buckets import bucket_check
+from medplat.policies.stack._buckets import bucket_urns, bucket_check
 
 META = Meta(
     id="s3-public-access-block",
@@ -10,6 +10,7 @@ META = Meta(
     severity=Severity.CRITICAL,
     rationale="A single public ACL or policy would publish research data to the internet.",
     remediation="Create buckets through SecureBucket (BucketPublicAccessBlock with all four flags).",
+    scope=bucket_urns,
 )
 FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 

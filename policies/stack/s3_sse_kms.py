@@ -3,7 +3,7 @@ from pulumi_policy import Severity
 
 from medplat.components.secure_bucket import LOG_TARGET_PURPOSE
 from medplat.policies.base import Meta, MedplatStackPolicy
-from medplat.policies.stack._buckets import bucket_check, purpose
+from medplat.policies.stack._buckets import bucket_urns, bucket_check, purpose
 
 META = Meta(
     id="s3-sse-kms",
@@ -12,6 +12,7 @@ META = Meta(
     severity=Severity.HIGH,
     rationale="KMS keys add access control and an audit trail on every decryption.",
     remediation="Create buckets through SecureBucket with kms_key_arn set.",
+    scope=bucket_urns,
 )
 SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 

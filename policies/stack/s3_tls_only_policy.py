@@ -4,7 +4,7 @@ import json
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatStackPolicy
-from medplat.policies.stack._buckets import bucket_check
+from medplat.policies.stack._buckets import bucket_urns, bucket_check
 
 META = Meta(
     id="s3-tls-only-policy",
@@ -12,6 +12,7 @@ META = Meta(
     severity=Severity.HIGH,
     rationale="Without the deny, clients may read or write objects over plain HTTP.",
     remediation="Create buckets through SecureBucket, which adds the DenyInsecureTransport statement.",
+    scope=bucket_urns,
 )
 
 

@@ -2,7 +2,7 @@
 from pulumi_policy import Severity
 
 from medplat.policies.base import Meta, MedplatStackPolicy
-from medplat.policies.stack._buckets import bucket_check
+from medplat.policies.stack._buckets import bucket_urns, bucket_check
 
 META = Meta(
     id="s3-versioning",
@@ -10,6 +10,7 @@ META = Meta(
     severity=Severity.HIGH,
     rationale="Versions let an overwritten or deleted object be restored (ransomware, operator error).",
     remediation="Create buckets through SecureBucket (BucketVersioning status Enabled).",
+    scope=bucket_urns,
 )
 
 

@@ -4,6 +4,8 @@ from pulumi_policy import Severity
 from medplat.policies.base import Meta, MedplatStackPolicy
 from medplat.policies.lib import WORKLOAD_KINDS, annotations, csv, labels
 
+REQUIRED = {"edge": {"audit", "store-and-forward"}, "eu-phi": {"audit"}}
+
 META = Meta(
     id="site-required-workloads",
     description="Each edge site runs workloads with the 'audit' and 'store-and-forward' roles; the EU PHI "
@@ -12,8 +14,9 @@ META = Meta(
     rationale="Without a local audit log, access to PHI at a site goes unrecorded; without store-and-forward, "
               "an uplink outage loses clinical data.",
     remediation="Add audit-log (and edge-forwarder at edge sites) to the stack's workloads.",
+    scope=lambda resources: [r.urn for r in resources if r.resource_type == "kubernetes:core/v1:Namespace"
+                             and labels(r.resource_type, r.props).get("medplat:zone") in REQUIRED],
 )
-REQUIRED = {"edge": {"audit", "store-and-forward"}, "eu-phi": {"audit"}}
 
 
 def check(args, report):

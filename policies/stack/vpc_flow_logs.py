@@ -10,6 +10,7 @@ META = Meta(
     severity=Severity.MEDIUM,
     rationale="Network flow records are needed to scope an incident and detect exfiltration.",
     remediation="Add an aws.ec2.FlowLog with vpc_id and traffic_type ALL (DeidAnalyticsZone does).",
+    scope=lambda resources: [r.urn for r in resources if r.resource_type == "aws:ec2/vpc:Vpc"],
 )
 
 

@@ -107,6 +107,7 @@ def run_for(entries, out: Path, project_root: Path | None = None):
     findings: list[Finding] = []
     zones: dict[str, dict[str, Any]] = {}
     rules: dict[str, dict[str, Any]] = {}
+    evaluations: list[dict[str, str]] = []
     controls = framework_controls()
     for inventory, _config, _waivers in entries:
         stack, zone = inventory["stack"], inventory.get("zone") or "?"
@@ -123,7 +124,7 @@ def run_for(entries, out: Path, project_root: Path | None = None):
                 continue
             reports = _run(["-d", str(target / "manifests"), "--framework", "kubernetes"], target / "results")
             locate = _lookup(index, lambda check: Path(check.get("file_path", "")).name)
-        _fold(reports, stack, zone, locate, controls, findings, zones, rules)
+        _fold(reports, stack, zone, locate, controls, findings, zones, rules, evaluations)
     from medplat.paths import project_root as find_project_root
 
     files = dockerfiles(project_root or find_project_root() or Path.cwd())
@@ -131,9 +132,10 @@ def run_for(entries, out: Path, project_root: Path | None = None):
         reports = _run([arg for f in files for arg in ("-f", str(f))] + ["--framework", "dockerfile"],
                        out / "dockerfiles" / "results")
         _fold(reports, "workloads", "images", lambda check: check.get("file_path", ""), controls, findings,
-              zones, rules)
+              zones, rules, evaluations)
     zones.setdefault("images", {"checks": 0, "passed": 0, "failed": 0, "waived": 0, "dockerfiles": len(files)})
-    return findings, {"version": CHECKOV_VERSION, "zones": zones, "rules": sorted(rules.values(), key=lambda r: r["id"])}
+    return findings, {"version": CHECKOV_VERSION, "zones": zones, "rules": sorted(rules.values(), key=lambda r: r["id"]),
+                      "evaluations": evaluations}
 
 
 def _lookup(mapping: dict[str, str], key_of):
@@ -141,7 +143,7 @@ def _lookup(mapping: dict[str, str], key_of):
     return lambda check: mapping.get(key_of(check), "")
 
 
-def _fold(reports, stack, zone, locate, controls, findings, zones, rules) -> None:
+def _fold(reports, stack, zone, locate, controls, findings, zones, rules, evaluations) -> None:
     figures = zones.setdefault(zone, {"checks": 0, "passed": 0, "failed": 0, "waived": 0, "ids": set()})
     for report in reports:
         framework = report.get("check_type", "")
@@ -156,11 +158,13 @@ def _fold(reports, stack, zone, locate, controls, findings, zones, rules) -> Non
                     "controls": controls.get(framework, []), "rationale": check.get("check_name", ""),
                     "remediation": check.get("guideline") or "See the checkov documentation for this check.",
                     "source": "checkov"})
+                urn = locate(check)
+                evaluations.append({"policy": check_id, "source": "checkov", "stack": stack,
+                                    "subject": urn or check.get("resource", ""), "resource_type": framework})
                 if outcome == "passed_checks":
                     figures["passed"] += 1
                     continue
                 figures["failed"] += 1
-                urn = locate(check)
                 findings.append(Finding(
                     policy=check_id, source="checkov", severity=(check.get("severity") or "medium").lower(),
                     enforcement="mandatory", stack=stack, urn=urn, resource_type=framework,

@@ -171,6 +171,23 @@ def _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, day):
         fail(f"{exc.filename or 'output'}: {exc.strerror}")
 
 
+@policy_app.command("pack")
+def policy_pack(out: Path = typer.Argument(..., help="Folder for the publishable pack (must be new or empty).")) -> None:
+    """Build a self-contained policy pack folder for `pulumi policy publish` (medplat inside as a wheel)."""
+    from medplat import packbuild
+
+    root = project_root()
+    if root is None:
+        fail("run from a medplat checkout: the pack is built from its sources")
+    try:
+        with console.status("building the medplat wheel into the pack…"):
+            requirements = packbuild.build(root, out)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"policy pack: {out} ({requirements.name} names the bundled wheel); "
+                  f"publish with `pulumi policy publish {out}`", soft_wrap=True)
+
+
 evidence_app = typer.Typer(no_args_is_help=True, help="Signed compliance evidence bundles.")
 app.add_typer(evidence_app, name="evidence")
 
@@ -197,16 +214,22 @@ def evidence_export(
         help="Use real `pulumi stack export` (deployed) or preview/inventory files instead of synthesizing."),
     stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
     checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+    scan: Optional[list[Path]] = typer.Option(None, "--scan", help="A vulnerability scan result to import "
+        "(pip-audit, OSV-Scanner, Grype or Trivy JSON, CycloneDX VEX); repeatable."),
+    previous: Optional[Path] = typer.Option(None, "--previous", help="The previous bundle, for the report's diff."),
     today: Optional[str] = typer.Option(None, "--today", hidden=True),
 ) -> None:
     """Write a signed evidence bundle; reproducible with SOURCE_DATE_EPOCH."""
     import tempfile
 
-    from medplat.evidence import bundle, signing
+    from medplat.evidence import bundle, signing, vulns
 
     try:
         private = signing.load_private(key)
-    except signing.SigningError as exc:
+        scans = [vulns.load(path) for path in scan or []]
+        if previous is not None:
+            bundle.read(previous)
+    except (signing.SigningError, vulns.ScanError, bundle.BundleError) as exc:
         fail(str(exc))
     if output.exists() and (output.is_file() or any(output.iterdir())):
         fail(f"{output}: already exists; choose a new bundle path")
@@ -216,7 +239,7 @@ def evidence_export(
         root = project_root() or Path.cwd()
         try:
             with console.status("building evidence (SBOMs, OSCAL, report)…"):
-                files = bundle.build_files(inventories, result, root)
+                files = bundle.build_files(inventories, result, root, signing.key_id(private), previous, scans)
                 sealed = bundle.seal(files, inventories, result, private, root)
                 bundle.write(sealed, output)
         except (bundle.BundleError, signing.SigningError) as exc:
@@ -264,11 +287,16 @@ def evidence_diff(old: Path = typer.Argument(...), new: Path = typer.Argument(..
 
 
 @evidence_app.command("coverage")
-def evidence_coverage(stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir")) -> None:
-    """Print the automated-check coverage table (markdown) for the required controls."""
+def evidence_coverage(stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
+                      checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+                      today: Optional[str] = typer.Option(None, "--today", hidden=True)) -> None:
+    """Print the coverage table (markdown) for the required controls: the evidence bundle's verdicts."""
+    import tempfile
+
     from medplat.evidence import matrix
 
-    entries, result = _run_gate(None, True, None, stacks_dir, Path("build/policy"), False, _day(None))
+    with tempfile.TemporaryDirectory() as scratch:
+        entries, result = _run_gate(None, True, None, stacks_dir, Path(scratch), checkov, _day(today))
     rows = matrix.control_matrix([inv for inv, _, _ in entries], result)
     print(matrix.coverage_markdown(matrix.coverage(rows)), end="")
 
@@ -307,6 +335,8 @@ def audit_verify(
                                           "reproduce, e.g. the last one the witness countersigned; repeatable."),
     origin: str | None = typer.Option(None, "--origin", help="Expected checkpoint origin."),
     require_cosigned: bool = typer.Option(False, "--require-cosigned", help="Fail unless a checkpoint is cosigned."),
+    allow_unverified_tail: bool = typer.Option(False, "--allow-unverified-tail",
+        help="Exit 0 even if entries after the last signed checkpoint could not be verified (still reported)."),
 ) -> None:
     """Verify an exported audit log offline against its signed checkpoints (exit 1 on tampering)."""
     from medplat.workloads.audit_log.note import NoteError, Verifier
@@ -325,9 +355,102 @@ def audit_verify(
         errors.print(f"medplat: TAMPERED: {problem}", markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
-    span = f"entries {report.first}..{report.first + report.entries - 1}" if report.entries else "no entries"
+    tail = report.unverified
+    verified_last = tail[0] - 1 if tail else report.last
+    span = f"entries {report.first}..{verified_last}" if report.entries and verified_last >= report.first \
+        else "no entries"
     console.print(f"audit log OK: {span}, {report.checkpoints} signed checkpoints reproduced, "
                   f"{report.cosignatures} cosigned by the witness", soft_wrap=True)
+    if tail:
+        errors.print(f"medplat: UNVERIFIED: entries {tail[0]}..{tail[1]} are not covered by a signed checkpoint; "
+                     "their content is not proven", markup=False, highlight=False, soft_wrap=True)
+        if not allow_unverified_tail:
+            raise typer.Exit(1)
+
+
+compliance_app = typer.Typer(no_args_is_help=True, help="Continuous compliance of deployed stacks.")
+app.add_typer(compliance_app, name="compliance")
+
+
+@compliance_app.command("run")
+def compliance_run(
+    exports: list[Path] = typer.Argument(..., help="`pulumi stack export` or `pulumi preview --json` files."),
+    out: Path = typer.Option(Path("build/compliance"), "--out", "-o", help="Folder kept across runs."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir", help="Where Pulumi.<stack>.yaml (waivers) live."),
+    planned: Optional[Path] = typer.Option(None, "--planned", help="Folder of planned <stack>.inventory.json files "
+                                           "to report drift against."),
+    audit_url: Optional[str] = typer.Option(None, "--audit-url", envvar="MEDPLAT_COMPLIANCE_AUDIT_URL",
+                                            help="Audit log to record the run's digest in (spooled while down)."),
+    checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
+    today: Optional[str] = typer.Option(None, "--today", hidden=True),
+) -> None:
+    """Re-check deployed state: policies + checkov, an OSCAL result appended, digest audited, drift shown."""
+    import datetime
+
+    from medplat import gate
+    from medplat.evidence import continuous
+    from medplat.service.audit import AuditClient
+
+    day = _day(today)
+    try:
+        loaded = [gate.from_file(path) for path in exports]
+        entries = [(inv, None, continuous.stack_waivers(stacks_dir or default_stacks_dir(), inv["stack"]))
+                   for inv, _, _ in loaded]
+        checkov_findings, checkov_summary = [], {}
+        if checkov:
+            from medplat import checkov as checkov_runner
+            checkov_findings, checkov_summary = checkov_runner.run_for(entries, out / "checkov")
+        result = gate.check_inventories(entries, day, checkov_findings, checkov_summary)
+        moment = datetime.datetime.now(datetime.timezone.utc)
+        inventories = [inv for inv, _, _ in entries]
+        record, path, digest = continuous.run(inventories, result, out, moment)
+        before = continuous.previous_run(out, path)
+        changes = continuous.drift(continuous.load_side(before), record) if before else []
+        if planned is not None:
+            for inv in inventories:
+                side = planned / f"{inv['stack']}.inventory.json"
+                if side.is_file():
+                    changes += [f"vs planned {inv['stack']}: {line}" for line in
+                                continuous.drift(continuous.load_side(side), {
+                                    "resources": continuous.resource_digests([inv]), "controls": {}})]
+    except USER_ERRORS + (continuous.ComplianceError,) as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"waivers: {str(exc).splitlines()[0]}")
+    client = AuditClient(audit_url, out / "audit-spool.jsonl", flush_s=3600)
+    try:
+        client.record(continuous.audit_event(digest, path, record))
+        delivered = client.flush()
+    finally:
+        client.close()
+    gate_line = result.summary()
+    console.print(f"compliance run {path} (sha256 {digest[:16]}…): gate {gate_line['result'].upper()}, "
+                  f"{gate_line['mandatoryFailures']} mandatory violation(s); OSCAL result appended to "
+                  f"{out / continuous.RESULTS}", soft_wrap=True)
+    console.print(f"audit log: {'recorded at ' + audit_url if delivered and audit_url else 'NOT delivered: spooled in ' + str(out / 'audit-spool.jsonl')}",
+                  soft_wrap=True)
+    for line in changes:
+        console.print(f"drift: {line}", markup=False, soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+@compliance_app.command("drift")
+def compliance_drift(
+    before: Path = typer.Argument(..., help="A run record (runs/*.json), inventory or stack export."),
+    after: Path = typer.Argument(..., help="The later one."),
+) -> None:
+    """New, removed and changed resources and flipped controls; exit 1 if anything drifted."""
+    from medplat.evidence import continuous
+
+    try:
+        lines = continuous.drift(continuous.load_side(before), continuous.load_side(after))
+    except USER_ERRORS + (continuous.ComplianceError,) as exc:
+        fail(str(exc))
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+    if not lines:
+        console.print("no drift")
+    raise typer.Exit(1 if lines else 0)
 
 
 fleet_app = typer.Typer(no_args_is_help=True, help="The fleet's TUF update repository.")
@@ -509,10 +632,12 @@ def demo(
         signing.keygen(key_path)
     target = out / f"evidence-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     inventories = [inv for inv, _, _ in entries]
+    private = signing.load_private(key_path)
+    previous = sorted(p for p in out.glob("evidence-*") if p.is_dir())
     with console.status("3/4 building the signed evidence bundle…"):
-        files = bundle.build_files(inventories, result, project_root() or Path.cwd())
-        bundle.write(bundle.seal(files, inventories, result, signing.load_private(key_path),
-                                 project_root() or Path.cwd()), target)
+        files = bundle.build_files(inventories, result, project_root() or Path.cwd(), signing.key_id(private),
+                                   previous[-1] if previous else None)
+        bundle.write(bundle.seal(files, inventories, result, private, project_root() or Path.cwd()), target)
     verified = bundle.verify(target, key_path.with_suffix(".pub"))
     console.print(f"3/4 evidence bundle: {target} ({verified.files} files, signature "
                   f"{'verified' if verified.ok else 'NOT verified'}; demo key {key_path})", soft_wrap=True)

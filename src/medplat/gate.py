@@ -5,9 +5,10 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from medplat.compliance.controls import policy_controls
 from medplat.config import Waiver
 from medplat.inventory import Inventory, load_any
-from medplat.policycheck import Finding, apply_waivers, run_pack, sort_findings
+from medplat.policycheck import Evaluation, Finding, WAIVER_POLICY, apply_waivers, evaluate_pack, sort_findings
 from medplat.reports import GateResult
 from medplat.stackset import StackSet
 
@@ -35,16 +36,20 @@ def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[W
     from medplat.policies.registry import all_policies, by_id
 
     findings: list[Finding] = []
+    evaluations: list[Evaluation] = []
     for inventory, _config_file, _waivers in inventories:
-        findings += run_pack(inventory, all_policies())
+        found, checked = evaluate_pack(inventory, all_policies())
+        findings += found
+        evaluations += checked
     if len(inventories) > 1:
         # Flows cross stacks (edge -> EU zone): prove residency over the union as well.
         union = {"stack": "all", "resources": [r for inv, _, _ in inventories for r in inv["resources"]]}
         seen = {(f.policy, f.urn, f.message) for f in findings}
-        for finding in run_pack(union, [by_id()[p] for p in CROSS_STACK_POLICIES]):
-            if (finding.policy, finding.urn, finding.message) not in seen:
-                findings.append(finding)
+        found, checked = evaluate_pack(union, [by_id()[p] for p in CROSS_STACK_POLICIES])
+        findings += [f for f in found if (f.policy, f.urn, f.message) not in seen]
+        evaluations += checked
     findings += checkov_findings or []
+    evaluations += [Evaluation(**e) for e in (checkov_summary or {}).get("evaluations", [])]
     waivers = {inv["stack"]: list(w) for inv, _, w in inventories}
     findings = sort_findings(apply_waivers(findings, waivers, today))
     rules = policy_rules()
@@ -52,14 +57,44 @@ def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[W
                "approver and an expiry date that has not passed.", "severity": "high", "enforcement": "mandatory",
                "controls": ["ISO27001-A.8.32"], "rationale": "Accepted risk must stay visible and time-boxed.",
                "remediation": "Renew the waiver with a new approval, or fix the violation.", "source": "medplat"}]
+    rules += [{"id": "vulnerability-scan", "description": "Imported vulnerability scan results (pip-audit, "
+               "OSV-Scanner, Grype, Trivy, CycloneDX VEX) list no known vulnerability in any SBOM component.",
+               "severity": "high", "enforcement": "mandatory", "controls": policy_controls()["vulnerability-scan"],
+               "rationale": "Software must be made available without known exploitable vulnerabilities.",
+               "remediation": "Upgrade the package to a fixed version, or accept the risk with a waiver.",
+               "source": "scanner"}]
     rules += (checkov_summary or {}).get("rules", [])
     waiver_records = [{"stack": stack, "policy": w.policy, "resource": w.resource, "reason": w.reason,
                        "approver": w.approver, "expires": w.expires.isoformat(),
-                       "expired": w.expires < today} for stack, ws in waivers.items() for w in ws]
+                       "expired": w.expires < today, "daysLeft": (w.expires - today).days}
+                      for stack, ws in waivers.items() for w in ws]
+    evaluations += [Evaluation(WAIVER_POLICY, "medplat", stack, w.resource, "waiver")
+                    for stack, ws in waivers.items() for w in ws]
     summary = _checkov_summary(checkov_summary or {}, findings,
                                {inv["stack"]: inv.get("zone") for inv, _, _ in inventories})
     return GateResult(stacks=[_stack_entry(inv, cfg) for inv, cfg, _ in inventories], policies=rules,
-                      findings=findings, waivers=waiver_records, checkov=summary)
+                      findings=findings, waivers=waiver_records, checkov=summary,
+                      evaluations=results(evaluations, findings))
+
+
+def results(evaluations: list[Evaluation], findings: list[Finding]) -> list[dict[str, Any]]:
+    """Each evaluated (check, subject) with its result: fail (any unwaived finding, advisory or not),
+    waived, or pass. A finding on a subject no scope named still counts as evaluated."""
+    by_key: dict[tuple[str, str, str], list[Finding]] = {}
+    for finding in findings:
+        by_key.setdefault((finding.policy, finding.stack, finding.urn or finding.name), []).append(finding)
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for item in evaluations:
+        rows.setdefault((item.policy, item.stack, item.subject), item.to_json())
+    for key, found in by_key.items():
+        if key not in rows:
+            first = found[0]
+            rows[key] = Evaluation(first.policy, first.source, first.stack, key[2], first.resource_type).to_json()
+    for key, row in rows.items():
+        statuses = {f.status for f in by_key.get(key, [])}
+        row["status"] = "fail" if "fail" in statuses else "waived" if "waived" in statuses else "pass"
+        row["findings"] = [f.message for f in by_key.get(key, [])]
+    return sorted(rows.values(), key=lambda r: (r["policy"], r["stack"], r["subject"]))
 
 
 def synthesized(stackset: StackSet, names: list[str]) -> list[tuple[dict[str, Any], str | None, list[Waiver]]]:
@@ -79,7 +114,7 @@ def from_file(path: Path) -> tuple[dict[str, Any], str | None, list[Waiver]]:
 
 def _checkov_summary(raw: dict[str, Any], findings: list[Finding], zones: dict[str, str | None]) -> dict[str, Any]:
     """Per zone: distinct checks run, results passed, failed (unwaived) and waived."""
-    summary = {k: v for k, v in raw.items() if k != "rules"}
+    summary = {k: v for k, v in raw.items() if k not in ("rules", "evaluations")}
     per_zone = {zone: {k: v for k, v in figures.items() if k != "ids"}
                 for zone, figures in (raw.get("zones") or {}).items()}
     for figures in per_zone.values():

@@ -94,13 +94,33 @@ async def _await(awaitable) -> None:
     await awaitable
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One check evaluated one resource (or subject): the evidence a verdict is built from."""
+    policy: str
+    source: str
+    stack: str
+    subject: str  # a URN, or a file / waiver name for checks that are not about a resource
+    resource_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def run_pack(inventory: dict[str, Any], policies: Iterable, config: dict[str, Any] | None = None) -> list[Finding]:
     """Validate one inventory (or a union of inventories) with the given policies."""
+    return evaluate_pack(inventory, policies, config)[0]
+
+
+def evaluate_pack(inventory: dict[str, Any], policies: Iterable,
+                  config: dict[str, Any] | None = None) -> tuple[list[Finding], list[Evaluation]]:
+    """Findings, and every (policy, resource) pair the policies evaluated."""
     stack = inventory.get("stack") or "?"
     resources = policy_resources(inventory)
     by_urn = {r.urn: r for r in resources}
     custom = {row["urn"] for row in inventory["resources"] if row["custom"]}
     findings: list[Finding] = []
+    evaluations: list[Evaluation] = []
 
     def finding(policy, urn: str | None, message: str) -> Finding:
         resource = by_urn.get(urn or "")
@@ -113,21 +133,30 @@ def run_pack(inventory: dict[str, Any], policies: Iterable, config: dict[str, An
             message=message, controls=list(getattr(policy, "controls", [])),
         )
 
+    def evaluated(policy, urn: str) -> None:
+        resource = by_urn.get(urn)
+        evaluations.append(Evaluation(policy.name, "crossguard", _stack_of(urn) or stack, urn,
+                                      resource.resource_type if resource else ""))
+
     for policy in policies:
         if policy.enforcement_level == EnforcementLevel.DISABLED:
             continue
         if isinstance(policy, StackValidationPolicy):
             args = StackValidationArgs(resources, config or {})
             _call(policy.validate, args, lambda message, urn=None, p=policy: findings.append(finding(p, urn, message)))
+            for urn in policy.scope(resources) if hasattr(policy, "scope") else []:
+                evaluated(policy, urn)
             continue
         for resource in resources:
             if resource.urn not in custom:
                 continue
+            if hasattr(policy, "evaluates") and policy.evaluates(resource.resource_type, resource.props):
+                evaluated(policy, resource.urn)
             args = ResourceValidationArgs(resource.resource_type, resource.props, resource.urn, resource.name,
                                           resource.opts, resource.provider, config or {})
             _call(policy.validate, args,
                   lambda message, urn=None, p=policy, r=resource: findings.append(finding(p, urn or r.urn, message)))
-    return findings
+    return findings, evaluations
 
 
 def _stack_of(urn: str | None) -> str | None:

@@ -20,6 +20,7 @@ class GateResult:
     findings: list[Finding]
     waivers: list[dict[str, Any]] = field(default_factory=list)
     checkov: dict[str, Any] = field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # {policy, stack, subject, status, ...}
 
     @property
     def blocking(self) -> list[Finding]:
@@ -56,6 +57,7 @@ def to_json(result: GateResult) -> str:
         "waivers": result.waivers,
         "checkov": result.checkov,
         "policies": result.policies,
+        "evaluations": result.evaluations,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 

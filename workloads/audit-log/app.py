@@ -201,7 +201,7 @@ def build(settings: Settings | None = None):
     @router.get("/entries", tags=["log"], dependencies=[Depends(auditor)])
     def search(patient: str | None = None, agent: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        return {"entries": audit.search(patient, agent, since, until, limit)}
+        return audit.search_proven(patient, agent, since, until, limit)
 
     @router.get("/proofs/inclusion", tags=["proofs"], dependencies=[Depends(auditor)])
     def inclusion(index: int, size: int | None = None) -> dict[str, Any]:

@@ -50,6 +50,12 @@ def search_fields(event: dict[str, Any]) -> dict[str, Any]:
     return {"patient": patient, "agent": agent, "recorded": recorded}
 
 
+def indexed(event: dict[str, Any]) -> dict[str, Any]:
+    """The search fields as JSON (what a client compares against its query)."""
+    fields = search_fields(event)
+    return {**fields, "recorded": fields["recorded"].isoformat()}
+
+
 def validate_events(events: list[Any]) -> list[dict[str, Any]]:
     if not events:
         raise LogError(400, "no events")
@@ -141,6 +147,21 @@ class AuditLog:
             rows = connection.execute(query.order_by(entries.c.idx).limit(limit)).all()
         return [{"index": row.idx, "event": orjson.loads(row.entry)} for row in rows]
 
+    def search_proven(self, patient: str | None, agent: str | None, since: datetime.datetime | None,
+                      until: datetime.datetime | None, limit: int) -> dict[str, Any]:
+        """Search results a client can check: each entry with its inclusion proof against the
+        signed checkpoint returned alongside, and the indexed fields recomputed from the logged
+        entry itself (the search columns are derived from it, and it is what the tree covers).
+        Completeness is not proven here: `medplat audit search` over a verified export is."""
+        with self._lock:
+            note = self.checkpoint()
+            size = Checkpoint.parse(note).size
+            found = [e for e in self.search(patient, agent, since, until, limit) if e["index"] <= size]
+            for item in found:
+                item["indexed"] = indexed(item["event"])
+                item["proof"] = self.tree.prove_inclusion(item["index"], size).serialize()
+        return {"entries": found, "checkpoint": note, "size": size}
+
     def inclusion(self, index: int, size: int | None) -> dict[str, Any]:
         size = size or self.size
         if not 0 < index <= size <= self.size:
@@ -163,10 +184,14 @@ class AuditLog:
     def export(self, start: int = 1, end: int | None = None):
         """JSON lines: {"index", ["proof",] "entry": <the event>} in order, each signed checkpoint
         ({"checkpoint": note}) right after the entry at its size."""
+        whole = end is None
         end = end or self.size
         with self.engine.connect() as connection:
+            # The whole log carries every checkpoint, including any past the last stored entry
+            # (entries lost or deleted): the verifier must see them to notice.
+            bound = checkpoints.c.size >= start if whole else (checkpoints.c.size >= start) & (checkpoints.c.size <= end)
             stored = connection.execute(select(checkpoints.c.size, checkpoints.c.cosigned, checkpoints.c.note).where(
-                checkpoints.c.log == self.log, checkpoints.c.size >= start, checkpoints.c.size <= end)).all()
+                checkpoints.c.log == self.log, bound)).all()
             notes = {row.size: row.cosigned or row.note for row in stored}  # a cosigned note keeps the log's line
             proof_size = max(notes) if start > 1 and notes else None
             if start > 1:  # a slice: inclusion proofs against its last checkpoint replace the prefix

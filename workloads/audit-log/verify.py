@@ -5,6 +5,10 @@ pymerkle and its root at each checkpoint's size must equal the signed root; indi
 run 1..N without gaps. A slice (start > 1) carries an inclusion proof per entry against the
 slice's last checkpoint. Extra trusted checkpoints (e.g. the last one the witness
 countersigned) must also be reproduced, which catches a log rolled back behind them.
+
+Only entries covered by a reproduced signed checkpoint are verified: entries after the last
+one (a tail whose checkpoint is missing or was deleted) are reported as unverified, never
+counted as checked.
 """
 from __future__ import annotations
 
@@ -29,7 +33,18 @@ class Report:
     first: int = 0
     checkpoints: int = 0
     cosignatures: int = 0
+    verified_size: int = 0  # the largest signed checkpoint size the entries reproduced
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.first + self.entries - 1 if self.entries else 0
+
+    @property
+    def unverified(self) -> tuple[int, int] | None:
+        """(first, last) index of entries no reproduced signed checkpoint covers, if any."""
+        start = max(self.verified_size + 1, self.first)
+        return (start, self.last) if self.entries and start <= self.last else None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +89,8 @@ def _checkpoint_line(line: bytes, number: int, tree: LeafListTree, expected_inde
         elif tree.get_root(size) != checkpoint.root:
             report.problems.append(f"root at size {size} differs from its signed checkpoint: "
                                    "an entry was changed, removed, inserted or reordered")
+        else:
+            report.verified_size = max(report.verified_size, size)
     else:
         pending.append((checkpoint, number))
 
@@ -126,6 +143,8 @@ def verify_lines(lines: Iterable[bytes], log_key: Verifier, *, witness_key: Veri
                                    "entries: rolled back")
         elif report.first == 1 and checkpoint.size and tree.get_root(checkpoint.size) != checkpoint.root:
             report.problems.append(f"trusted checkpoint at size {checkpoint.size} is not reproduced: history changed")
+        elif report.first == 1:
+            report.verified_size = max(report.verified_size, checkpoint.size)
     if require_cosigned and report.cosignatures == 0:
         report.problems.append("no checkpoint carries the witness's cosignature")
     if report.checkpoints == 0 and not report.problems:
@@ -137,8 +156,39 @@ def _verify_slice(proofs: list[tuple[int, bytes, dict]], pending: list[tuple[Che
     if not pending:
         return
     last = max((c for c, _ in pending), key=lambda c: c.size)
+    failed = False
     for index, leaf, proof in proofs:
+        if index > last.size:
+            continue  # beyond the checkpoint: reported as the unverified tail
         try:
             verify_inclusion(leaf, last.root, InclusionProof.deserialize(proof), index=index, size=last.size)
         except (InvalidProof, KeyError, TypeError, ValueError) as exc:
             report.problems.append(f"entry {index}: not included in checkpoint {last.size} ({exc})")
+            failed = True
+    if not failed:
+        report.verified_size = last.size
+
+
+def verify_search(response: dict, log_key: Verifier, *, patient: str | None = None, agent: str | None = None,
+                  origin: str | None = None) -> list[str]:
+    """Problems with a search response (empty when every result is proven): the checkpoint is
+    signed, each entry is included in it, and each entry's own fields match the query."""
+    from medplat.workloads.audit_log.log import canonical, indexed
+
+    report = Report()
+    checkpoint = _check_note(response.get("checkpoint", ""), origin, log_key, None, report)
+    if checkpoint is None:
+        return report.problems
+    for item in response.get("entries") or []:
+        index, event = item.get("index"), item.get("event") or {}
+        leaf = hashlib.sha256(b"\x00" + canonical(event)).digest()
+        try:
+            verify_inclusion(leaf, checkpoint.root, InclusionProof.deserialize(item.get("proof") or {}),
+                             index=index, size=checkpoint.size)
+        except (InvalidProof, KeyError, TypeError, ValueError) as exc:
+            report.problems.append(f"entry {index}: not included in checkpoint {checkpoint.size} ({exc})")
+            continue
+        fields = indexed(event)
+        if patient and fields["patient"] != patient or agent and fields["agent"] != agent:
+            report.problems.append(f"entry {index}: its logged content does not match the query")
+    return report.problems

@@ -69,6 +69,8 @@ def scope(inventories: list[dict[str, Any]]) -> dict[str, Any]:
                               "dataClasses": sorted(filter(None, notes.get("medplat.io/writes", "").split(",")))})
     custom = [r for inv in inventories for r in inv["resources"] if r["custom"]]
     return {
+        "sitePolicies": _site_policies(inventories),
+        "egressAddresses": _egress_addresses(inventories),
         "evidenceLabel": label_of(inventories),
         "stacks": [{"stack": inv["stack"], "zone": inv.get("zone"), "status": inv["status"], "source": inv["source"],
                     "resources": len(inv["resources"]),
@@ -83,32 +85,60 @@ def scope(inventories: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_files(inventories: list[dict[str, Any]], result: GateResult, project_root: Path) -> dict[str, bytes]:
+def _site_policies(inventories) -> list[dict[str, Any]]:
+    """Each edge site's egress policy, as the site-policy ConfigMap the EU zone pushes carries it."""
+    found = []
+    for inv in inventories:
+        for resource in inv["resources"]:
+            data = resource["inputs"].get("data") if resource["type"] == "kubernetes:core/v1:ConfigMap" else None
+            if not isinstance(data, dict) or "site-policy.json" not in data:
+                continue
+            try:
+                policy = json.loads(data["site-policy.json"])
+            except (TypeError, ValueError):
+                continue
+            found.append({"stack": inv["stack"], "site": policy.get("site"),
+                          "egressDataClasses": sorted(policy.get("egressDataClasses") or []),
+                          "refusedDataClasses": sorted(policy.get("refusedDataClasses") or []),
+                          "cloudEndpoint": data.get("cloud-endpoint")})
+    return sorted(found, key=lambda p: (p["stack"], str(p["site"])))
+
+
+def _egress_addresses(inventories) -> list[dict[str, Any]]:
+    """Addresses outside the cluster each workload's NetworkPolicy lets it reach."""
+    found = []
+    for inv in inventories:
+        for resource in inv["resources"]:
+            if resource["type"] != "kubernetes:networking.k8s.io/v1:NetworkPolicy":
+                continue
+            spec = resource["inputs"].get("spec") or {}
+            cidrs = sorted({(peer.get("ipBlock") or {}).get("cidr") for rule in spec.get("egress") or []
+                            for peer in rule.get("to") or [] if (peer.get("ipBlock") or {}).get("cidr")})
+            if cidrs:
+                name = ((resource["inputs"].get("metadata") or {}).get("name") or resource["name"])
+                found.append({"stack": inv["stack"], "workload": name.removesuffix("-allow"), "cidrs": cidrs})
+    return sorted(found, key=lambda e: (e["stack"], e["workload"]))
+
+
+def evidence_digest(files: dict[str, str]) -> str:
+    """SHA-256 over every evidence file's name and SHA-256 (the report itself excluded)."""
+    lines = "".join(f"{hashlib.sha256(files[name].encode()).hexdigest()}  {name}\n" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def build_files(inventories: list[dict[str, Any]], result: GateResult, project_root: Path,
+                signer_keyid: str | None = None, previous: Path | None = None,
+                scans: list | None = None) -> dict[str, bytes]:
     """Every bundle file except the manifest and its signature."""
+    from medplat.evidence import vulns
     from medplat.workloads import catalog, image_lock, placeholder_digests
 
     moment = bundle_time()
     label = label_of(inventories)
-    rows = matrix.control_matrix(inventories, result)
     bundle_scope = scope(inventories)
-    files: dict[str, str] = {
-        "scope.json": _dump(bundle_scope),
-        "control-matrix.json": _dump({"evidenceLabel": label, "controls": rows}),
-        "control-matrix.csv": matrix.matrix_csv(rows),
-        **{f"policy/{name}": text for name, text in report_files(result).items()},
-        "waivers.json": _dump({"waivers": result.waivers}),
-        "oscal/assessment-results.json": oscal.assessment_results(rows, result.stacks, moment, label),
-        "report.html": html_report.render(rows, bundle_scope, result.summary(), iso(moment)),
-    }
+    files: dict[str, str] = {"scope.json": _dump(bundle_scope)}
     for inv in inventories:
         files[f"inventory/{inv['stack']}.json"] = _dump(inv)
-    template = (resources.files("medplat.compliance") / "templates" / "manual-evidence.md").read_text("utf-8")
-    sites = ", ".join(bundle_scope["sites"])
-    for row in rows:
-        if row["status"] == "manual":
-            files[f"manual-evidence/{row['control']}.md"] = template.format(
-                control=row["control"], title=row["title"], framework=row["framework"],
-                evidence=row["evidence"], sites=sites)
     deployed = {r["inputs"]["metadata"]["annotations"]["medplat.io/workload"]
                 for inv in inventories for r in inv["resources"]
                 if r["type"] == "kubernetes:apps/v1:Deployment"
@@ -120,7 +150,47 @@ def build_files(inventories: list[dict[str, Any]], result: GateResult, project_r
         lock = project_root / "workloads" / spec.name / "requirements.lock"
         files[f"sbom/workloads/{spec.name}.cdx.json"] = sbom.workload_sbom(
             spec, images[spec.name], lock, spec.name in placeholder_digests(), moment)
+    # Vulnerability scans are matched against the SBOMs just written, then judged like any check.
+    workload_stacks = {spec.name: _stacks_running(spec.name, inventories) for spec in specs}
+    sboms = {spec.name: json.loads(files[f"sbom/workloads/{spec.name}.cdx.json"]) for spec in specs}
+    result, scan_summaries = vulns.assess(result, scans or [], sboms, workload_stacks)
+    for number, scan in enumerate(scans or []):
+        files[f"vulnerabilities/{number:02d}-{scan.tool}.json"] = scan.raw
+    files["vulnerabilities/summary.json"] = _dump({"scans": scan_summaries})
+    rows = matrix.control_matrix(inventories, result)
+    files.update({
+        "control-matrix.json": _dump({"evidenceLabel": label, "controls": rows}),
+        "control-matrix.csv": matrix.matrix_csv(rows),
+        **{f"policy/{name}": text for name, text in report_files(result).items()},
+        "waivers.json": _dump({"waivers": result.waivers}),
+        "oscal/assessment-results.json": oscal.assessment_results(rows, result.stacks, moment, label),
+    })
+    template = (resources.files("medplat.compliance") / "templates" / "manual-evidence.md").read_text("utf-8")
+    sites = ", ".join(bundle_scope["sites"])
+    for row in rows:
+        if row["status"] == "manual":
+            files[f"manual-evidence/{row['control']}.md"] = template.format(
+                control=row["control"], title=row["title"], framework=row["framework"],
+                evidence=row["evidence"], sites=sites)
+    provenance = {"gitCommit": _git_commit(project_root), "signerKeyId": signer_keyid,
+                  "tools": _versions((result.checkov or {}).get("version")), "evidenceDigest": evidence_digest(files)}
+    changes = diff_files(read(previous), files) if previous is not None else None
+    files["report.html"] = html_report.render(rows, bundle_scope, result.summary(), iso(moment), provenance,
+                                              result.waivers, scan_summaries, changes)
     return {name: text.encode("utf-8") for name, text in files.items()}
+
+
+def _stacks_running(workload: str, inventories) -> list[str]:
+    stacks = []
+    for inv in inventories:
+        for r in inv["resources"]:
+            notes = (r["inputs"].get("metadata") or {}).get("annotations") or {} \
+                if r["type"] == "kubernetes:apps/v1:Deployment" else {}
+            family = r["inputs"].get("family") if r["type"] == "aws:ecs/taskDefinition:TaskDefinition" else None
+            if notes.get("medplat.io/workload") == workload or family == f"medplat-{workload}":
+                stacks.append(inv["stack"])
+                break
+    return stacks
 
 
 def _in_analytics(name: str, inventories) -> bool:
@@ -140,6 +210,8 @@ def seal(files: dict[str, bytes], inventories, result: GateResult, key, project_
         "gate": result.summary(),
         "gitCommit": _git_commit(project_root),
         "tools": _versions((result.checkov or {}).get("version")),
+        "signerKeyId": signing.key_id(key),
+        "evidenceDigest": evidence_digest({n: d.decode("utf-8") for n, d in files.items() if n != "report.html"}),
         "files": digests,
     }
     sealed = dict(files)
@@ -221,7 +293,10 @@ def verify(bundle: Path, public_key_path: Path) -> Verification:
 
 def diff(old: Path, new: Path) -> list[str]:
     """Controls and resources whose status changed between two bundles."""
-    before, after = read(old), read(new)
+    return diff_files(read(old), read(new))
+
+
+def diff_files(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     lines = []
 
     def controls(files):

@@ -74,6 +74,11 @@ def load_public(path: Path) -> SSlibKey:
     return SSlibKey.from_crypto(key)
 
 
+def key_id(private_key: Ed25519PrivateKey) -> str:
+    """The signer's key id (securesystemslib: SHA-256 of the canonical public key), as DSSE records it."""
+    return SSlibKey.from_crypto(private_key.public_key()).keyid
+
+
 def statement(subjects: dict[str, str], predicate: dict[str, Any]) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
