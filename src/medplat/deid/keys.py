@@ -1,0 +1,59 @@
+"""One key domain per project: the same patient gets the same date shift and the same
+pseudonyms in FHIR, telemetry and DICOM. Every derivation is a keyed HMAC-SHA256 with a
+label, so one project key serves them all without one output revealing another."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Pseudonymize(domain, values) -> pseudonyms, e.g. the pseudonymizer service or library.
+Pseudonymize = Callable[[str, list[str]], list[str]]
+
+MAX_SHIFT_DAYS = 3650
+
+
+def date_shift_days(key: bytes, patient_key: str) -> int:
+    """1 day .. 10 years back, per patient; the DICOM anonymizer derives its shift identically."""
+    digest = hmac.new(key, b"date-shift|" + patient_key.encode(), hashlib.sha256).digest()
+    return -(int.from_bytes(digest[:4], "big") % MAX_SHIFT_DAYS + 1)
+
+
+def crypto_hash(key: bytes, value: str) -> str:
+    """Hex HMAC-SHA256 (64 characters: still a valid FHIR id)."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class KeyDomain:
+    """The project's keys. `project` keys hashes and date shifts; `pseudonymize` renders
+    pseudonyms in the pseudonymizer's domains (cached per run: one call per distinct value)."""
+    project: bytes
+    pseudonymize: Pseudonymize | None = None
+    _cache: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+
+    def hash(self, value: str) -> str:
+        return crypto_hash(self.project, value)
+
+    def shift_days(self, patient_key: str) -> int:
+        return date_shift_days(self.project, patient_key)
+
+    def time_shift(self, patient_key: str) -> datetime.timedelta:
+        return datetime.timedelta(days=self.shift_days(patient_key))
+
+    def pseudonym(self, domain: str, value: str) -> str:
+        if self.pseudonymize is None:
+            raise ValueError(f"pseudonymize rule for domain {domain!r} but no pseudonymizer configured")
+        cached = self._cache.get((domain, value))
+        if cached is None:
+            cached = self._cache[(domain, value)] = self.pseudonymize(domain, [value])[0]
+        return cached
+
+    def prefetch(self, domain: str, values: list[str]) -> None:
+        """One round trip for many values (the pseudonymizer service takes lists)."""
+        missing = sorted({v for v in values if (domain, v) not in self._cache})
+        if missing and self.pseudonymize is not None:
+            for value, result in zip(missing, self.pseudonymize(domain, missing)):
+                self._cache[(domain, value)] = result
