@@ -16,8 +16,7 @@ import hashlib
 import json
 import hmac
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import fhirpathpy
 from fhirpathpy.models import models as fhirpath_models
@@ -49,53 +48,60 @@ class DeidError(ValueError):
     """A resource the configuration cannot process (processingErrors = raise)."""
 
 
-@dataclass(eq=False)
 class Node:
-    type: str
-    element: str                 # FHIRPath name (value for valueQuantity)
-    key: str                     # JSON key in the parent
-    value: Any = None            # primitives only
-    children: list["Node"] = field(default_factory=list)
-    parent: "Node | None" = None
-    repeats: bool = False
-    processed: bool = False
-    removed: bool = False
-    resource: bool = False       # a resource root (top level, contained, Bundle entry)
-    replacement: Any = None      # substitute of a complex node: JSON emitted as is
+    """One element. A resource root also holds its scope: `nodes` in document order (inner
+    resources excluded, they are scopes of their own), so a subtree is the slice pos:end."""
+    # Class-level defaults: only what differs is stored per node (building is the hot path).
+    value: Any = None
+    processed = removed = resource = False
+    replacement: Any = None         # substitute of a complex node: JSON emitted as is
     labels: set[str] | None = None  # resource roots: what was done, as meta.security labels
+    nodes: list["Node"]             # resource roots only
+    inner: list[tuple["Node", dict[str, Any]]]  # resource roots only: contained / entry resources
 
-    @property
-    def primitive(self) -> bool:
-        return self.type[:1].islower()
+    def __init__(self, type_: str, element: str, key: str, parent: "Node | None", repeats: bool,
+                 primitive: bool) -> None:
+        self.type, self.element, self.key, self.parent, self.repeats = type_, element, key, parent, repeats
+        self.primitive = primitive
+        self.children: list[Node] = []
 
-    def walk(self) -> Iterator["Node"]:
+    def walk(self) -> list["Node"]:
         """This node and its descendants, not entering inner resources."""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(child for child in reversed(node.children) if not child.resource)
+        return self.owner.nodes[self.pos:self.end]
 
 
 def build(value: Any, type_: str, element: str = "", key: str = "", parent: Node | None = None,
-          repeats: bool = False) -> Node:
-    if isinstance(value, dict):
-        resource = type_ == RESOURCE or (parent is None and is_resource_type(type_))
-        if type_ == RESOURCE:
-            type_ = str(value.get("resourceType"))
-        node = Node(type_, element, key, parent=parent, repeats=repeats, resource=resource)
-        fields = fields_of(type_)
-        for child_key, child_value in value.items():
-            if child_key == "resourceType" or child_key == MARK:
-                continue
-            spec = fields.get(child_key)
-            if spec is None:  # not an R4 element: nothing to reason about, so it does not leave
-                continue
-            items = child_value if isinstance(child_value, list) else [child_value]
-            for item in items:
-                node.children.append(build(item, spec.type, spec.element, child_key, node, spec.repeats))
+          repeats: bool = False, owner: Node | None = None) -> Node:
+    if not isinstance(value, dict):
+        node = Node(type_, element, key, parent, repeats, True)
+        node.value, node.owner, node.pos = value, owner, len(owner.nodes)
+        node.end = node.pos + 1
+        owner.nodes.append(node)
         return node
-    return Node(type_, element, key, value=value, parent=parent, repeats=repeats)
+    resource = type_ == RESOURCE or (parent is None and is_resource_type(type_))
+    if type_ == RESOURCE:
+        type_ = str(value.get("resourceType"))
+    node = Node(type_, element, key, parent, repeats, False)
+    if resource:
+        node.resource, node.nodes, node.inner = True, [], []
+        if owner is not None:
+            owner.inner.append((node, value))
+        owner = node
+    node.owner, node.pos = owner, len(owner.nodes)
+    owner.nodes.append(node)
+    fields = fields_of(type_)
+    children = node.children
+    for child_key, child_value in value.items():
+        spec = fields.get(child_key)
+        if spec is None:  # resourceType, or not an R4 element: nothing to reason about, so it does not leave
+            continue
+        if isinstance(child_value, list):
+            for item in child_value:
+                children.append(build(item, spec.type, spec.element, child_key, node, spec.repeats, owner))
+        else:
+            children.append(build(child_value, spec.type, spec.element, child_key, node, spec.repeats, owner))
+    node.end = len(owner.nodes)
+    return node
 
 
 def emit(node: Node) -> Any:
@@ -159,6 +165,7 @@ class Deidentifier:
         self.config, self.keys, self.domain = config, keys, domain  # domain: what "%domain" in a rule means
         self.params = config.parameters
         self.today = today or datetime.date.today()
+        self._rules: dict[str, list[Rule]] = {}
 
     # -- entry points -------------------------------------------------------------------
     def deidentify(self, resource: dict[str, Any]) -> dict[str, Any] | None:
@@ -183,11 +190,19 @@ class Deidentifier:
         return None
 
     # -- per resource -------------------------------------------------------------------
+    def _rules_for(self, resource_type: str) -> list[Rule]:
+        rules = self._rules.get(resource_type)
+        if rules is None:
+            rules = self._rules[resource_type] = [
+                r for r in self.config.rules
+                if not r.resource_type or r.resource_type in (resource_type, "Resource", "DomainResource")]
+        return rules
+
     def _resource(self, root: Node, raw: dict[str, Any], outer_patient: str | None) -> None:
         patient = self.patient_key(raw) or outer_patient
         if root.labels is None:
             root.labels = set()
-        for inner, inner_raw in _inner_resources(root, raw):
+        for inner, inner_raw in root.inner:
             self._resource(inner, inner_raw, patient)
             if inner.key == "resource":  # a Bundle reports what was done to its entries, as Microsoft's does
                 root.labels |= inner.labels or set()
@@ -196,9 +211,7 @@ class Deidentifier:
         if container is not None:
             root.labels = container.labels
         context.labels = root.labels
-        for rule in self.config.rules:
-            if rule.resource_type and rule.resource_type not in (root.type, "Resource", "DomainResource"):
-                continue
+        for rule in self._rules_for(root.type):
             for node in context.select(rule):
                 if not node.processed:
                     self._apply(rule, node, context)
@@ -440,28 +453,6 @@ def shift(value: str, days: int, keep_time: bool = False) -> str:
     return day + "T00:00:00" + (zone.group(1) if zone else "")
 
 
-def _inner_resources(root: Node, raw: dict[str, Any]) -> Iterator[tuple[Node, dict[str, Any]]]:
-    """Contained resources and Bundle / Parameters entries, paired with their JSON."""
-    raws = []
-    for item in raw.get("contained") or []:
-        raws.append(item)
-    for entry in raw.get("entry") or [] if raw.get("resourceType") == "Bundle" else []:
-        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-            raws.append(entry["resource"])
-    for parameter in raw.get("parameter") or [] if raw.get("resourceType") == "Parameters" else []:
-        if isinstance(parameter, dict) and isinstance(parameter.get("resource"), dict):
-            raws.append(parameter["resource"])
-    nodes = [n for n in _resource_nodes(root)]
-    yield from zip(nodes, raws)
-
-
-def _resource_nodes(root: Node) -> Iterator[Node]:
-    for node in root.walk():
-        for child in node.children:
-            if child.resource:
-                yield child
-
-
 class _Context:
     """One resource being processed: its nodes, its patient and its shift."""
 
@@ -489,7 +480,7 @@ class _Context:
     def nodes_of_type(self, type_: str) -> list[Node]:
         if self._by_type is None:
             self._by_type = {}
-            for node in self.root.walk():
+            for node in self.root.nodes:
                 self._by_type.setdefault(node.type, []).append(node)
         return self._by_type.get(type_, [])
 
@@ -497,14 +488,13 @@ class _Context:
         selector = rule.selector
         if selector is None:
             return self._fhirpath(rule)
-        if selector.start_type is not None:
-            current = list(self.nodes_of_type(selector.start_type))
-        else:
-            current = [self.root]
+        current = self.nodes_of_type(selector.start_type) if selector.start_type is not None else [self.root]
         for step in selector.steps:
+            if not current:
+                return current
             if step.kind == "child":
-                current = [c for n in current for c in n.children
-                           if c.element == step.name and not c.removed and (not c.resource or step.name)]
+                name = step.name
+                current = [c for n in current for c in n.children if c.element == name and not c.removed]
             elif step.kind == "where":
                 current = [n for n in current if any(c.element == step.name and c.value == step.literal
                                                      for c in n.children)]

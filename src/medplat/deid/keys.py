@@ -4,7 +4,6 @@ label, so one project key serves them all without one output revealing another."
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,13 +16,13 @@ MAX_SHIFT_DAYS = 3650
 
 def date_shift_days(key: bytes, patient_key: str) -> int:
     """1 day .. 10 years back, per patient; the DICOM anonymizer derives its shift identically."""
-    digest = hmac.new(key, b"date-shift|" + patient_key.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key, b"date-shift|" + patient_key.encode(), "sha256")
     return -(int.from_bytes(digest[:4], "big") % MAX_SHIFT_DAYS + 1)
 
 
 def crypto_hash(key: bytes, value: str) -> str:
     """Hex HMAC-SHA256 (64 characters: still a valid FHIR id)."""
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, value.encode(), "sha256").hex()
 
 
 @dataclass
@@ -33,12 +32,24 @@ class KeyDomain:
     project: bytes
     pseudonymize: Pseudonymize | None = None
     _cache: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _hashes: dict[str, str] = field(default_factory=dict, repr=False)
+    _shifts: dict[str, int] = field(default_factory=dict, repr=False)
 
     def hash(self, value: str) -> str:
-        return crypto_hash(self.project, value)
+        cached = self._hashes.get(value)
+        if cached is None:
+            if len(self._hashes) > 100_000:
+                self._hashes.clear()
+            cached = self._hashes[value] = crypto_hash(self.project, value)
+        return cached
 
     def shift_days(self, patient_key: str) -> int:
-        return date_shift_days(self.project, patient_key)
+        cached = self._shifts.get(patient_key)
+        if cached is None:
+            if len(self._shifts) > 100_000:
+                self._shifts.clear()
+            cached = self._shifts[patient_key] = date_shift_days(self.project, patient_key)
+        return cached
 
     def time_shift(self, patient_key: str) -> datetime.timedelta:
         return datetime.timedelta(days=self.shift_days(patient_key))
