@@ -68,3 +68,25 @@ class KeyDomain:
         if missing and self.pseudonymize is not None:
             for value, result in zip(missing, self.pseudonymize(domain, missing)):
                 self._cache[(domain, value)] = result
+
+
+def load_key(path, *, create: bool = False) -> bytes:
+    """The project key (32 bytes) from a secret file — a Barbican secret or Kubernetes secret
+    mount in production; with create=True (embedded defaults) generated once, mode 0600."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise ValueError(f"{path}: a de-identification key needs at least 32 bytes, found {len(key)}")
+    return key
