@@ -29,7 +29,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medplat.workloads.dicom_anonymizer.deid import Keys
-from medplat.workloads.dicom_anonymizer.kanon import Anonymizer, Hierarchy
+from medplat.privacy.kanon import Anonymizer, Hierarchy
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.run import anonymize_tree
 

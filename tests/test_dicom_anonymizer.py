@@ -27,8 +27,8 @@ from medplat.workloads.dicom_anonymizer.policy import Policy, load_policy
 from medplat.workloads.dicom_anonymizer.profile import CID_7050, OPTIONS, RESOLVED, load_profile
 from medplat.workloads.dicom_anonymizer.run import anonymize_tree
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom-ps315" / \
-    "confidentiality_profile_attributes.json"
+SHARED = next(p / "shared" / "data" for p in Path(__file__).resolve().parents
+              if (p / "shared" / "data").is_dir()) / "dicom-ps315" / "confidentiality_profile_attributes.json"
 KEYS = Keys(project=b"p" * 32, patient=b"q" * 32)
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from medplat.workloads.dicom_anonymizer.kanon import Anonymizer, Hierarchy
+from medplat.privacy.kanon import Anonymizer, Hierarchy
 
-ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
+# The shared data folder sits beside the checkout (/work/shared), found upwards from a worktree too.
+ADULT = next(p / "shared" / "data" for p in Path(__file__).resolve().parents
+             if (p / "shared" / "data").is_dir()) / "adult"
 QIS = ["sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation"]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from medplat.workloads.dicom_anonymizer.kanon import Anonymizer, Hierarchy
+from medplat.privacy.kanon import Anonymizer, Hierarchy
 
 STAR = "*"
 

@@ -1,0 +1,1 @@
+"""Privacy models shared by the de-identification workloads (k-anonymity, risk)."""
