@@ -28,14 +28,22 @@ class ReleasePolicy:
     risk_threshold: float = 0.2   # records with prosecutor risk above this count as at risk
 
 
-def age_hierarchy(ages: Sequence[int]) -> Hierarchy:
-    """exact → 5-year → 10-year → 20-year band → '*'; ages ≥ 90 share one band ("90+") at every
-    level above exact (callers release ages already capped at 90+, as HIPAA Safe Harbor requires)."""
+def age_hierarchy(ages: Sequence[int | str]) -> Hierarchy:
+    """exact → 5-year → 10-year → 20-year band → '*'. Ages ≥ 90 share one band ("90+") above
+    exact (release them already capped, as HIPAA Safe Harbor requires); a non-numeric value
+    ("90+", "unknown") stays itself until '*'."""
     def band(age: int, width: int) -> str:
-        low = min(age, 90) // width * width
+        low = age // width * width
         return "90+" if age >= 90 else f"{low}-{low + width - 1}"
-    return Hierarchy.from_rows([[str(a), band(a, 5), band(a, 10), band(a, 20), "*"]
-                                for a in sorted(set(ages))])
+
+    rows = []
+    for value in sorted({str(a) for a in ages}):
+        if value.isdigit():
+            age = int(value)
+            rows.append([value, band(age, 5), band(age, 10), band(age, 20), "*"])
+        else:
+            rows.append([value, value, value, value, "*"])
+    return Hierarchy.from_rows(rows)
 
 
 def suppression_hierarchy(values: Sequence[str]) -> Hierarchy:
