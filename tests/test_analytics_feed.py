@@ -112,8 +112,8 @@ def zone(tmp_path, postgres_url):
     ingest = TestClient(ingest_app)
     messages, seq = [], 0
     for i in range(len(SURNAMES)):
-        resources = [patient(i), ecg(i)] + [vital(i, s, "150456", 93 + (s + i) % 6) for s in range(0, 180, 2)] + \
-                    [vital(i, s, "147842", 60 + (s * 3 + i) % 40) for s in range(0, 180, 2)]
+        resources = [patient(i), ecg(i)] + [vital(i, s, "150456", 93 + (s + i) % 6) for s in range(0, 120, 5)] + \
+                    [vital(i, s, "147842", 60 + (s * 3 + i) % 40) for s in range(0, 120, 5)]
         for resource in resources:
             seq += 1
             messages.append({"id": f"m-{seq}", "device": f"monitor-SN{4400 + i}", "seq": seq, "dataClass": "phi",
@@ -168,8 +168,8 @@ def test_device_observations_reach_the_bucket_as_deidentified_parquet(zone, swif
                        f"FROM read_parquet('{base}/observations/*/*.parquet', hive_partitioning = true) "
                        f"GROUP BY ALL ORDER BY ALL").fetchall()
     by_code = {(code, statistic): (n, mean, patients) for code, statistic, n, mean, patients in rows}
-    # 180 s of 0.5 Hz vitals per patient, resampled to 60 s windows: 3 rows per patient and code.
-    assert by_code[("150456", None)][0] == 3 * CONSENTED and by_code[("150456", None)][2] == CONSENTED
+    # 120 s of vitals every 5 s per patient, resampled to 60 s windows: 2 rows per patient and code.
+    assert by_code[("150456", None)][0] == 2 * CONSENTED and by_code[("150456", None)][2] == CONSENTED
     assert 93 <= by_code[("150456", None)][1] <= 98
     assert by_code[("131329", "mean")][0] == CONSENTED, "waveforms leave only as aggregates"
     patients = con.execute(f"SELECT patient, age, sex FROM read_parquet('{base}/patients/*.parquet')").fetchall()
