@@ -52,6 +52,7 @@ class EuPhiZoneArgs:
     workloads: list[WorkloadSpec]
     images: dict[str, str]
     egress_data_classes: list[str]
+    analytics_bucket_cidrs: list[str] = field(default_factory=list)  # S3 of the analytics zone
     dns_nameservers: list[str] = field(default_factory=list)
 
 
@@ -180,9 +181,10 @@ class EuPhiZone(LabelledComponent):
             string_data={"tls.crt": zone_client.cert_pem, "tls.key": zone_client.key_pem, "ca.crt": pki.ca_cert_pem},
         )
         peers = PeerContext(
-            cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr]},
+            cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr],
+                   "@analytics-bucket": list(args.analytics_bucket_cidrs)},
             workload_ports={s.name: [p.port for p in s.ports] for s in args.workloads},
-            zones={"@edge-sites": "edge", "@database": "eu-phi"},
+            zones={"@edge-sites": "edge", "@database": "eu-phi", "@analytics-bucket": "analytics"},
         )
         self.workloads = {
             spec.name: Workload(

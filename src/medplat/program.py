@@ -88,6 +88,7 @@ def _eu_phi(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
         db_flavor=phi.database.flavor, db_size_gb=phi.database.size_gb, db_version=phi.database.datastore_version,
         backup_volume_gb=phi.backup_volume_gb, workloads=specs, images=images,
         egress_data_classes=list(phi.egress_data_classes),
+        analytics_bucket_cidrs=[str(c) for c in phi.analytics_bucket_cidrs],
         dns_nameservers=[str(ip) for ip in phi.dns_nameservers],
     ), labels=labels, opts=pulumi.ResourceOptions(providers={"openstack": provider}))
     for key, value in zone.outputs.items():
