@@ -3,7 +3,7 @@ flow annotations declare it the anonymizer that reaches the de-identified bucket
 workload there that may; the residency proof passes on the shipped stack."""
 from __future__ import annotations
 
-from conftest import named, of_type
+from conftest import of_type
 from medplat.components.workload_spec import spec_from_text
 from medplat.policies.registry import by_id
 from medplat.policycheck import run_pack
@@ -39,3 +39,19 @@ def test_a_serving_workload_still_needs_its_health_check():
         spec_from_text("name: x\ndescription: a service without health\nimage: r/x@sha256:" + "a" * 64 +
                        "\nzones: [eu-phi]\nports: [{name: http, port: 8080}]\nresources: {requests: {cpu: 1m, "
                        "memory: 1Mi}, limits: {cpu: 1m, memory: 1Mi}}\ndataClasses: {}\n", None)
+
+
+ARROW_TO_ATHENA = {"string": "string", "double": "double", "timestamp[ms, tz=UTC]": "timestamp"}
+
+
+def test_glue_tables_describe_what_the_feed_writes(inventories):
+    from medplat.workloads.analytics_feed.feed import OBSERVATIONS, PATIENTS
+    analytics = inventories["analytics"]
+    tables = {r["inputs"]["name"]: r["inputs"] for r in of_type(analytics, "aws:glue/catalogTable:CatalogTable")}
+    for name, schema in (("observations", OBSERVATIONS), ("patients", PATIENTS)):
+        columns = [(c["name"], c["type"]) for c in tables[name]["storageDescriptor"]["columns"]]
+        assert columns == [(f.name, ARROW_TO_ATHENA[str(f.type)]) for f in schema]
+        assert tables[name]["storageDescriptor"]["location"].endswith(f"/telemetry/{name}/")
+    # The feed writes observations/day=YYYY-MM-DD/…: the projected partition Athena reads.
+    assert [k["name"] for k in tables["observations"]["partitionKeys"]] == ["day"]
+    assert tables["observations"]["parameters"]["projection.day.format"] == "yyyy-MM-dd"

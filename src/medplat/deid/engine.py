@@ -26,12 +26,15 @@ from medplat.deid.keys import KeyDomain
 from medplat.deid.types import RESOURCE, fields_of, is_resource_type
 
 DATE_TYPES = {"date", "dateTime", "instant"}
+INNER_HOLDERS = {"Bundle", "Parameters"}
 NUMBER_TYPES = {"decimal", "integer", "positiveInt", "unsignedInt", "integer64"}
 REFERENCE_ID = re.compile(r"^(?P<prefix>(?:.*/)?(?P<type>[A-Z][A-Za-z]+)/)(?P<id>[A-Za-z0-9\-.]{1,64})"
                           r"(?P<suffix>/_history/.*)?$")
 PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")
 PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual")
 MARK = "__medplat_node"
+REDACT = "redact"
+MAX_PLANS = 4096
 R4_MODEL = fhirpath_models["r4"]
 # HL7 v3 ObservationValue security labels, as Microsoft's tool sets them (meta.security).
 SECURITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
@@ -55,6 +58,7 @@ class Node:
     value: Any = None
     processed = removed = resource = False
     replacement: Any = None         # substitute of a complex node: JSON emitted as is
+    rule: Any = None                # the rule (or REDACT) that decided a primitive: recorded for plans
     labels: set[str] | None = None  # resource roots: what was done, as meta.security labels
     nodes: list["Node"]             # resource roots only
     inner: list[tuple["Node", dict[str, Any]]]  # resource roots only: contained / entry resources
@@ -124,14 +128,56 @@ def emit(node: Node) -> Any:
     for key in [k for k, v in out.items() if isinstance(v, list) and k != "resourceType"]:
         _compact(out, key)
     if node.resource and node.labels and node.key != "contained":
-        security = out.setdefault("meta", {}).setdefault("security", [])
-        present = {(c.get("system"), c.get("code")) for c in security}
-        for code in SECURITY_LABELS:
-            system = None if code in NO_SYSTEM else SECURITY_SYSTEM
-            if code in node.labels and (system, code) not in present:
-                security.append({"system": system, "code": code, "display": SECURITY_LABELS[code]} if system
-                                else {"code": code, "display": SECURITY_LABELS[code]})
+        _add_labels(out, node.labels)
     return out if len(out) > (1 if node.resource else 0) else None
+
+
+def _add_labels(out: dict[str, Any], labels: set[str]) -> None:
+    security = out.setdefault("meta", {}).setdefault("security", [])
+    present = {(c.get("system"), c.get("code")) for c in security}
+    for code in SECURITY_LABELS:
+        system = None if code in NO_SYSTEM else SECURITY_SYSTEM
+        if code in labels and (system, code) not in present:
+            security.append({"system": system, "code": code, "display": SECURITY_LABELS[code]} if system
+                            else {"code": code, "display": SECURITY_LABELS[code]})
+
+
+class _Leaf:
+    """A primitive met while replaying a plan: what the methods read of a Node."""
+    __slots__ = ("type", "element", "value", "parent", "path")
+    primitive = True
+
+    def __init__(self, type_: str, element: str, value: Any, parent_type: str, path: str) -> None:
+        self.type, self.element, self.value, self.path = type_, element, value, path
+        self.parent = _Parent(parent_type)
+
+
+class _Parent:
+    __slots__ = ("type",)
+
+    def __init__(self, type_: str) -> None:
+        self.type = type_
+
+
+DROP, DROP_REDACTED = "drop", "drop-redacted"  # a complex node removed whole (silently / as a redaction)
+
+
+def _record(root: Node) -> list[tuple[Any, int]]:
+    """Per node in document order, with the end of its subtree: for a primitive the rule that
+    decided it (REDACT for a redaction) or None; for a complex node DROP / DROP_REDACTED when it
+    was removed whole, else None."""
+    plan: list[tuple[Any, int]] = []
+    nodes = root.nodes
+    for node in nodes:
+        if node.primitive:
+            plan.append((node.rule if node.rule is not None else (DROP if node.removed else None), node.end))
+        elif node.removed and node is not root:
+            redacted = any(n.primitive and n.rule == REDACT and n.removed
+                           for n in nodes[node.pos:node.end])
+            plan.append((DROP_REDACTED if redacted else DROP, node.end))
+        else:
+            plan.append((None, node.end))
+    return plan
 
 
 def _compact(out: dict[str, Any], key: str) -> None:
@@ -166,6 +212,16 @@ class Deidentifier:
         self.params = config.parameters
         self.today = today or datetime.date.today()
         self._rules: dict[str, list[Rule]] = {}
+        self._plans: dict[tuple, list[tuple[Any, int]]] = {}
+        self._unplannable = False
+        self._where_names = {step.name for rule in config.rules if rule.selector
+                             for step in rule.selector.steps if step.kind == "where"}
+        params = self.params
+        self._plannable = (
+            all(rule.selector is not None for rule in config.rules)
+            and not any(rule.method == "generalize" for rule in config.rules)
+            and not any(params.get(p) for p in ("enablePartialAgesForRedact", "enablePartialDatesForRedact",
+                                                "enablePartialZipCodesForRedact")))
 
     # -- entry points -------------------------------------------------------------------
     def deidentify(self, resource: dict[str, Any]) -> dict[str, Any] | None:
@@ -173,9 +229,122 @@ class Deidentifier:
         if not isinstance(resource, dict) or not is_resource_type(str(resource.get("resourceType"))):
             raise DeidError(f"not a FHIR R4 resource: resourceType {resource.get('resourceType')!r}"
                             if isinstance(resource, dict) else "not a JSON object")
+        if self._plannable and not resource.get("contained") and resource["resourceType"] not in INNER_HOLDERS:
+            signature = self._signature(resource)
+            if signature is not None:
+                plan = self._plans.get(signature)
+                if plan is not None:
+                    return self._execute(plan, resource)
+                self._unplannable = False
+                root = build(resource, str(resource["resourceType"]))
+                self._resource(root, resource, None)
+                if not self._unplannable and len(self._plans) < MAX_PLANS:
+                    self._plans[signature] = _record(root)
+                return emit(root)
         root = build(resource, str(resource["resourceType"]))
         self._resource(root, resource, None)
         return emit(root)
+
+    # -- plans: the decisions for one resource shape, replayed on the next of that shape ---------
+    # Which rule decides which element depends on the shape alone when the configuration has
+    # no value-dependent parts (partial redaction, generalize, FHIRPath fallbacks, complex
+    # substitutes); then a resource with a known shape skips building, selection and emission
+    # and its values go straight through the recorded methods. tests/test_deid_plans.py checks
+    # both paths give the same output.
+    def _signature(self, resource: dict[str, Any]) -> tuple | None:
+        tokens: list[Any] = []
+        if not self._shape(resource, resource["resourceType"], tokens):
+            return None
+        return tuple(tokens)
+
+    def _shape(self, value: Any, type_: str, tokens: list[Any]) -> bool:
+        fields = fields_of(type_)
+        tokens.append("{")
+        for key, child in value.items():
+            spec = fields.get(key)
+            if spec is None:
+                continue
+            for item in (child if isinstance(child, list) else (child,)):
+                if isinstance(item, dict):
+                    tokens.append(key)
+                    if spec.type == RESOURCE or not self._shape(item, spec.type, tokens):
+                        return False
+                else:
+                    tokens.append(key + "=")
+                    if key == "reference" and type_ == "Reference":
+                        text_value = str(item)
+                        if text_value.startswith("#"):
+                            return False  # a local reference: resolved against contained resources
+                        match = REFERENCE_ID.match(text_value)
+                        tokens.append(match["type"] if match else None)
+                    elif spec.element in self._where_names:
+                        tokens.append(item)
+        tokens.append("}")
+        return True
+
+    def _execute(self, plan: list[tuple[Any, int]], resource: dict[str, Any]) -> dict[str, Any] | None:
+        context = _Context(self, None, resource, self.patient_key(resource))
+        labels: set[str] = set()
+        out = self._replay(resource, resource["resourceType"], plan, [0], context, labels, "", True)
+        if out is not None and labels:
+            _add_labels(out, labels)
+        return out
+
+    def _replay(self, value: dict[str, Any], type_: str, plan, position: list[int], context, labels, path: str,
+                root: bool = False) -> Any:
+        action, end = plan[position[0]]
+        if action == DROP or action == DROP_REDACTED:  # a complex node removed whole
+            if action == DROP_REDACTED:
+                labels.add("REDACTED")
+            position[0] = end
+            return None
+        position[0] += 1
+        fields = fields_of(type_)
+        out: dict[str, Any] = {"resourceType": type_} if root else {}
+        for key, child in value.items():
+            spec = fields.get(key)
+            if spec is None:
+                continue
+            items = child if isinstance(child, list) else (child,)
+            for index, item in enumerate(items):
+                item_path = f"{path}.{key}[{index}]" if path else f"{key}[{index}]"
+                if isinstance(item, dict):
+                    result = self._replay(item, spec.type, plan, position, context, labels, item_path)
+                else:
+                    result = self._leaf(item, spec, type_, plan[position[0]][0], context, labels, item_path)
+                    position[0] += 1
+                if result == {} or result == []:
+                    result = None
+                if spec.repeats:
+                    out.setdefault(key, []).append(result)
+                elif result is not None:
+                    out[key] = result
+        for key in [k for k, v in out.items() if isinstance(v, list)]:
+            _compact(out, key)
+        return out if len(out) > (1 if root else 0) else None
+
+    def _leaf(self, value: Any, spec, parent_type: str, action, context, labels: set[str], path: str) -> Any:
+        if action is None or value is None:
+            return value
+        if action == DROP:
+            return None
+        leaf = _Leaf(spec.type, spec.element, value, parent_type, path)
+        if action == REDACT:
+            partial = self._partial(leaf)
+            labels.add("REDACTED" if partial is None or leaf.type in DATE_TYPES else "ABSTRED")
+            return partial
+        try:
+            result = self._method(action, leaf, context)
+        except (ValueError, TypeError) as exc:
+            if self.config.processing_errors == "raise":
+                raise DeidError(f"{action.path} ({action.method}) on {context.raw.get('resourceType')}: {exc}") \
+                    from None
+            result = None
+        if result is None:
+            labels.add("REDACTED")
+        elif action.method in LABEL_OF and result != value:
+            labels.add(LABEL_OF[action.method])
+        return result
 
     def patient_key(self, resource: dict[str, Any]) -> str | None:
         """The patient a resource belongs to (the key of its date shift), from its own data."""
@@ -230,6 +399,7 @@ class Deidentifier:
         if types and _reference_type(node) not in types:
             return  # not a reference to one of those types: left to later rules
         if method == "substitute" and not node.primitive:
+            self._unplannable = True  # the merge depends on what earlier rules left
             # What earlier rules already decided inside the node survives, as in Microsoft's tool.
             node.replacement = _merge(json.loads(json.dumps(rule.options["replaceWith"])), _emit_processed(node))
             context.labels.add("SUBSTITUTED")
@@ -243,11 +413,12 @@ class Deidentifier:
             if each.processed:
                 continue
             each.processed = True
+            each.rule = rule
             if each.removed or not each.primitive or each.value is None:
                 if method == "perturb" and not each.primitive and each is node:
                     value = next((c for c in each.children if c.element == "value" and not c.processed), None)
                     if value is not None:
-                        value.processed = True
+                        value.processed, value.rule = True, rule
                         value.value = self._perturb(rule, value, context)
                 continue
             before = each.value
@@ -281,7 +452,7 @@ class Deidentifier:
         if method == "substitute":
             return rule.options["replaceWith"]
         if method == "perturb":
-            return self._perturb(rule, node, context)
+            return self._perturb(rule, node, context, getattr(node, "path", None))
         if method == "generalize":
             return self._generalize(rule, node)
         raise DeidError(f"unsupported method {method!r}")
@@ -316,6 +487,7 @@ class Deidentifier:
         if node.resource and node.parent is not None:  # inner resources went through their own rules
             return False
         if node.primitive:
+            node.rule = REDACT
             if node.value is None:
                 return False
             partial = self._partial(node)
@@ -346,7 +518,7 @@ class Deidentifier:
         return None
 
     # -- numeric and generalization -------------------------------------------------------
-    def _perturb(self, rule: Rule, node: Node, context: "_Context") -> Any:
+    def _perturb(self, rule: Rule, node: Node, context: "_Context", path: str | None = None) -> Any:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"perturb needs a number, got {type(value).__name__}")
@@ -354,7 +526,7 @@ class Deidentifier:
         if rule.options.get("rangeType", "fixed") == "proportional":
             span *= abs(value)
         # Keyed and repeatable: the same release of the same data gives the same noise.
-        seed = f"perturb|{context.scope_key()}|{_path(node)}|{value}".encode()
+        seed = f"perturb|{context.scope_key()}|{path if path is not None else _path(node)}|{value}".encode()
         fraction = int.from_bytes(hmac.new(self.keys.project, seed, hashlib.sha256).digest()[:8], "big") / 2**64
         noisy = value + (fraction - 0.5) * span
         digits = int(rule.options.get("roundTo", 2))
