@@ -36,6 +36,18 @@ class DeidAnalyticsZoneArgs:
     images: dict[str, str]
 
 
+# The analytics feed's Parquet layout (workloads/analytics-feed/feed.py): name -> (columns,
+# partition keys, folder under the bucket). Athena types for the Arrow schema the feed writes.
+FEED_PREFIX = "telemetry"
+FEED_TABLES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]], str]] = {
+    "observations": ([("patient", "string"), ("device", "string"), ("code_system", "string"), ("code", "string"),
+                      ("statistic", "string"), ("value", "double"), ("unit", "string"), ("effective", "timestamp")],
+                     [("day", "string")], "observations"),
+    "patients": ([("patient", "string"), ("age", "string"), ("sex", "string")], [], "patients"),
+}
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+
+
 def _subnet_cidrs(vpc_cidr: str, count: int) -> list[str]:
     import ipaddress
     return [str(net) for net in list(ipaddress.ip_network(vpc_cidr).subnets(new_prefix=20))[:count]]
@@ -167,6 +179,9 @@ class DeidAnalyticsZone(LabelledComponent):
                        },
                    })
 
+        # --- Glue catalog: the analytics feed's release tables, queried with Athena ---------------
+        self.catalog = self._feed_catalog(name, deid.bucket.id)
+
         # --- containers: ECR + ECS Fargate behind an internal TLS load balancer ------------------
         cluster = self.child(aws.ecs.Cluster, "ecs", data_class="deidentified",
                              settings=[{"name": "containerInsights", "value": "enabled"}])
@@ -207,6 +222,37 @@ class DeidAnalyticsZone(LabelledComponent):
             "workloads": sorted(self.repositories),
         }
         self.finish(self.outputs)
+
+    def _feed_catalog(self, name: str, bucket: pulumi.Input[str]) -> dict[str, aws.glue.CatalogTable]:
+        """One Glue database with the feed's tables; the day partitions are projected (no crawler,
+        no MSCK REPAIR): a new release is queryable as soon as its record is written."""
+        database = self.child(aws.glue.CatalogDatabase, "feed-db", data_class="deidentified",
+                              name=f"medplat_{name.replace('-', '_')}_deidentified",
+                              description="De-identified releases of the EU zone's analytics feed")
+        tables = {}
+        for table, (columns, partitions, folder) in FEED_TABLES.items():
+            location = pulumi.Output.concat("s3://", bucket, f"/{FEED_PREFIX}/{folder}/")
+            parameters = {"classification": "parquet", "parquet.compression": "ZSTD", "EXTERNAL": "TRUE"}
+            if partitions:
+                parameters.update({
+                    "projection.enabled": "true", "projection.day.type": "date",
+                    "projection.day.format": "yyyy-MM-dd", "projection.day.range": "2000-01-01,NOW",
+                    "projection.day.interval": "1", "projection.day.interval.unit": "DAYS",
+                })
+            tables[table] = self.child(
+                aws.glue.CatalogTable, f"feed-{table}", data_class="deidentified",
+                name=table, database_name=database.name, table_type="EXTERNAL_TABLE",
+                parameters=parameters,
+                partition_keys=[aws.glue.CatalogTablePartitionKeyArgs(name=n, type=t) for n, t in partitions],
+                storage_descriptor=aws.glue.CatalogTableStorageDescriptorArgs(
+                    location=location,
+                    input_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+                    output_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+                    ser_de_info=aws.glue.CatalogTableStorageDescriptorSerDeInfoArgs(
+                        serialization_library=PARQUET_SERDE, parameters={"serialization.format": "1"}),
+                    columns=[aws.glue.CatalogTableStorageDescriptorColumnArgs(name=n, type=t) for n, t in columns],
+                ))
+        return tables
 
     def _ecs_workload(self, spec, args, cluster, execution, reader, task_logs, task_sg, subnet_ids, key, vpc, alb):
         data_class = "deidentified"

@@ -55,6 +55,7 @@ class EuPhiZoneArgs:
     egress_data_classes: list[str]
     ca_cert_pem: str                  # the platform CA certificate (public)
     ca_key_ref: str                   # Barbican reference of the CA key
+    analytics_bucket_cidrs: list[str] = field(default_factory=list)  # S3 of the analytics zone
     dns_nameservers: list[str] = field(default_factory=list)
 
 
@@ -172,9 +173,10 @@ class EuPhiZone(LabelledComponent):
                    parameters={"type": args.encrypted_volume_type}, reclaim_policy="Retain",
                    allow_volume_expansion=True, volume_binding_mode="WaitForFirstConsumer")
         peers = PeerContext(
-            cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr]},
+            cidrs={"@edge-sites": edge_cidrs, "@database": [args.network_cidr],
+                   "@analytics-bucket": list(args.analytics_bucket_cidrs)},
             workload_ports={s.name: [p.port for p in s.ports] for s in args.workloads},
-            zones={"@edge-sites": "edge", "@database": "eu-phi"},
+            zones={"@edge-sites": "edge", "@database": "eu-phi", "@analytics-bucket": "analytics"},
         )
         self.workloads = {
             spec.name: Workload(

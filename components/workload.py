@@ -20,7 +20,7 @@ from medplat.components.workload_spec import WorkloadSpec
 PART_OF = "medplat"
 # Peer groups reached on one well-known port: the cloud ingress (HTTPS, mTLS) and the
 # PHI database (PostgreSQL). Devices speak many protocols, so no port is fixed for them.
-GROUP_PORTS = {"@cloud": 443, "@database": 5432}
+GROUP_PORTS = {"@cloud": 443, "@database": 5432, "@analytics-bucket": 443}
 
 
 @dataclass
@@ -106,7 +106,8 @@ class Workload(LabelledComponent):
             )
 
         pod_labels = {**selector_labels(spec.name), **self.labels.as_k8s()}
-        self.deployment = self.child(
+        job_only = spec.schedule is not None and not spec.ports
+        self.deployment = None if job_only else self.child(
             k8s.apps.v1.Deployment, "deployment",
             metadata={**meta, "name": spec.name, "annotations": flow_annotations(spec, args.peers)},
             spec={
@@ -120,6 +121,32 @@ class Workload(LabelledComponent):
                 },
             },
         )
+
+        self.cron_job = None
+        if spec.schedule is not None:
+            pod = self._pod_spec(args, claims)
+            container = {k: v for k, v in pod["containers"][0].items() if k not in ("livenessProbe", "readinessProbe")}
+            if spec.schedule.args:
+                container["args"] = list(spec.schedule.args)
+            self.cron_job = self.child(
+                k8s.batch.v1.CronJob, "cron",
+                metadata={**meta, "name": spec.name, "annotations": flow_annotations(spec, args.peers)},
+                spec={
+                    "schedule": spec.schedule.cron,
+                    "timeZone": "Etc/UTC",
+                    "concurrencyPolicy": "Forbid",  # releases are idempotent, but one writer at a time
+                    "successfulJobsHistoryLimit": 3,
+                    "failedJobsHistoryLimit": 3,
+                    "jobTemplate": {"spec": {
+                        "backoffLimit": spec.schedule.backoff_limit,
+                        "activeDeadlineSeconds": spec.schedule.active_deadline_seconds,
+                        "template": {
+                            "metadata": {"labels": pod_labels},
+                            "spec": {**pod, "containers": [container], "restartPolicy": "Never"},
+                        },
+                    }},
+                },
+            )
 
         self.service = None
         if spec.ports:
@@ -194,11 +221,14 @@ class Workload(LabelledComponent):
         if spec.config_files:
             mounts.append({"name": "files", "mountPath": "/etc/medplat/files", "readOnly": True})
             volumes.append({"name": "files", "configMap": {"name": self.files.metadata.name}})
-        check = ({"httpGet": {"path": spec.health.path, "port": spec.health.port}} if spec.health.path
-                 else {"tcpSocket": {"port": spec.health.port}})
-        probe = {**check, "periodSeconds": 10}
-        ready = ({"httpGet": {"path": spec.health.readiness_path, "port": spec.health.port}, "periodSeconds": 10}
-                 if spec.health.readiness_path else probe)
+        if spec.health is None:  # a job-only workload: its pods run to completion, nothing to probe
+            probe = ready = None
+        else:
+            check = ({"httpGet": {"path": spec.health.path, "port": spec.health.port}} if spec.health.path
+                     else {"tcpSocket": {"port": spec.health.port}})
+            probe = {**check, "periodSeconds": 10}
+            ready = ({"httpGet": {"path": spec.health.readiness_path, "port": spec.health.port}, "periodSeconds": 10}
+                     if spec.health.readiness_path else probe)
         return {
             "serviceAccountName": self.service_account.metadata.name,
             "automountServiceAccountToken": False,
@@ -221,8 +251,7 @@ class Workload(LabelledComponent):
                     "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
                     "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
                 },
-                "livenessProbe": {**probe, "initialDelaySeconds": 10},
-                "readinessProbe": ready,
+                **({"livenessProbe": {**probe, "initialDelaySeconds": 10}, "readinessProbe": ready} if probe else {}),
                 "securityContext": {
                     "runAsNonRoot": True,
                     "runAsUser": spec.run_as_user,

@@ -21,7 +21,7 @@ Role = Literal[
 ]
 # `@group` peers are resolved by the deploying site: device VLANs, the cloud ingress,
 # the edge sites' egress ranges, or every workload of the same namespace.
-PEER_GROUPS = ("@devices", "@cloud", "@edge-sites", "@database", "@site-workloads")
+PEER_GROUPS = ("@devices", "@cloud", "@edge-sites", "@database", "@site-workloads", "@analytics-bucket")
 
 NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 DIGEST_REF = re.compile(r"^[a-z0-9.\-/:]+@sha256:[0-9a-f]{64}$")
@@ -86,6 +86,16 @@ class Batch(_Strict):
     backoff_limit_per_index: int = Field(2, alias="backoffLimitPerIndex", ge=0, le=10)
 
 
+class Schedule(_Strict):
+    """Recurring work as a Kubernetes CronJob (one run at a time). A workload with a schedule
+    and no ports is a job only: no Deployment or Service."""
+
+    cron: str = Field(pattern=r"^(\S+\s+){4}\S+$", description="five-field cron expression, UTC")
+    args: list[str] = Field(default_factory=list)
+    active_deadline_seconds: int = Field(3600, alias="activeDeadlineSeconds", ge=60, le=86_400)
+    backoff_limit: int = Field(2, alias="backoffLimit", ge=0, le=10)
+
+
 class DataClasses(_Strict):
     reads: list[DataClass] = Field(default_factory=list)
     writes: list[DataClass] = Field(default_factory=list)
@@ -103,7 +113,7 @@ class WorkloadSpec(_Strict):
     roles: list[Role] = Field(default_factory=list)
     zones: list[Zone] = Field(min_length=1)
     ports: list[Port] = Field(default_factory=list)
-    health: Health
+    health: Health | None = Field(None, description="required, except for a job-only workload (schedule, no ports)")
     resources: Resources
     replicas: int = Field(default=1, ge=1, le=20)
     env: dict[str, str] = Field(default_factory=dict)
@@ -118,6 +128,7 @@ class WorkloadSpec(_Strict):
     # In YAML a list of file names; loaded, the name -> content map.
     config_files: dict[str, str] = Field(default_factory=dict, alias="configFiles")
     batch: Batch | None = Field(None, description="also deploy an Indexed Job for sharded batch work")
+    schedule: Schedule | None = Field(None, description="run as a CronJob (job only when it has no ports)")
 
     @field_validator("name")
     @classmethod
@@ -149,7 +160,10 @@ class WorkloadSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "WorkloadSpec":
         names = {p.name for p in self.ports}
-        if self.health.port not in names:
+        if self.health is None:
+            if self.schedule is None or self.ports:
+                raise ValueError("health: required for a workload that serves (only a job-only workload has none)")
+        elif self.health.port not in names:
             raise ValueError(f"health.port {self.health.port!r} is not one of the ports {sorted(names)}")
         for peer in [*self.network.ingress_from, *self.network.egress_to]:
             if peer.startswith("@") and peer not in PEER_GROUPS:

@@ -155,6 +155,13 @@ def phi_to_the_internet():
                                                 "medplat.io/writes": "phi", "medplat.io/egress": "@internet"})
 
 
+def second_path_into_the_bucket():
+    """An operational exporter naming the de-identified bucket as a peer: a flow the feed's proof does not cover."""
+    _deployment("bucket-exporter", annotations={"medplat.io/workload": "exporter", "medplat.io/reads": "operational",
+                                                "medplat.io/writes": "operational", "medplat.io/roles": "exporter",
+                                                "medplat.io/egress": "@analytics-bucket"})
+
+
 def edge_without_forwarder():
     """Handled by config: drop edge-forwarder from the site's workloads."""
 

@@ -41,6 +41,8 @@ CASES = [
     ("k8s-no-token-automount", "edge-dresden", cases.token_pod, "automounts a service-account token"),
     ("mandatory-labels", "analytics", cases.unlabelled_bucket, "lacks medplat:zone, medplat:site"),
     ("dataflow-residency", "edge-dresden", cases.phi_to_the_internet, "phi flows out of the EU zone without anonymization"),
+    ("dataflow-residency", "edge-dresden", cases.second_path_into_the_bucket,
+     "sends to the de-identified analytics bucket but is not a de-identifier"),
 ]
 
 

@@ -1,12 +1,18 @@
 """End to end across ingest, consent and pseudonymizer: a denied consent stops a research
-export; a granted one lets the data through, with the patient pseudonymized."""
+export; a granted one lets the data through de-identified (medplat.deid research
+configuration); recipient and domain come from the client's registration, not the body."""
 from __future__ import annotations
+
+import json
 
 import pytest
 from fastapi.testclient import TestClient
 from identities import INGRESS, forwarded_cert
 from medplat.service.localpki import Ca
 
+import deid_samples
+from deid_samples import PHI
+from medplat.deid import date_shift_days, load_key, shift
 from medplat.service.auth import mint_local_token
 from medplat.service.clients import ServiceClient
 from medplat.workloads.consent.app import Settings as ConsentSettings
@@ -15,6 +21,9 @@ from medplat.workloads.ingest.app import Settings as IngestSettings
 from medplat.workloads.ingest.app import build as build_ingest
 from medplat.workloads.pseudonymizer.app import Settings as PseudoSettings
 from medplat.workloads.pseudonymizer.app import build as build_pseudonymizer
+
+CLIENTS = {"uni-research-client": {"organisation": "Organization/uni-research", "domains": ["study-7"]},
+           "other-client": {"organisation": "Organization/other-institute", "domains": ["study-9"]}}
 
 
 def consent_for(cid: str, patient: str, kind: str) -> dict:
@@ -33,8 +42,8 @@ def observation(message_id: str, patient: str, seq: int) -> dict:
         "valueQuantity": {"value": 97, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}}
 
 
-def authed(app, data_dir, audience, scopes):
-    token = mint_local_token(data_dir, audience, scopes, "ingest")
+def authed(app, data_dir, audience, scopes, subject="ingest"):
+    token = mint_local_token(data_dir, audience, scopes, subject)
     return TestClient(app, headers={"authorization": f"Bearer {token}"})
 
 
@@ -45,13 +54,14 @@ def platform(tmp_path):
     consents = authed(consent_app, consent_settings.data_dir, "consent", ["consent.write", "consent.decide"])
     pseudo = authed(pseudo_app, pseudo_settings.data_dir, "pseudonymizer", ["pseudonym.admin", "pseudonym.create",
                                                                             "pseudonym.resolve"])
-    assert pseudo.post("/domains", json={"name": "study-7", "dataClass": "pseudonymized",
-                                         "reversible": True}).status_code == 201
+    for domain in ("study-7", "study-9"):
+        assert pseudo.post("/domains", json={"name": domain, "dataClass": "pseudonymized",
+                                             "reversible": True}).status_code == 201
     ingest_app, ingest_settings = build_ingest(
-        IngestSettings(data_dir=tmp_path / "ingest", trusted_proxies=INGRESS),
+        IngestSettings(data_dir=tmp_path / "ingest", trusted_proxies=INGRESS, export_clients=CLIENTS),
         consent=ServiceClient("http://testserver", client=consents, name="consent"),
         pseudonymizer=ServiceClient("http://testserver", client=pseudo, name="pseudonymizer"))
-    ingest = authed(ingest_app, ingest_settings.data_dir, "ingest", ["export.research"])
+    ingest = authed(ingest_app, ingest_settings.data_dir, "ingest", ["export.research"], "uni-research-client")
     batch = {"messages": [observation("m1", "Patient/anna", 1), observation("m2", "Patient/bert", 2),
                           observation("m3", "Patient/anna", 3)]}
     site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
@@ -59,9 +69,8 @@ def platform(tmp_path):
     return consents, pseudo, ingest
 
 
-def export(ingest):
-    response = ingest.post("/exports/research", json={"purpose": "HRESCH", "actor": "Organization/uni-research",
-                                                      "domain": "study-7"})
+def export(ingest, **body):
+    response = ingest.post("/exports/research", json={"purpose": "HRESCH", **body})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -75,17 +84,60 @@ def test_denied_consent_stops_the_export_and_granted_consent_lets_it_through_pse
     assert consents.post("/Consent", json=consent_for("bert-no", "Patient/bert", "deny")).status_code == 201
     result = export(ingest)
     assert result["counts"] == {"considered": 3, "exported": 2, "refused": 1}
+    assert (result["actor"], result["domain"]) == ("Organization/uni-research", "study-7"), "from the registration"
     assert result["refused"] == [{"id": "m2", "reason": "consent: deny"}]
-    subjects = {r["subject"]["identifier"]["value"] for r in result["exported"]}
+    subjects = {r["subject"]["reference"] for r in result["exported"]}
     assert len(subjects) == 1
-    (pseudonym,) = subjects
+    (reference,) = subjects
     assert "anna" not in str(result["exported"]) and "bert" not in str(result["exported"])
-    assert all(r["subject"]["identifier"]["system"] == "urn:medplat:pseudonym:study-7" for r in result["exported"])
+    pseudonym = reference.removeprefix("Patient/")
     resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [pseudonym]}).json()["values"]
-    assert resolved == ["Patient/anna"], "the pseudonym is the study domain's, resolvable only with the role"
+    assert resolved == ["anna"], "the pseudonym is the study domain's, resolvable only with the role"
+
+
+def test_another_organisations_domain_and_a_foreign_actor_are_refused(platform):
+    _consents, _pseudo, ingest = platform
+    response = ingest.post("/exports/research", json={"domain": "study-9"})
+    assert response.status_code == 403 and "not registered to Organization/uni-research" in response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    response = ingest.post("/exports/research", json={"actor": "Organization/other-institute"})
+    assert response.status_code == 403
+
+
+def test_unregistered_client_is_refused(platform, tmp_path):
+    _consents, _pseudo, ingest = platform
+    token = mint_local_token(tmp_path / "ingest", "ingest", ["export.research"], "someone-else")
+    response = ingest.post("/exports/research", json={}, headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 403 and "not registered" in response.text
 
 
 def test_export_needs_its_scope(platform):
     _consents, _pseudo, ingest = platform
     bare = TestClient(ingest.app)
-    assert bare.post("/exports/research", json={"actor": "Organization/x", "domain": "study-7"}).status_code == 401
+    assert bare.post("/exports/research", json={"domain": "study-7"}).status_code == 401
+
+
+def test_phi_seeded_resources_leave_without_phi_and_with_one_shift_per_patient(platform, tmp_path):
+    consents, _pseudo, ingest = platform
+    patient = f"Patient/{PHI['patient_id']}"
+    assert consents.post("/Consent", json=consent_for("q-yes", patient, "permit")).status_code == 201
+    resources = [deid_samples.patient(), deid_samples.encounter(), deid_samples.observation(),
+                 deid_samples.diagnostic_report(), deid_samples.consent()]
+    batch = {"messages": [{"id": f"phi-{i}", "device": "monitor-9", "seq": 10 + i, "dataClass": "phi",
+                           "resource": r} for i, r in enumerate(resources)]}
+    assert ingest.post("/batches", json=batch).status_code == 200
+    first = export(ingest)
+    exported = {r["resourceType"]: r for r in first["exported"] if r.get("id") != "m1"}
+    assert {"Patient", "Encounter", "Observation", "DiagnosticReport", "Consent"} <= set(exported)
+    text = json.dumps(first)
+    assert {k: v for k, v in PHI.items() if v in text} == {}
+    days = date_shift_days(load_key(tmp_path / "ingest" / "deid" / "project.key"), PHI["patient_id"])
+    by_type = exported
+    assert by_type["Patient"]["birthDate"] == shift(PHI["birth"], days)
+    assert by_type["Observation"]["effectiveDateTime"] == shift(deid_samples.START, days, keep_time=True)
+    assert by_type["Consent"]["dateTime"] == shift("2026-01-05T12:00:00+01:00", days, keep_time=True)
+    assert by_type["Observation"]["subject"]["reference"] == f"Patient/{by_type['Patient']['id']}"
+    assert by_type["DiagnosticReport"]["result"] == [{"reference": f"Observation/{by_type['Observation']['id']}"}]
+    for element in ("performer", "encounter", "note", "contained", "identifier"):
+        assert element not in by_type["Observation"]
+    assert export(ingest)["exported"] == first["exported"], "the same export twice is the same output"

@@ -46,6 +46,12 @@ def placeholder_digests() -> frozenset[str]:
     return frozenset(name for name, entry in (data.get("images") or {}).items() if entry.get("placeholder"))
 
 
+def images() -> list[str]:
+    """Workloads medplat builds an image for (`workloads/<name>/Dockerfile`): services and jobs."""
+    root = resources.files(__name__)
+    return sorted(name for name in catalog() if (root / name / "Dockerfile").is_file())
+
+
 def runnable() -> list[str]:
     """Workloads that ship a service (`workloads/<name>/app.py`), runnable with `medplat serve`."""
     root = resources.files(__name__)

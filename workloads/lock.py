@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medplat.workloads import runnable
+from medplat.workloads import images
 
 HEADER = ("# Resolved dependencies of the medplat distribution that the {name} image installs.\n"
           "# Regenerate from the repository root: python -m medplat.workloads.lock\n")
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text()) if args.report else resolve(args.root)
     body = "\n".join(pins(report)) + "\n"
-    for name in runnable():
+    for name in images():
         (args.root / "workloads" / name / "requirements.lock").write_text(HEADER.format(name=name) + body)
-    print(f"{len(runnable())} locks, {len(pins(report))} packages each")
+    print(f"{len(images())} locks, {len(pins(report))} packages each")
     return 0
 
 

@@ -17,7 +17,8 @@ from medplat.policies.lib import SENSITIVE, WORKLOAD_KINDS, annotations, csv, da
 META = Meta(
     id="dataflow-residency",
     description="No path in the resource graph carries phi or key-material out of the EU zone unless it "
-                "passes an anonymizer or pseudonymizer workload.",
+                "passes an anonymizer or pseudonymizer workload; only a de-identifying workload (the "
+                "analytics feed) may send to the de-identified analytics bucket.",
     severity=Severity.CRITICAL,
     rationale="Residency is a property of flows, not only of stores: a compliant bucket is no help if a "
               "workload streams PHI to it from outside the EU.",
@@ -166,6 +167,26 @@ def check(args, report):
                                    f"{' -> '.join(reversed(path))}", source_urn)
                         continue
                     queue.append(target)
+    _only_deidentifiers_reach_the_bucket(args.resources, report)
+
+
+ANALYTICS_BUCKET = "@analytics-bucket"
+
+
+def _only_deidentifiers_reach_the_bucket(resources, report) -> None:
+    """The de-identified bucket is fed by one kind of flow: a workload with the anonymizer role
+    that writes only de-identified data (the analytics feed). Anything else naming the bucket
+    as a peer would be a second, unproven path into it."""
+    for resource in resources:
+        if resource.resource_type not in WORKLOAD_KINDS:
+            continue
+        note = annotations(resource.props)
+        if ANALYTICS_BUCKET not in csv(note.get("medplat.io/egress")):
+            continue
+        roles, writes = csv(note.get("medplat.io/roles")), csv(note.get("medplat.io/writes"))
+        if "anonymizer" not in roles or not writes or writes - {"deidentified"}:
+            report(f"'{resource.name}' sends to the de-identified analytics bucket but is not a de-identifier "
+                   f"writing only deidentified data (roles {sorted(roles)}, writes {sorted(writes)})", resource.urn)
 
 
 POLICY = MedplatStackPolicy(META, check)

@@ -104,6 +104,11 @@ class EuPhiConfig(_Model):
         default_factory=lambda: ["phi", "pseudonymized", "deidentified", "operational"],
         description="data classes edge sites may send to the EU zone; key material never leaves a site",
     )
+    analytics_bucket_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="addresses of the analytics zone's S3 endpoint (the AWS region's S3 ranges); only the "
+                    "analytics-feed may reach them",
+    )
 
     _country = field_validator("country")(classmethod(lambda cls, v: _eu_country(v)))
 

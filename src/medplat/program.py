@@ -89,6 +89,7 @@ def _eu_phi(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
         backup_volume_gb=phi.backup_volume_gb, workloads=specs, images=images,
         egress_data_classes=list(phi.egress_data_classes),
         ca_cert_pem=phi.platform_ca.cert_pem, ca_key_ref=phi.platform_ca.key_ref,
+        analytics_bucket_cidrs=[str(c) for c in phi.analytics_bucket_cidrs],
         dns_nameservers=[str(ip) for ip in phi.dns_nameservers],
     ), labels=labels, opts=pulumi.ResourceOptions(providers={"openstack": provider}))
     for key, value in zone.outputs.items():

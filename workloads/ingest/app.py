@@ -31,7 +31,8 @@ from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
-from medplat.workloads.ingest.export import research_export
+from medplat.deid.keys import load_key
+from medplat.workloads.ingest.export import ExportClient, ExportRequest, recipient_of, research_export
 
 NAME = "ingest"
 DataClass = Literal["phi", "pseudonymized", "deidentified", "operational", "key-material"]
@@ -46,6 +47,9 @@ class Settings(ServiceSettings):
     consent_url: str | None = None  # research exports ask consent and pseudonymizer
     pseudonymizer_url: str | None = None
     service_token_file: Path | None = None  # bearer token for those calls, rotated by the platform
+    # Research export clients by token subject: their organisation and pseudonym domains.
+    export_clients: dict[str, ExportClient] = {}
+    deid_key_file: Path | None = None  # the project's de-identification key; default generated in data_dir
 
 
 metadata = MetaData()
@@ -104,13 +108,6 @@ def _validate(batch: Batch, settings: Settings) -> None:
                             expression=[f"{where}.resource.{field}"]) from None
 
 
-class ExportRequest(BaseModel):
-    purpose: str = Field("HRESCH", description="purpose of use (v3-ActReason), e.g. HRESCH")
-    actor: str = Field(description="the recipient, e.g. Organization/uni-research")
-    domain: str = Field(description="pseudonymization domain of the study")
-    limit: int = Field(10_000, ge=1, le=100_000)
-
-
 def build(settings: Settings | None = None, *, consent: ServiceClient | None = None,
           pseudonymizer: ServiceClient | None = None):
     settings = settings or Settings()
@@ -152,10 +149,13 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
         """Secondary-use export: consent decides, permitted data leaves pseudonymized, the rest is refused."""
         if not (consent and pseudonymizer):
             raise FhirError(503, "research export needs consent_url and pseudonymizer_url", code="not-supported")
-        result = research_export(engine, messages, consent, pseudonymizer, purpose=body.purpose, actor=body.actor,
-                                 domain=body.domain, limit=body.limit)
+        actor, domain = recipient_of(principal.subject, body, settings.export_clients)
+        key = load_key(settings.deid_key_file or settings.data_dir / "deid" / "project.key",
+                       create=settings.deid_key_file is None)
+        result = research_export(engine, messages, consent, pseudonymizer, key, purpose=body.purpose, actor=actor,
+                                 domain=domain, limit=body.limit)
         audit.record(balp_event("execute", source=NAME, agent=principal.subject, purpose=body.purpose,
-                                description=f"research export for {body.actor}: {result['counts']}"))
+                                description=f"research export for {actor} in {domain}: {result['counts']}"))
         return result
 
     @router.get("/messages", tags=["read"])

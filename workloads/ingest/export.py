@@ -1,18 +1,58 @@
 """Research export: consent decides per patient and resource type; permitted resources leave
-only with their obligations fulfilled (the patient reference replaced by the pseudonymizer's
-pseudonym in the study's domain); denied ones are refused and counted, never exported."""
+de-identified by medplat.deid's research configuration — the patient as a pseudonym of the
+recipient's domain, dates shifted per patient, everything the recipient may not see removed.
+The recipient and its domains come from the authenticated client's registration, never from
+the request body."""
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select
 
+from medplat.deid import Deidentifier, KeyDomain, builtin
+from medplat.deid.engine import PATIENT_REFERENCE
 from medplat.service.clients import ServiceClient
+from medplat.service.fhir import FhirError
 
 FULFILLABLE = {"pseudonymize"}
 
 
+class ExportClient(BaseModel):
+    """A registered export client (by token subject): the organisation it exports for and the
+    pseudonym domains of that organisation's studies."""
+    organisation: str = Field(pattern=r"^Organization/[A-Za-z0-9\-.]{1,64}$")
+    domains: list[str] = Field(min_length=1)
+
+
+class ExportRequest(BaseModel):
+    purpose: str = Field("HRESCH", description="purpose of use (v3-ActReason), e.g. HRESCH")
+    domain: str | None = Field(None, description="one of the client's registered pseudonym domains")
+    actor: str | None = Field(None, description="optional; must be the client's registered organisation")
+    limit: int = Field(10_000, ge=1, le=100_000)
+
+
+def recipient_of(subject: str, request: ExportRequest, clients: dict[str, ExportClient]) -> tuple[str, str]:
+    """(organisation, domain) for the token's subject; anything else in the body is refused."""
+    client = clients.get(subject)
+    if client is None:
+        raise FhirError(403, f"client {subject!r} is not registered for research exports", code="forbidden")
+    if request.actor is not None and request.actor != client.organisation:
+        raise FhirError(403, f"client {subject!r} exports for {client.organisation}, not {request.actor}",
+                        code="forbidden", expression=["actor"])
+    if request.domain is None:
+        if len(client.domains) != 1:
+            raise FhirError(422, f"name the domain: one of {client.domains}", code="required", expression=["domain"])
+        return client.organisation, client.domains[0]
+    if request.domain not in client.domains:
+        raise FhirError(403, f"domain {request.domain!r} is not registered to {client.organisation}: refused",
+                        code="forbidden", expression=["domain"])
+    return client.organisation, request.domain
+
+
 def _patient(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient" and resource.get("id"):
+        return f"Patient/{resource['id']}"
     for field in ("subject", "patient"):
         reference = (resource.get(field) or {}).get("reference", "")
         if reference.startswith("Patient/"):
@@ -20,13 +60,19 @@ def _patient(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def research_export(engine: Engine, messages, consent: ServiceClient, pseudonymizer: ServiceClient, *,
-                    purpose: str, actor: str, domain: str, limit: int) -> dict[str, Any]:
+def pseudonymizer_callback(pseudonymizer: ServiceClient):
+    def pseudonymize(domain: str, values: list[str]) -> list[str]:
+        return pseudonymizer.post(f"/domains/{domain}/pseudonymize", {"values": values})["pseudonyms"]
+    return pseudonymize
+
+
+def research_export(engine: Engine, messages, consent: ServiceClient, pseudonymizer: ServiceClient, project_key: bytes,
+                    *, purpose: str, actor: str, domain: str, limit: int) -> dict[str, Any]:
     with engine.connect() as connection:
         rows = connection.execute(select(messages.c.id, messages.c.payload, messages.c.data_class)
                                   .order_by(messages.c.device, messages.c.seq).limit(limit)).all()
     decisions: dict[tuple[str, str], dict[str, Any]] = {}
-    exported, refused, permitted = [], [], []
+    refused, permitted = [], []
     for row in rows:
         resource, patient = row.payload, _patient(row.payload)
         if patient is None:
@@ -46,16 +92,10 @@ def research_export(engine: Engine, messages, consent: ServiceClient, pseudonymi
             # Secondary use never leaves with the real patient reference.
             refused.append({"id": row.id, "reason": f"cannot fulfil obligations {sorted(unknown) or 'none given'}"})
             continue
-        permitted.append((row.id, resource, patient))
-    pseudonyms = {}
-    patients = sorted({patient for _, _, patient in permitted})
-    if patients:
-        pseudonyms = dict(zip(patients, pseudonymizer.post(f"/domains/{domain}/pseudonymize",
-                                                           {"values": patients})["pseudonyms"]))
-    for message_id, resource, patient in permitted:
-        copy = {k: v for k, v in resource.items() if k not in ("subject", "patient", "id", "text")}
-        field = "subject" if "subject" in resource else "patient"
-        copy[field] = {"identifier": {"system": f"urn:medplat:pseudonym:{domain}", "value": pseudonyms[patient]}}
-        exported.append(copy)
+        permitted.append(resource)
+    keys = KeyDomain(project_key, pseudonymizer_callback(pseudonymizer))
+    keys.prefetch(domain, [m.group(1) for r in permitted if (m := PATIENT_REFERENCE.search(_patient(r)))])
+    deidentifier = Deidentifier(builtin("research"), keys, domain=domain)
+    exported = [out for out in (deidentifier.deidentify(resource) for resource in permitted) if out]
     return {"purpose": purpose, "actor": actor, "domain": domain, "exported": exported, "refused": refused,
             "counts": {"considered": len(rows), "exported": len(exported), "refused": len(refused)}}
