@@ -182,3 +182,12 @@ def test_score_as_fhir_observation_validates_with_components():
     assert sum(c["valueInteger"] for c in resource["component"]) == 7
     assert {c["code"]["coding"][0]["code"] for c in resource["component"]} >= {"1104311000000102", "1104301000000104"}
     assert len(resource["derivedFrom"]) == 7
+
+
+def test_a_live_device_reading_without_time_is_timed_at_receipt_only_when_live():
+    untimed = {"resourceType": "Observation", "id": "o2", "status": "final",
+               "code": {"coding": [{"system": news2.MDC, "code": "147842"}]},
+               "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "/min"}}
+    assert news2.reading(untimed, received=NOW).at == NOW
+    with pytest.raises(news2.ReadingError):
+        news2.reading(untimed)

@@ -53,7 +53,7 @@ def staff_observation(parameter: str, **value) -> dict:
 
 @pytest.fixture
 def site(tmp_path):
-    settings = service.Settings(data_dir=tmp_path, device_patients={DEVICE: PATIENT}, escalate_after="PT1S")
+    settings = service.Settings(data_dir=tmp_path, device_patients={f"{DEVICE}*": PATIENT}, escalate_after="PT1S")
     app, settings = service.build(settings)
     client = TestClient(app)
 

@@ -31,7 +31,7 @@ from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
-from medplat.service.tls import serve
+from medplat.service.tls import client_context, serve
 from medplat.workloads.clinical_workflow import cds, news2, store
 from medplat.workloads.clinical_workflow.clinical import Clinical
 from medplat.workloads.clinical_workflow.engine import Engine, Policy
@@ -50,7 +50,7 @@ class Settings(ServiceSettings):
     broker_url: str = "mqtt://127.0.0.1:1883"
     topic_prefix: str = "medplat/devices"  # the sdc-bridge publishes <prefix>/<device>/<resourcetype>
     client_id: str = "medplat-clinical-workflow"
-    device_patients: dict[str, str] = {}  # device id prefix -> Patient/<id> (bed assignment)
+    device_patients: dict[str, str] = {}  # device id pattern (fnmatch, e.g. "<epr>-*") -> Patient/<id>
     spo2_scale_2_patients: list[str] = []  # patients with a prescribed 88-92 % target (RCP scale 2)
     device_max_age_s: float = 900.0
     manual_max_age_s: float = 4 * 3600.0
@@ -66,6 +66,10 @@ class Settings(ServiceSettings):
     # Off-site forwarding (through the edge-forwarder's topic) only after the consent service permits.
     consent_url: str | None = None
     consent_token_file: Path | None = None
+    # The site's mTLS client credential (PlatformPki) for the EU zone's consent service.
+    consent_ca: Path | None = None
+    consent_cert: Path | None = None
+    consent_key: Path | None = None
     forward_topic: str = "medplat/devices/clinical-workflow"
 
 
@@ -89,8 +93,8 @@ def actor(principal: Principal) -> str:
 class ConsentGate:
     """Asks the consent service whether a patient's data may be disclosed off site (purpose TREAT)."""
 
-    def __init__(self, url: str | None, token_file: Path | None) -> None:
-        self.url, self.token_file = url, token_file
+    def __init__(self, url: str | None, token_file: Path | None, tls: Any = True) -> None:
+        self.url, self.token_file, self.tls = url, token_file, tls
         self.cache: dict[str, tuple[float, str]] = {}
 
     def decide(self, patient: str, resource: dict[str, Any]) -> str | None:
@@ -102,7 +106,7 @@ class ConsentGate:
             return cached[1]
         token = self.token_file.read_text().strip() if self.token_file else ""
         try:
-            response = httpx.post(f"{self.url.rstrip('/')}/decide", timeout=5, headers={
+            response = httpx.post(f"{self.url.rstrip('/')}/decide", timeout=5, verify=self.tls, headers={
                 "authorization": f"Bearer {token}"}, json={
                 "patient": patient, "actors": ["Organization/eu-phi-zone"], "purpose": "TREAT", "action": "disclose",
                 "resourceType": resource["resourceType"], "dataClass": "phi"})
@@ -241,13 +245,17 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     worker_box: list[Worker] = []
     engine = Engine(db, Policy(lanes=settings.lanes, due_s=settings.due_s),
                     on_commit=lambda: worker_box and worker_box[0].wake())
+    began = time.perf_counter()
     resumed = engine.resume()
+    resume_s = round(time.perf_counter() - began, 4)
     policy = news2.StalenessPolicy(device_max_age_s=settings.device_max_age_s,
                                    manual_max_age_s=settings.manual_max_age_s)
     clinical = Clinical(engine, dict(settings.device_patients), policy, escalate_after=settings.escalate_after,
                         alarm_escalate_after=settings.alarm_escalate_after,
                         spo2_scale_2=set(settings.spo2_scale_2_patients))
-    worker = Worker(engine, audit, ConsentGate(settings.consent_url, settings.consent_token_file), publisher,
+    tls = client_context(settings.consent_ca, settings.consent_cert, settings.consent_key) \
+        if settings.consent_url and settings.consent_url.startswith("https://") else True
+    worker = Worker(engine, audit, ConsentGate(settings.consent_url, settings.consent_token_file, tls), publisher,
                     settings.forward_topic, settings.tick_s)
     worker_box.append(worker)
     router = APIRouter()
@@ -356,9 +364,10 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     def health() -> dict[str, Any]:
         counters = clinical.counters
-        return {"database": db.dialect.name, "resumedWorkflows": resumed, "openWorkflows": len(engine.loaded),
+        return {"database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.loaded),
                 "messages": counters.messages, "duplicates": counters.duplicates, "refused": counters.refused,
                 "unassigned": counters.unassigned, "scores": counters.scores, "incomplete": counters.incomplete,
+                "lastRefusal": counters.last_refusal, "lastIncomplete": counters.last_incomplete,
                 "forwarded": worker.forwarded, "withheld": worker.withheld}
 
     app = create_app(NAME, __doc__.strip().splitlines()[0], router, health)

@@ -4,6 +4,7 @@ transaction together with its message id, so a redelivered message changes nothi
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,12 +34,13 @@ class Counters:
     incomplete: int = 0
     processes: int = 0
     last_refusal: str = ""
+    last_incomplete: str = ""
 
 
 @dataclass
 class Clinical:
     engine: Engine
-    device_patients: dict[str, str]  # device id prefix -> Patient reference (the bed assignment)
+    device_patients: dict[str, str]  # device id pattern (fnmatch) -> Patient reference (the bed assignment)
     policy: news2.StalenessPolicy
     escalate_after: str = "PT5M"  # ISO 8601 duration: an emergency Task not accepted by then escalates
     alarm_escalate_after: str = "PT2M"
@@ -61,7 +63,7 @@ class Clinical:
                 return "duplicate"
             conn.execute(insert(store.inbox).values(id=message_id, received=time.time()))
             self.counters.messages += 1
-            outcome = (self._observation(conn, resource, device) if kind == "Observation"
+            outcome = (self._observation(conn, resource, device, live=True) if kind == "Observation"
                        else self._alarm(conn, resource, device))
         self.engine.on_commit()
         return outcome
@@ -94,13 +96,14 @@ class Clinical:
         subject = (resource.get("subject") or {}).get("reference")
         if subject:
             return subject
-        matches = [prefix for prefix in self.device_patients if device.startswith(prefix)]
-        return self.device_patients[max(matches, key=len)] if matches else None
+        matches = [pattern for pattern in self.device_patients if fnmatch.fnmatchcase(device, pattern)]
+        return self.device_patients[max(matches, key=len)] if matches else None  # the most specific pattern
 
     # --- NEWS2 -------------------------------------------------------------------------------------
-    def _observation(self, conn: Connection, resource: dict[str, Any], device: str) -> str:
+    def _observation(self, conn: Connection, resource: dict[str, Any], device: str, live: bool = False) -> str:
+        now = datetime.datetime.now(datetime.timezone.utc)
         try:
-            found = news2.reading(resource)
+            found = news2.reading(resource, received=now if live else None)
         except (news2.ReadingError, ValueError) as exc:
             return self._refuse(str(exc))
         if found is None:
@@ -113,10 +116,10 @@ class Clinical:
         if not record.add(found):
             return "older than the latest reading"
         self._save_vitals(conn, patient, record)
-        now = datetime.datetime.now(datetime.timezone.utc)
         snapshot = record.snapshot(now, self.policy)
         if isinstance(snapshot, news2.Incomplete):
             self.counters.incomplete += 1
+            self.counters.last_incomplete = snapshot.reason()
             return snapshot.reason()
         vitals, inputs = snapshot
         result = news2.score(vitals)

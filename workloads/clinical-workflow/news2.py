@@ -213,8 +213,10 @@ def parameter_of(observation: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _when(observation: Mapping[str, Any]) -> datetime.datetime:
+def _when(observation: Mapping[str, Any], received: datetime.datetime | None) -> datetime.datetime:
     text = observation.get("effectiveDateTime") or observation.get("issued")
+    if not text and received is not None:
+        return received  # a live device stream without a determination time: timed at receipt
     if not text:
         raise ReadingError("Observation has no effectiveDateTime: its age cannot be judged")
     moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -223,15 +225,16 @@ def _when(observation: Mapping[str, Any]) -> datetime.datetime:
     return moment
 
 
-def reading(observation: Mapping[str, Any]) -> Reading | None:
-    """The NEWS2 input an Observation carries, None when it is not a NEWS2 parameter."""
+def reading(observation: Mapping[str, Any], received: datetime.datetime | None = None) -> Reading | None:
+    """The NEWS2 input an Observation carries, None when it is not a NEWS2 parameter. `received`
+    (live device messages only) times an Observation that carries no time of its own."""
     parameter = parameter_of(observation)
     if parameter is None:
         return None
     if observation.get("status") not in ("final", "amended", "corrected"):
         raise ReadingError(f"{parameter}: status {observation.get('status')!r} is not a final result")
     source = f"Observation/{observation.get('id')}"
-    at = _when(observation)
+    at = _when(observation, received)
     if parameter == "consciousness":
         value = _acvpu(observation)
     elif parameter == "air_or_oxygen":
