@@ -191,3 +191,20 @@ def test_a_live_device_reading_without_time_is_timed_at_receipt_only_when_live()
     assert news2.reading(untimed, received=NOW).at == NOW
     with pytest.raises(news2.ReadingError):
         news2.reading(untimed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rr=st.integers(4, 45), spo2=st.integers(70, 100), oxygen=st.booleans(), sbp=st.integers(60, 250),
+       pulse=st.integers(25, 180), acvpu=st.sampled_from("ACVPU"), tenths=st.integers(330, 410),
+       scale_2=st.booleans())
+def test_agrees_with_an_independent_implementation(rr, spo2, oxygen, sbp, pulse, acvpu, tenths, scale_2):
+    """Oracle: the third-party `vitalscore` package (PyPI, 0.1.1), written by others from the same chart."""
+    from vitalscore import score_news2
+
+    theirs = score_news2(rr, float(spo2), oxygen, sbp, pulse, acvpu, tenths / 10, use_spo2_scale2=scale_2)
+    ours = news2.score(news2.Vitals(rr, spo2, oxygen, sbp, pulse, acvpu, tenths / 10, 2 if scale_2 else 1))
+    assert ours.total == theirs.total
+    assert [ours.components[k] for k in ("respiration_rate", "air_or_oxygen", "systolic_bp", "pulse",
+                                         "consciousness", "temperature")] == \
+        [theirs.rr_score, theirs.o2_score, theirs.sbp_score, theirs.hr_score, theirs.consciousness_score,
+         theirs.temp_score]

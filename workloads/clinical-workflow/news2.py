@@ -57,11 +57,13 @@ RESPONSE = {
 }
 
 
-def _chart(value: float, places: int = 0) -> Decimal:
+def _chart(value: float, places: int = 0) -> Decimal | int:
+    if places == 0 and isinstance(value, int):
+        return value  # already at the chart's resolution
     return Decimal(str(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
-def _band(value: Decimal, bands: tuple[tuple[Decimal | None, int], ...]) -> int:
+def _band(value: Decimal | int, bands: tuple[tuple[Decimal | int | None, int], ...]) -> int:
     """bands: (inclusive upper bound, score) ascending; the last bound is None (no upper limit)."""
     for upper, points in bands:
         if upper is None or value <= upper:
@@ -69,14 +71,14 @@ def _band(value: Decimal, bands: tuple[tuple[Decimal | None, int], ...]) -> int:
     raise AssertionError("unreachable: the last band is open")
 
 
-D = Decimal
-RESPIRATION = ((D(8), 3), (D(11), 1), (D(20), 0), (D(24), 2), (None, 3))
-SPO2_SCALE_1 = ((D(91), 3), (D(93), 2), (D(95), 1), (None, 0))
-SPO2_SCALE_2_LOW = ((D(83), 3), (D(85), 2), (D(87), 1), (None, 0))
-SPO2_SCALE_2_ON_OXYGEN = ((D(92), 0), (D(94), 1), (D(96), 2), (None, 3))
-SYSTOLIC = ((D(90), 3), (D(100), 2), (D(110), 1), (D(219), 0), (None, 3))
-PULSE = ((D(40), 3), (D(50), 1), (D(90), 0), (D(110), 1), (D(130), 2), (None, 3))
-TEMPERATURE = ((D("35.0"), 3), (D("36.0"), 1), (D("38.0"), 0), (D("39.0"), 1), (None, 2))
+# Chart 1 as (inclusive upper bound, score), ascending; None = no upper limit.
+RESPIRATION = ((8, 3), (11, 1), (20, 0), (24, 2), (None, 3))
+SPO2_SCALE_1 = ((91, 3), (93, 2), (95, 1), (None, 0))
+SPO2_SCALE_2_LOW = ((83, 3), (85, 2), (87, 1), (None, 0))
+SPO2_SCALE_2_ON_OXYGEN = ((92, 0), (94, 1), (96, 2), (None, 3))
+SYSTOLIC = ((90, 3), (100, 2), (110, 1), (219, 0), (None, 3))
+PULSE = ((40, 3), (50, 1), (90, 0), (110, 1), (130, 2), (None, 3))
+TEMPERATURE = ((Decimal("35.0"), 3), (Decimal("36.0"), 1), (Decimal("38.0"), 0), (Decimal("39.0"), 1), (None, 2))
 ACVPU = {"A": 0, "C": 3, "V": 3, "P": 3, "U": 3}
 
 
