@@ -235,3 +235,55 @@ def test_cds_hooks_discovery_and_cards(site):
     assert wrong.status_code == 400
     assert client.post("/cds-services/news2-patient-view", json={"hook": "patient-view"},
                        headers=token()).status_code == 422
+
+
+def test_who_surgical_safety_checklist_kept_as_questionnaire_response(site):
+    """Items and phases: WHO Surgical Safety Checklist, first edition (2009)."""
+    from medplat.workloads.clinical_workflow import checklist
+    from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+
+    app, client, token = site
+    oximeter = device_observation("spo2", 97)  # the OR monitor reports SpO2: the pulse oximeter is on
+    app.state.clinical.handle_envelope(envelope(oximeter))
+    assert client.post("/surgical-checklist", json={"patient": PATIENT}, headers=token()).status_code == 201
+    for phase in ("sign_in", "time_out", "sign_out"):
+        [task] = [e["resource"] for e in client.get("/Task", params={"status": "requested"},
+                                                      headers=token()).json()["entry"]]
+        assert task["code"]["coding"][0]["code"] == phase
+        client.post(f"/Task/{task['id']}/$claim", headers=token())
+        for status in ("accepted", "in-progress"):
+            client.post(f"/Task/{task['id']}/$transition", json={"status": status}, headers=token())
+        staff = {link: True for link, _, device in checklist.ITEMS[phase] if device is None}
+        missing = dict(list(staff.items())[1:])
+        refused = client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": missing},
+                              headers=token())
+        assert refused.status_code == 422 and "is not confirmed" in refused.json()["issue"][0]["diagnostics"]
+        done = client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
+                           headers=token())
+        assert done.status_code == 200, done.json()
+    [response] = [e["resource"] for e in client.get("/QuestionnaireResponse", params={"patient": PATIENT},
+                                                      headers=token()).json()["entry"]]
+    QuestionnaireResponse.model_validate(response)
+    assert response["status"] == "completed" and [p["linkId"] for p in response["item"]] == list(checklist.ITEMS)
+    assert sum(len(p["item"]) for p in response["item"]) == 17
+    [record] = [e["resource"] for e in client.get("/Provenance", params={
+        "target": f"QuestionnaireResponse/{response['id']}"}, headers=token()).json()["entry"]]
+    assert record["entity"] == [{"role": "source", "what": {"reference": f"Observation/{oximeter['id']}"}}]
+    assert [a["who"]["reference"] for a in record["agent"]] == [DOCTOR]
+
+
+def test_checklist_device_item_needs_a_current_reading_or_staff(site):
+    app, client, token = site
+    client.post("/surgical-checklist", json={"patient": PATIENT}, headers=token())
+    [task] = [e["resource"] for e in client.get("/Task", headers=token()).json()["entry"]]
+    client.post(f"/Task/{task['id']}/$claim", headers=token())
+    for status in ("accepted", "in-progress"):
+        client.post(f"/Task/{task['id']}/$transition", json={"status": status}, headers=token())
+    from medplat.workloads.clinical_workflow import checklist
+    staff = {link: True for link, _, device in checklist.ITEMS["sign_in"] if device is None}
+    refused = client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
+                          headers=token())
+    assert refused.status_code == 422 and "no spo2 reading" in refused.json()["issue"][0]["diagnostics"]
+    staff["sign-in.pulse-oximeter"] = True  # no device reports it: the team confirms it
+    assert client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
+                       headers=token()).status_code == 200

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,7 +23,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
@@ -32,7 +33,7 @@ from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
-from medplat.workloads.clinical_workflow import cds, news2, store
+from medplat.workloads.clinical_workflow import cds, checklist, news2, store
 from medplat.workloads.clinical_workflow.clinical import Clinical
 from medplat.workloads.clinical_workflow.engine import Engine, Policy
 
@@ -58,10 +59,11 @@ class Settings(ServiceSettings):
     alarm_escalate_after: str = "PT2M"
     lanes: dict[str, list[str]] = {
         "ward-nurse": ["PractitionerRole/ward-nurse"], "medical-team": ["PractitionerRole/medical-team"],
-        "critical-care-outreach": ["PractitionerRole/critical-care-outreach"],
+        "critical-care-outreach": ["PractitionerRole/critical-care-outreach"], "or-team": ["PractitionerRole/or-team"],
         "unit-nurse": ["PractitionerRole/unit-nurse"], "charge-nurse": ["PractitionerRole/charge-nurse"]}
     due_s: dict[str, float] = {"hourly_observations": 3600, "urgent_response": 1800, "emergency_response": 300,
-                               "emergency_escalation": 300, "acknowledge_alarm": 120, "alarm_escalation": 120}
+                               "emergency_escalation": 300, "acknowledge_alarm": 120, "alarm_escalation": 120,
+                               "sign_in": 1800, "time_out": 1800, "sign_out": 14400}
     tick_s: float = 0.5
     # Off-site forwarding (through the edge-forwarder's topic) only after the consent service permits.
     consent_url: str | None = None
@@ -76,6 +78,12 @@ class Settings(ServiceSettings):
 class Transition(BaseModel):
     status: str = Field(pattern=r"^(accepted|rejected|in-progress|on-hold|completed|failed|cancelled)$")
     reason: str | None = Field(None, max_length=1000)
+    # A checklist phase's items (linkId -> confirmed) when its Task is completed.
+    answers: dict[str, bool] | None = Field(None, max_length=20)
+
+
+class ChecklistStart(BaseModel):
+    patient: str = Field(pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$")
 
 
 class Handover(BaseModel):
@@ -296,7 +304,53 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     @router.post("/Task/{task_id}/$transition", tags=["tasks"])
     def transition(task_id: str, body: Transition,
                    principal: Principal = Depends(auth.require("task.write"))) -> dict[str, Any]:
-        return engine.transition(task_id, actor(principal), body.status, body.reason)
+        who = actor(principal)
+
+        def phase_answers(conn, row) -> dict[str, Any]:
+            if row.step not in checklist.ITEMS:
+                return {}
+            vitals = clinical.vitals_of(conn, row.patient)
+            try:
+                return {row.step: checklist.confirm(row.step, body.answers or {}, vitals, who,
+                                                    datetime.datetime.now(datetime.timezone.utc))}
+            except checklist.ChecklistError as exc:
+                raise FhirError(422, str(exc), code="required") from None
+        return engine.transition(task_id, who, body.status, body.reason, output=phase_answers)
+
+    @router.post("/surgical-checklist", tags=["or"], status_code=201)
+    def start_checklist(body: ChecklistStart,
+                        principal: Principal = Depends(auth.require("task.write"))) -> dict[str, Any]:
+        actor(principal)
+        with engine.lock, db.begin() as conn:
+            workflow_id = engine.start(conn, "surgical_checklist", key=f"checklist:{body.patient}:{uuid.uuid4()}",
+                                       patient=body.patient, data={"priority": "urgent"})
+        worker.wake()
+        return {"workflow": workflow_id}
+
+    def keep_checklist(conn, patient: str, data: dict[str, Any]) -> None:
+        answers = {phase: data[phase] for phase in checklist.ITEMS}
+        response = checklist.questionnaire_response(patient, answers)
+        record = checklist.provenance(response, answers)
+        conn.execute(insert(store.documents).values(id=response["id"], patient=patient, kind="QuestionnaireResponse",
+                                                    resource=response))
+        conn.execute(insert(store.provenance).values(id=record["id"], target=f"QuestionnaireResponse/{response['id']}",
+                                                     resource=record))
+        conn.execute(insert(store.forward_outbox).values(patient=patient, resource=response, state="pending"))
+        conn.execute(insert(store.audit_outbox).values(event=balp_event(
+            "create", source=NAME, agent=NAME, patient=patient, entities=[f"QuestionnaireResponse/{response['id']}"],
+            purpose="TREAT", description="WHO Surgical Safety Checklist completed")))
+
+    engine.on_completed["surgical_checklist"] = keep_checklist
+
+    @router.get("/QuestionnaireResponse", tags=["or"])
+    def search_checklists(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),
+                          principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:
+        with db.connect() as conn:
+            found = [r.resource for r in conn.execute(select(store.documents.c.resource).where(
+                store.documents.c.patient == patient, store.documents.c.kind == "QuestionnaireResponse"))]
+        audited("search-type", principal, patient, [f"QuestionnaireResponse/{r['id']}" for r in found])
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                "entry": [{"fullUrl": f"QuestionnaireResponse/{r['id']}", "resource": r} for r in found]}
 
     @router.post("/Task/{task_id}/$handover", tags=["tasks"])
     def handover(task_id: str, body: Handover,
@@ -304,7 +358,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         return engine.handover(task_id, actor(principal), body.to, body.reason)
 
     @router.get("/Provenance", tags=["tasks"])
-    def provenance(target: str = Query(..., pattern=r"^Task/[A-Za-z0-9\-]{1,64}$"),
+    def provenance(target: str = Query(..., pattern=r"^(Task|QuestionnaireResponse)/[A-Za-z0-9\-]{1,64}$"),
                    principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:
         with db.connect() as conn:
             found = [r.resource for r in conn.execute(select(store.provenance.c.resource)

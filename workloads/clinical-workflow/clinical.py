@@ -146,6 +146,9 @@ class Clinical:
         self.counters.processes += bool(started)
         return f"NEWS2 {result.total}: {result.risk.value} risk, response started"
 
+    def vitals_of(self, conn: Connection, patient: str) -> news2.PatientVitals:
+        return self._load_vitals(conn, patient)
+
     def _load_vitals(self, conn: Connection, patient: str) -> news2.PatientVitals:
         row = conn.execute(select(store.vitals.c.state).where(store.vitals.c.patient == patient)).first()
         record = news2.PatientVitals(spo2_scale=2 if patient in self.spo2_scale_2 else 1)

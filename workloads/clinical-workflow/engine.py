@@ -48,6 +48,8 @@ class Engine:
     def __init__(self, db: Engine, policy: Policy, *, folder: Path = PROCESSES,
                  on_commit: Callable[[], None] | None = None) -> None:
         self.db, self.policy = db, policy
+        # process id -> called inside the transaction that completes an instance (evidence, ...)
+        self.on_completed: dict[str, Callable[[Connection, str, dict[str, Any]], None]] = {}
         self.specs = load_specs(folder)
         self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(DEFAULT_CONFIG))
         self.loaded: dict[str, tuple[BpmnWorkflow, str]] = {}  # id -> (workflow, patient)
@@ -126,7 +128,9 @@ class Engine:
             return tasks.changed(row.resource, owner={"reference": to}), f"handed over to {to}"
         return self._change(task_id, who, apply, reason=reason)
 
-    def transition(self, task_id: str, who: str, status: str, reason: str | None = None) -> dict[str, Any]:
+    def transition(self, task_id: str, who: str, status: str, reason: str | None = None,
+                   output: Callable[[Connection, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Move a Task; `output(conn, row)` gives the step's results (data for the process) when completed."""
         def apply(conn, row):
             self._require_owner(row, who)
             if status not in tasks.TRANSITIONS.get(row.status, frozenset()):
@@ -135,8 +139,11 @@ class Engine:
             fields: dict[str, Any] = {"status": status}
             if reason:
                 fields["statusReason"] = {"text": reason}
+            results = output(conn, row) if output is not None and status == "completed" else {}
+            if results:
+                fields["output"] = [{"type": {"text": key}, "valueString": "confirmed"} for key in sorted(results)]
             resource = tasks.changed(row.resource, **fields)
-            self._advance(conn, row.workflow_id, task_id, status)
+            self._advance(conn, row.workflow_id, task_id, status, results)
             return resource, f"status {row.status} -> {status}"
         return self._change(task_id, who, apply, reason=reason)
 
@@ -158,7 +165,8 @@ class Engine:
             self.on_commit()
             return resource
 
-    def _advance(self, conn: Connection, workflow_id: str, task_id: str, status: str) -> None:
+    def _advance(self, conn: Connection, workflow_id: str, task_id: str, status: str,
+                 results: dict[str, Any] | None = None) -> None:
         """Feed a Task's new status into its BPMN step: accept sets `accepted`; an end state completes it."""
         workflow, _ = self.loaded[workflow_id]
         spiff = workflow.get_task_from_id(uuid.UUID(task_id))
@@ -170,7 +178,7 @@ class Engine:
                 if waiting.parent is not None:
                     waiting.parent.set_data(accepted=True)
         if status in tasks.TERMINAL and spiff.state == TaskState.READY:
-            spiff.set_data(outcome=status)
+            spiff.set_data(outcome=status, **(results or {}))
             spiff.run()
             workflow.do_engine_steps()
         self._save(conn, workflow_id, skip_task=task_id)
@@ -197,6 +205,9 @@ class Engine:
         workflow, _ = self.loaded[workflow_id]
         created = self._sync(conn, workflow_id, skip_task=skip_task)
         done = workflow.is_completed()
+        if done and workflow.spec.name in self.on_completed:
+            self.on_completed[workflow.spec.name](conn, self.loaded[workflow_id][1], workflow.data or
+                                                  workflow.last_task.data)
         conn.execute(update(store.workflows).where(store.workflows.c.id == workflow_id).values(
             state=self.serializer.serialize_json(workflow), active=not done, updated=time.time()))
         if done:

@@ -65,3 +65,10 @@ forward_outbox = Table(
     Column("resource", JSON, nullable=False),
     Column("state", String(16), nullable=False, index=True),  # pending | forwarded | withheld
 )
+documents = Table(  # completed evidence (WHO checklist QuestionnaireResponses) and their Provenance
+    "cw_documents", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient", String(200), nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
+    Column("resource", JSON, nullable=False),
+)
