@@ -128,11 +128,13 @@ class ConsentGate:
 
 
 class Subscriber:
-    """Persistent-session QoS 1 subscription; a message is acknowledged after its transaction committed."""
+    """Persistent-session QoS 1 subscription. Messages are handled in batches of what has arrived (one
+    transaction each) and acknowledged after the commit: unacknowledged ones are redelivered."""
 
-    def __init__(self, settings: Settings, clinical: Clinical) -> None:
+    def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200) -> None:
         parsed = urlparse(settings.broker_url)
-        self.host, self.port, self.clinical = parsed.hostname or "127.0.0.1", parsed.port or 1883, clinical
+        self.host, self.port, self.clinical, self.batch = parsed.hostname or "127.0.0.1", parsed.port or 1883, \
+            clinical, batch
         self.topics = [f"{settings.topic_prefix}/+/observation", f"{settings.topic_prefix}/+/detectedissue"]
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                                   clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
@@ -140,27 +142,49 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.received = 0
+        self._pending: list[tuple[bytes, int, int]] = []
+        self._ready = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clinical-intake", daemon=True)
 
     def start(self) -> None:
+        self._thread.start()
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._stop.set()
+        with self._ready:
+            self._ready.notify()
+        self._thread.join(timeout=10)
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if not reason_code.is_failure:
             client.subscribe([(topic, 1) for topic in self.topics])
 
-    def _on_message(self, client, _userdata, message) -> None:
-        self.received += 1
-        try:
-            self.clinical.handle_envelope(message.payload)
-        except Exception:  # not acknowledged: the broker redelivers after a reconnect
-            log.exception("message not processed; left unacknowledged")
-            return
-        client.ack(message.mid, message.qos)
+    def _on_message(self, _client, _userdata, message) -> None:
+        with self._ready:
+            self._pending.append((message.payload, message.mid, message.qos))
+            self.received += 1
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._ready:
+                while not self._pending and not self._stop.is_set():
+                    self._ready.wait(1.0)
+                taken, self._pending = self._pending[:self.batch], self._pending[self.batch:]
+            if not taken:
+                continue
+            try:
+                self.clinical.handle_batch([payload for payload, _, _ in taken])
+            except Exception:  # not acknowledged: the broker redelivers after a reconnect
+                log.exception("%d messages not processed; left unacknowledged", len(taken))
+                continue
+            for _, mid, qos in taken:
+                self.client.ack(mid, qos)
 
 
 class Worker:

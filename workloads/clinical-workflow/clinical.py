@@ -49,6 +49,22 @@ class Clinical:
 
     def handle_envelope(self, raw: bytes) -> str:
         """One sdc-bridge envelope {"id", "device", "dataClass", "resource"}; returns what happened."""
+        return self.handle_batch([raw])[0]
+
+    def handle_batch(self, raws: list[bytes]) -> list[str]:
+        """Envelopes in one transaction (one fsync for the lot); a batch that fails is retried
+        message by message so that one bad message cannot hold back the others."""
+        try:
+            with self.engine.lock, self.engine.db.begin() as conn:
+                outcomes = [self._envelope(conn, raw) for raw in raws]
+        except Exception:
+            if len(raws) == 1:
+                raise
+            return [self.handle_batch([raw])[0] for raw in raws]
+        self.engine.on_commit()
+        return outcomes
+
+    def _envelope(self, conn: Connection, raw: bytes) -> str:
         try:
             doc = orjson.loads(raw)
             message_id, device, resource = str(doc["id"]), str(doc.get("device") or ""), doc["resource"]
@@ -57,16 +73,13 @@ class Clinical:
             return self._refuse(f"malformed envelope: {exc}")
         if kind not in ("Observation", "DetectedIssue"):
             return "ignored"
-        with self.engine.lock, self.engine.db.begin() as conn:
-            if conn.execute(select(store.inbox.c.id).where(store.inbox.c.id == message_id)).first():
-                self.counters.duplicates += 1
-                return "duplicate"
-            conn.execute(insert(store.inbox).values(id=message_id, received=time.time()))
-            self.counters.messages += 1
-            outcome = (self._observation(conn, resource, device, live=True) if kind == "Observation"
-                       else self._alarm(conn, resource, device))
-        self.engine.on_commit()
-        return outcome
+        if conn.execute(select(store.inbox.c.id).where(store.inbox.c.id == message_id)).first():
+            self.counters.duplicates += 1
+            return "duplicate"
+        conn.execute(insert(store.inbox).values(id=message_id, received=time.time()))
+        self.counters.messages += 1
+        return (self._observation(conn, resource, device, live=True) if kind == "Observation"
+                else self._alarm(conn, resource, device))
 
     def record_observation(self, resource: dict[str, Any]) -> str:
         """An Observation a member of staff records (ACVPU, air/oxygen, manual vitals): needs a subject."""
