@@ -142,15 +142,16 @@ def bench_latency(folder: Path, patients: int = 50) -> None:
     app = build(folder / "svc", patients)
     clinical = app.state.clinical
     done: dict[str, float] = {}
-    original = clinical.handle_envelope
+    original = clinical.handle_batch
 
-    def timed(raw: bytes) -> str:
-        outcome = original(raw)
-        if "response started" in outcome:
-            done[orjson.loads(raw)["id"]] = time.perf_counter()
-        return outcome
+    def timed(raws: list[bytes]) -> list[str]:
+        outcomes = original(raws)
+        for raw, outcome in zip(raws, outcomes):
+            if "response started" in outcome:
+                done[orjson.loads(raw)["id"]] = time.perf_counter()  # committed
+        return outcomes
 
-    clinical.handle_envelope = timed
+    clinical.handle_batch = timed
     subscriber = service.Subscriber(service.Settings(broker_url=broker.url, client_id=f"bench-{uuid.uuid4().hex[:6]}"),
                                     clinical)
     subscriber.start()

@@ -287,3 +287,28 @@ def test_checklist_device_item_needs_a_current_reading_or_staff(site):
     staff["sign-in.pulse-oximeter"] = True  # no device reports it: the team confirms it
     assert client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
                        headers=token()).status_code == 200
+
+
+def test_plandefinition_apply_with_fhirpath_conditions(site):
+    """FHIR R4 Clinical Reasoning $apply: applicability conditions in FHIRPath (fhirpathpy)."""
+    from fhir.resources.R4B.careplan import CarePlan
+
+    app, client, token = site
+
+    def apply(total, components):
+        news2_obs = {"resourceType": "Observation", "id": f"n{total}", "valueInteger": total,
+                     "component": [{"valueInteger": c} for c in components]}
+        response = client.post("/PlanDefinition/news2-response/$apply",
+                               json={"subject": PATIENT, "news2": news2_obs}, headers=token())
+        assert response.status_code == 200, response.json()
+        CarePlan.model_validate(response.json())
+        return [c["code"]["coding"][0]["code"] for c in response.json()["contained"] if c["resourceType"] == "Task"]
+
+    assert apply(7, [3, 2, 2]) == ["emergency_response"]
+    assert apply(5, [2, 2, 1]) == ["urgent_response"]
+    assert apply(3, [3]) == ["hourly_observations"]
+    assert apply(4, [2, 2]) == []
+    assert client.post("/PlanDefinition/none/$apply", json={"subject": PATIENT, "news2": {"valueInteger": 1}},
+                       headers=token()).status_code == 404
+    assert client.post("/PlanDefinition/news2-response/$apply", json={"subject": PATIENT},
+                       headers=token()).status_code == 422  # nothing stored for the patient yet

@@ -33,7 +33,7 @@ from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
-from medplat.workloads.clinical_workflow import cds, checklist, news2, store
+from medplat.workloads.clinical_workflow import cds, checklist, news2, protocols, store
 from medplat.workloads.clinical_workflow.clinical import Clinical
 from medplat.workloads.clinical_workflow.engine import Engine, Policy
 
@@ -80,6 +80,11 @@ class Transition(BaseModel):
     reason: str | None = Field(None, max_length=1000)
     # A checklist phase's items (linkId -> confirmed) when its Task is completed.
     answers: dict[str, bool] | None = Field(None, max_length=20)
+
+
+class ApplyRequest(BaseModel):
+    subject: str = Field(pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$")
+    news2: dict[str, Any] | None = Field(None, description="the NEWS2 Observation; default: the latest stored")
 
 
 class ChecklistStart(BaseModel):
@@ -365,6 +370,19 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             purpose="TREAT", description="WHO Surgical Safety Checklist completed")))
 
     engine.on_completed["surgical_checklist"] = keep_checklist
+
+    @router.post("/PlanDefinition/{plan_id}/$apply", tags=["protocols"])
+    def apply_plan(plan_id: str, body: ApplyRequest,
+                   principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:
+        observation = body.news2 or latest_score(body.subject)
+        if observation is None:
+            raise FhirError(422, f"no NEWS2 Observation given or stored for {body.subject}")
+        try:
+            result = protocols.apply(plan_id, subject=body.subject, variables={"news2": observation})
+        except protocols.ApplyError as exc:
+            raise FhirError(404 if "no PlanDefinition" in str(exc) else 422, str(exc)) from None
+        audited("execute", principal, body.subject, [f"PlanDefinition/{plan_id}"])
+        return result
 
     @router.get("/QuestionnaireResponse", tags=["or"])
     def search_checklists(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),
