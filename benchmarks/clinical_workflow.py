@@ -19,7 +19,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path

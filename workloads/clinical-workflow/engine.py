@@ -19,7 +19,8 @@ from SpiffWorkflow.camunda.parser import CamundaParser
 from SpiffWorkflow.camunda.serializer import DEFAULT_CONFIG
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine as Database
 
 from medplat.service.fhir import FhirError
 from medplat.workloads.clinical_workflow import store, tasks
@@ -45,7 +46,7 @@ class Policy:
 
 
 class Engine:
-    def __init__(self, db: Engine, policy: Policy, *, folder: Path = PROCESSES,
+    def __init__(self, db: Database, policy: Policy, *, folder: Path = PROCESSES,
                  on_commit: Callable[[], None] | None = None) -> None:
         self.db, self.policy = db, policy
         # process id -> called inside the transaction that completes an instance (evidence, ...)
