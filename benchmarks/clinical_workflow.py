@@ -140,8 +140,13 @@ def bench_engine(folder: Path, n: int = 300) -> None:
     began = time.perf_counter()  # as after a crash: a new engine on the same database
     restarted = Engine(make_engine(f"sqlite:///{folder / 'clinical-workflow.sqlite'}"), Policy({}, {}))
     resumed = restarted.resume()
-    print(f"Resume after restart: {resumed} open processes reloaded in {time.perf_counter() - began:.2f} s "
-          f"(parsing the BPMN/DMN included; goal < 1 s)")
+    resumed_s = time.perf_counter() - began
+    began = time.perf_counter()
+    for workflow_id in list(restarted.open)[:50]:
+        restarted.workflow(workflow_id)
+    first_use_ms = (time.perf_counter() - began) * 1000 / min(50, resumed)
+    print(f"Resume after restart: {resumed} open processes ready in {resumed_s:.2f} s (BPMN/DMN parsing "
+          f"included; goal < 1 s); each is deserialized on first use, {first_use_ms:.1f} ms")
 
 
 def bench_latency(folder: Path, patients: int = 50, burst: bool = False) -> None:

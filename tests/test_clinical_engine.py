@@ -193,13 +193,27 @@ def test_sigkill_mid_process_resumes_without_lost_or_duplicated_tasks(tmp_path):
             store.tasks.c.workflow_id)).all())
         workflows = {r.id for r in conn.execute(select(store.workflows.c.id))}
     assert set(per_workflow) == workflows and set(per_workflow.values()) == {1}  # one Task each, none orphaned
-    for workflow_id, (workflow, _) in engine.loaded.items():  # the restored state agrees with the Tasks
+    assert not engine.loaded  # resuming reads the index only; each instance loads on first use
+    for workflow_id in engine.open:  # the restored state agrees with the Tasks
+        workflow, _ = engine.workflow(workflow_id)
         [ready] = [t for t in workflow.get_tasks() if t.task_spec.manual and t.state == 16]
         assert engine.task(str(ready.id))["status"] == "requested"
     # and the resumed engine goes on: the first instance's Task completes its process
-    task_id = next(iter(t for t, in [(str(next(t for t in w.get_tasks() if t.task_spec.manual).id),)
-                                     for w, _ in list(engine.loaded.values())[:1]]))
+    workflow, _ = engine.workflow(next(iter(engine.open)))
+    task_id = str(next(t for t in workflow.get_tasks() if t.task_spec.manual).id)
     engine.claim(task_id, DOCTOR)
     for status in ("accepted", "in-progress", "completed"):
         engine.transition(task_id, DOCTOR, status)
-    assert len(engine.loaded) == resumed - 1
+    assert len(engine.open) == resumed - 1
+
+
+def test_a_timer_survives_a_restart(tmp_path):
+    engine = make(tmp_path)
+    start(engine, escalate_after="PT1S")
+    restarted = make(tmp_path)  # a new process on the same database
+    assert restarted.resume() == 1 and not restarted.loaded
+    assert restarted.tick() == 0
+    time.sleep(1.1)
+    assert restarted.tick() == 1  # the persisted deadline passed while "down": escalated now
+    assert {t["code"]["coding"][0]["code"] for t in open_tasks(restarted)} == {"emergency_response",
+                                                                              "emergency_escalation"}

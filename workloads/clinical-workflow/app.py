@@ -460,7 +460,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     def health() -> dict[str, Any]:
         counters = clinical.counters
-        return {"database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.loaded),
+        return {"database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.open),
                 "messages": counters.messages, "duplicates": counters.duplicates, "refused": counters.refused,
                 "unassigned": counters.unassigned, "scores": counters.scores, "incomplete": counters.incomplete,
                 "lastRefusal": counters.last_refusal, "lastIncomplete": counters.last_incomplete,

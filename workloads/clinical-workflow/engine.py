@@ -4,6 +4,7 @@ FHIR Tasks. After a crash `resume()` reloads every open instance; overdue timers
 `tick()`. One lock serializes steps: MQTT intake, the REST API and the timer thread share it."""
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -38,6 +39,18 @@ def load_specs(folder: Path = PROCESSES) -> dict[str, tuple[Any, dict]]:
     return {pid: (parser.get_spec(pid), parser.get_subprocess_specs(pid)) for pid in parser.get_process_ids()}
 
 
+def next_due(workflow: BpmnWorkflow) -> float | None:
+    """When the earliest waiting timer fires (epoch seconds); 0 when a timer has no time yet."""
+    due = []
+    for task in workflow.get_tasks(state=TaskState.WAITING):
+        if getattr(task.task_spec, "event_definition", None) is None or "Timer" not in type(
+                task.task_spec.event_definition).__name__:
+            continue
+        value = task.internal_data.get("event_value")
+        due.append(datetime.datetime.fromisoformat(value).timestamp() if isinstance(value, str) else 0.0)
+    return min(due) if due else None
+
+
 @dataclass(frozen=True)
 class Policy:
     """Site settings the processes read: lane (role) -> recipients, and how long a step may wait."""
@@ -53,22 +66,35 @@ class Engine:
         self.on_completed: dict[str, Callable[[Connection, str, dict[str, Any]], None]] = {}
         self.specs = load_specs(folder)
         self.serializer = BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(DEFAULT_CONFIG))
-        self.loaded: dict[str, tuple[BpmnWorkflow, str]] = {}  # id -> (workflow, patient)
+        # Open instances: id -> (patient, next timer due, epoch s); the state itself is loaded on
+        # first use, so a restart reads only this index (fast, however many are open).
+        self.open: dict[str, tuple[str, float | None]] = {}
+        self.loaded: dict[str, tuple[BpmnWorkflow, str]] = {}  # id -> (workflow, patient), loaded on use
         self.lock = threading.RLock()
         self.on_commit = on_commit or (lambda: None)
         store.metadata.create_all(db)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def resume(self) -> int:
-        """Reload every open workflow from the database (after a restart or crash)."""
+        """Index every open workflow (after a restart or crash); each is deserialized when first used."""
         with self.lock, self.db.connect() as conn:
-            rows = conn.execute(select(store.workflows.c.id, store.workflows.c.state, store.workflows.c.patient)
+            rows = conn.execute(select(store.workflows.c.id, store.workflows.c.patient, store.workflows.c.due)
                                 .where(store.workflows.c.active.is_(True))).all()
-            for row in rows:
+            self.loaded.clear()
+            self.open = {row.id: (row.patient, row.due) for row in rows}
+        return len(rows)
+
+    def workflow(self, workflow_id: str) -> tuple[BpmnWorkflow, str]:
+        """An open instance, deserialized from the database on first use."""
+        with self.lock:
+            if workflow_id not in self.loaded:
+                with self.db.connect() as conn:
+                    row = conn.execute(select(store.workflows.c.state, store.workflows.c.patient).where(
+                        store.workflows.c.id == workflow_id)).one()
                 workflow = self.serializer.deserialize_json(row.state)
                 workflow.script_engine = script_engine()
-                self.loaded[row.id] = (workflow, row.patient)
-        return len(rows)
+                self.loaded[workflow_id] = (workflow, row.patient)
+            return self.loaded[workflow_id]
 
     def start(self, conn: Connection, process: str, *, key: str, patient: str, data: dict[str, Any]) -> str | None:
         """Start `process` unless an open instance has the same key; inside the caller's transaction."""
@@ -85,8 +111,9 @@ class Engine:
             workflow.do_engine_steps()
             conn.execute(insert(store.workflows).values(
                 id=workflow_id, process=process, key=key, patient=patient, active=True, updated=time.time(),
-                state=self.serializer.serialize_json(workflow)))
+                state=self.serializer.serialize_json(workflow), due=next_due(workflow)))
             self.loaded[workflow_id] = (workflow, patient)
+            self.open[workflow_id] = (patient, next_due(workflow))
             self._sync(conn, workflow_id)
             return workflow_id
 
@@ -98,7 +125,9 @@ class Engine:
     def cancel(self, conn: Connection, workflow_id: str, *, reason: str) -> None:
         """Stop an instance (e.g. superseded by a higher NEWS2 response); its open Tasks are cancelled."""
         with self.lock:
-            workflow, _ = self.loaded.pop(workflow_id)
+            workflow, _ = self.workflow(workflow_id)
+            self.loaded.pop(workflow_id)
+            self.open.pop(workflow_id, None)
             workflow.cancel()
             self._close_tasks(conn, workflow_id, keep=set(), reason=reason)
             conn.execute(update(store.workflows).where(store.workflows.c.id == workflow_id).values(
@@ -169,7 +198,7 @@ class Engine:
     def _advance(self, conn: Connection, workflow_id: str, task_id: str, status: str,
                  results: dict[str, Any] | None = None) -> None:
         """Feed a Task's new status into its BPMN step: accept sets `accepted`; an end state completes it."""
-        workflow, _ = self.loaded[workflow_id]
+        workflow, _ = self.workflow(workflow_id)
         spiff = workflow.get_task_from_id(uuid.UUID(task_id))
         if status == "accepted":
             # Pending tasks take their parent's data when they become ready (a boundary timer's
@@ -188,12 +217,16 @@ class Engine:
     def tick(self) -> int:
         """Fire due timers (escalations); returns the number of Tasks created."""
         created = 0
+        now = time.time()
         with self.lock:
-            for workflow_id, (workflow, _) in list(self.loaded.items()):
+            for workflow_id, (_, due) in list(self.open.items()):
+                if due is None or due > now:
+                    continue
+                workflow, _ = self.workflow(workflow_id)
                 before = len(workflow.get_tasks(state=TaskState.WAITING))
                 workflow.refresh_timers()
                 if len(workflow.get_tasks(state=TaskState.WAITING)) == before:
-                    continue
+                    continue  # (a due timer fires on the next round; clocks are not exact)
                 workflow.do_engine_steps()
                 with self.db.begin() as conn:
                     created += self._save(conn, workflow_id)
@@ -203,21 +236,24 @@ class Engine:
 
     # --- persistence -------------------------------------------------------------------------------
     def _save(self, conn: Connection, workflow_id: str, skip_task: str | None = None) -> int:
-        workflow, _ = self.loaded[workflow_id]
+        workflow, patient = self.workflow(workflow_id)
         created = self._sync(conn, workflow_id, skip_task=skip_task)
         done = workflow.is_completed()
         if done and workflow.spec.name in self.on_completed:
-            self.on_completed[workflow.spec.name](conn, self.loaded[workflow_id][1], workflow.data or
-                                                  workflow.last_task.data)
+            self.on_completed[workflow.spec.name](conn, patient, workflow.data or workflow.last_task.data)
+        due = None if done else next_due(workflow)
         conn.execute(update(store.workflows).where(store.workflows.c.id == workflow_id).values(
-            state=self.serializer.serialize_json(workflow), active=not done, updated=time.time()))
+            state=self.serializer.serialize_json(workflow), active=not done, updated=time.time(), due=due))
         if done:
             self.loaded.pop(workflow_id, None)
+            self.open.pop(workflow_id, None)
+        else:
+            self.open[workflow_id] = (patient, due)
         return created
 
     def _sync(self, conn: Connection, workflow_id: str, skip_task: str | None = None) -> int:
         """A FHIR Task for every ready user task that has none; Tasks whose step vanished are cancelled."""
-        workflow, patient = self.loaded[workflow_id]
+        workflow, patient = self.workflow(workflow_id)
         ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
         known = {r.id for r in conn.execute(select(store.tasks.c.id).where(
             store.tasks.c.workflow_id == workflow_id))}

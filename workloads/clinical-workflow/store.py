@@ -15,6 +15,7 @@ workflows = Table(
     Column("patient", String(200), nullable=False, index=True),
     Column("state", Text, nullable=False),  # SpiffWorkflow's JSON serialization
     Column("active", Boolean, nullable=False, index=True),
+    Column("due", Float, index=True),  # the earliest waiting timer (epoch s): resume and tick read only this
     Column("updated", Float, nullable=False),
 )
 tasks = Table(
