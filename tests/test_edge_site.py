@@ -65,7 +65,7 @@ def test_every_pod_is_hardened(inventories):
 
 def test_service_accounts_do_not_automount_tokens(inventories):
     accounts = of_type(inventories["edge-leipzig"], "kubernetes:core/v1:ServiceAccount")
-    assert len(accounts) == 6
+    assert len(accounts) == 7
     assert all(a["inputs"]["automountServiceAccountToken"] is False for a in accounts)
 
 
@@ -122,3 +122,20 @@ def test_dicom_anonymizer_batch_runs_as_an_indexed_job(inventories):
     (container,) = pod["containers"]
     assert container["args"][:1] == ["anonymize"] and "--shards" in container["args"]
     assert "livenessProbe" not in container
+
+
+def test_clinical_workflow_is_deployed_with_its_data_classes_and_peers(inventories):
+    for stack in ("edge-dresden", "edge-leipzig"):
+        policies = {r["inputs"]["metadata"]["name"]: r["inputs"]["spec"]
+                    for r in of_type(inventories[stack], "kubernetes:networking.k8s.io/v1:NetworkPolicy")}
+        workflow = policies["clinical-workflow-allow"]
+        peers = [peer for rule in workflow["egress"] for peer in rule["to"]]
+        names = {p["podSelector"]["matchLabels"].get("app.kubernetes.io/name") for p in peers if "podSelector" in p}
+        assert names == {"mqtt-broker", "audit-log"}
+        assert all(rule["ports"] == [{"port": 443, "protocol": "TCP"}] for rule in workflow["egress"]
+                   if "ipBlock" in rule["to"][0])  # the EU zone (consent) only on 443
+        [deployment] = [d for d in of_type(inventories[stack], "kubernetes:apps/v1:Deployment")
+                        if d["name"].endswith("clinical-workflow-deployment")]
+        annotations = deployment["inputs"]["metadata"]["annotations"]
+        assert annotations["medplat.io/reads"] == "phi" and annotations["medplat.io/writes"] == "phi"
+        assert annotations["medplat.io/egress"] == "mqtt-broker,audit-log,@cloud"
