@@ -164,10 +164,11 @@ def bench_latency(folder: Path, patients: int = 50, burst: bool = False) -> None
         return outcomes
 
     clinical.handle_batch = timed
-    subscriber = service.Subscriber(service.Settings(broker_url=broker.url, client_id=f"bench-{uuid.uuid4().hex[:6]}"),
+    subscriber = service.Subscriber(service.Settings(broker_url=broker.url_for("clinical-workflow"), client_id=f"bench-{uuid.uuid4().hex[:6]}"),
                                     clinical)
     subscriber.start()
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    broker.login(publisher, "sdc-bridge")
     publisher.connect("127.0.0.1", broker.port)
     publisher.loop_start()
     time.sleep(1.0)

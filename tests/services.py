@@ -37,7 +37,7 @@ def wait_for_port(port: int, timeout: float = 90, process: subprocess.Popen | No
 
 
 BROKER_ACL = REPO / "workloads" / "mqtt-broker" / "acl"
-BROKER_USERS = ("edge-forwarder", "sdc-bridge", "hl7-retrofit", "dicom-anonymizer", "portal")
+BROKER_USERS = ("edge-forwarder", "sdc-bridge", "hl7-retrofit", "dicom-anonymizer", "portal", "clinical-workflow")
 
 
 class Mosquitto:

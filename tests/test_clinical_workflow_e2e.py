@@ -5,7 +5,6 @@ service SIGKILLed mid-process and restarted without losing or duplicating a Task
 completed by an authorized user; Provenance in the service and AuditEvents in the real audit-log."""
 from __future__ import annotations
 
-import datetime
 import time
 import uuid
 from decimal import Decimal
@@ -20,7 +19,6 @@ from sdc11073.xml_types import pm_types
 from sdc11073.xml_types.dpws_types import ThisDeviceType, ThisModelType
 
 from medplat.service.auth import mint_local_token
-from medplat.service.mqtt import Publisher
 from medplat.workloads.sdc_bridge.app import Settings as BridgeSettings
 from medplat.workloads.sdc_bridge.app import build as build_bridge
 from services import Mosquitto, Service, free_port
@@ -68,33 +66,22 @@ def wait(predicate, timeout=20.0):
     raise AssertionError("timed out")
 
 
-def _seconds(value):
-    """sdc11073 DeterminationTime is float seconds since the epoch (FIELD-NOTES, checked 2026-11-30)."""
-    if value in (None, 0):
-        return None
-    return datetime.datetime.fromtimestamp(float(value), tz=datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @pytest.mark.slow
-def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp_path, monkeypatch):
-    # The sdc-bridge on main reads DeterminationTime as milliseconds, so every reading looks 56 years
-    # old and NEWS2 (rightly) refuses to score it; the sdc-bridge fix (issue 14) reads seconds.
-    # Until it lands, the bridge in this test uses the correct conversion.
-    from medplat.workloads.sdc_bridge import mapping
-    if hasattr(mapping, "_time"):
-        monkeypatch.setattr(mapping, "_time", _seconds)
+def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp_path):
     broker = Mosquitto(tmp_path / "broker")
     audit = Service("audit-log", {"data_dir": tmp_path / "audit"}, free_port(), tmp_path / "audit.log").start()
     data = tmp_path / "workflow"
     port = free_port()
     workflow = Service("clinical-workflow", {
-        "data_dir": data, "broker_url": broker.url, "audit_url": f"http://127.0.0.1:{audit.port}",
+        "data_dir": data, "broker_url": broker.url_for("clinical-workflow"), "audit_url": f"http://127.0.0.1:{audit.port}",
         "device_patients": '{"*": "%s"}' % PATIENT, "escalate_after": "PT2S", "tick_s": "0.2"},
         port, tmp_path / "workflow.log")
     monitor = Monitor()
-    publisher = Publisher(broker.url, f"bridge-{uuid.uuid4().hex[:6]}")
     bridge, _ = build_bridge(BridgeSettings(data_dir=tmp_path / "bridge", providers=[monitor.xaddr],
-                                            check_interval_s=0.3), publisher)
+                                            check_interval_s=0.3, broker_url=broker.url_for("sdc-bridge")))
+    publisher = bridge.state.publisher
     base = f"http://127.0.0.1:{port}"
 
     def auth(subject):

@@ -16,11 +16,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
@@ -30,7 +28,7 @@ from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
-from medplat.service.mqtt import Publisher
+from medplat.service.mqtt import Publisher, make_client
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
 from medplat.workloads.clinical_workflow import cds, checklist, news2, protocols, store
@@ -137,13 +135,11 @@ class Subscriber:
     transaction each) and acknowledged after the commit: unacknowledged ones are redelivered."""
 
     def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200) -> None:
-        parsed = urlparse(settings.broker_url)
-        self.host, self.port, self.clinical, self.batch = parsed.hostname or "127.0.0.1", parsed.port or 1883, \
-            clinical, batch
+        self.client, self.host, self.port = make_client(
+            settings.broker_url, settings.client_id, ca=settings.broker_ca,
+            password_file=settings.broker_password_file, clean_session=False, manual_ack=True)
+        self.clinical, self.batch = clinical, batch
         self.topics = [f"{settings.topic_prefix}/+/observation", f"{settings.topic_prefix}/+/detectedissue"]
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                                  clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
-        self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.received = 0
@@ -476,7 +472,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    publisher = Publisher(settings.broker_url, settings.client_id + "-out")
+    publisher = Publisher(settings.broker_url, settings.client_id + "-out", ca=settings.broker_ca,
+                          password_file=settings.broker_password_file)
     app, settings = build(settings, publisher)
     subscriber = Subscriber(settings, app.state.clinical)
     app.state.worker.start()
