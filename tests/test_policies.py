@@ -128,7 +128,7 @@ def test_placeholder_endpoints_fail(eu_outputs):
     messages = sorted(f.message for f in shipped)
     assert any("consent" in m and "MEDPLAT_CONSENT_AUTH_ISSUER points at placeholder host keycloak.medplat.internal"
                in m for m in messages), messages
-    assert any("MEDPLAT_PSEUDONYMIZER_BARBICAN_ENDPOINT points at placeholder host key-manager.medplat.internal"
+    assert any("MEDPLAT_PSEUDONYMIZER_BARBICAN_AUTH_URL points at placeholder host identity.medplat.internal"
                in m for m in messages), messages
     assert findings_for("edge-dresden", "no-placeholder-endpoints", eu_outputs) == []
     broken = findings_for("edge-dresden", "no-placeholder-endpoints", eu_outputs, extra=cases.placeholder_issuer_pod)
