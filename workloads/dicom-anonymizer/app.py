@@ -255,7 +255,8 @@ def build(settings: Settings | None = None):
     def health() -> dict[str, Any]:
         return {"policy": settings.policy, "jobs": len(jobs)}
 
-    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings)
+    app = create_app(NAME, __doc__.strip().splitlines()[0], router, health, settings=settings,
+                     max_body_bytes=settings.max_upload)  # its own streamed limit applies to uploads
     app.state.jobs = jobs
     app.state.audit = audit
     return app, settings
