@@ -22,6 +22,7 @@ from medplat.service.audit import AuditClient
 from medplat.service.auth import mint_local_token
 from medplat.service.clients import ServiceClient
 from medplat.service.db import make_engine
+from medplat.service.localpki import Ca
 from medplat.workloads.analytics_feed.feed import FeedSettings
 from medplat.workloads.analytics_feed.job import run
 from medplat.workloads.consent.app import Settings as ConsentSettings
@@ -30,6 +31,7 @@ from medplat.workloads.ingest.app import Settings as IngestSettings
 from medplat.workloads.ingest.app import build as build_ingest
 from medplat.workloads.pseudonymizer.app import Settings as PseudoSettings
 from medplat.workloads.pseudonymizer.app import build as build_pseudonymizer
+from identities import INGRESS, forwarded_cert
 from swift_s3 import start_swift_s3, stop, wait_until_ready
 
 T0 = datetime.datetime(2026, 3, 14, 9, 0, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
@@ -108,8 +110,10 @@ def zone(tmp_path, postgres_url):
     assert pseudo.post("/domains", json={"name": "analytics", "dataClass": "pseudonymized"}).status_code == 201
     for i in range(len(SURNAMES)):
         assert consents.post("/Consent", json=consent(i, "permit" if i < CONSENTED else "deny")).status_code == 201
-    ingest_app, _ = build_ingest(IngestSettings(data_dir=tmp_path / "ingest", database_url=postgres_url))
+    ingest_app, _ = build_ingest(IngestSettings(data_dir=tmp_path / "ingest", database_url=postgres_url,
+                                                trusted_proxies=INGRESS))
     ingest = TestClient(ingest_app)
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")  # the edge-forwarder's mTLS identity
     messages, seq = [], 0
     for i in range(len(SURNAMES)):
         resources = [patient(i), ecg(i)] + [vital(i, s, "150456", 93 + (s + i) % 6) for s in range(0, 120, 5)] + \
@@ -119,7 +123,8 @@ def zone(tmp_path, postgres_url):
             messages.append({"id": f"m-{seq}", "device": f"monitor-SN{4400 + i}", "seq": seq, "dataClass": "phi",
                              "resource": resource})
     for start in range(0, len(messages), 1000):
-        assert ingest.post("/batches", json={"messages": messages[start:start + 1000]}).status_code == 200
+        assert ingest.post("/batches", json={"messages": messages[start:start + 1000]},
+                           headers=site).status_code == 200
     return {"engine": make_engine(postgres_url), "messages": len(messages),
             "consent": ServiceClient("http://testserver", client=consents, name="consent"),
             "pseudonymizer": ServiceClient("http://testserver", client=pseudo, name="pseudonymizer"),
