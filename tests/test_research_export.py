@@ -125,7 +125,8 @@ def test_phi_seeded_resources_leave_without_phi_and_with_one_shift_per_patient(p
                  deid_samples.diagnostic_report(), deid_samples.consent()]
     batch = {"messages": [{"id": f"phi-{i}", "device": "monitor-9", "seq": 10 + i, "dataClass": "phi",
                            "resource": r} for i, r in enumerate(resources)]}
-    assert ingest.post("/batches", json=batch).status_code == 200
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    assert ingest.post("/batches", json=batch, headers=site).status_code == 200
     first = export(ingest)
     exported = {r["resourceType"]: r for r in first["exported"] if r.get("id") != "m1"}
     assert {"Patient", "Encounter", "Observation", "DiagnosticReport", "Consent"} <= set(exported)
