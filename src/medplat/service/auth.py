@@ -23,7 +23,7 @@ from joserfc.jwk import KeySet, OKPKey
 
 from medplat.service.access import mark
 from medplat.service.fhir import FhirError
-from medplat.service.settings import ServiceSettings
+from medplat.service.settings import ServiceSettings, private_dir
 
 ALGORITHMS = ["Ed25519", "ES256", "RS256", "PS256"]  # "Ed25519": RFC 9864 name of EdDSA over Ed25519
 LOCAL_ISSUER = "urn:medplat:local-issuer"
@@ -42,7 +42,7 @@ def _local_key(data_dir: Path) -> OKPKey:
     if path.exists():
         return OKPKey.import_key(json.loads(path.read_text()))
     key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]})
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(key.as_dict(private=True), handle)
