@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medplat.service.settings import private_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     pos INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,7 +68,7 @@ class Stats:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)  # queued messages are PHI: 0600 in a 0700 folder
     connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")  # a commit survives power loss

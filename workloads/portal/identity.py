@@ -37,6 +37,7 @@ VIEWS = {"ward": {"clinician"}, "ops": {"site-operator", "admin"}, "compliance":
          "any": set(ROLES)}
 SESSION_TTL_S = 8 * 3600
 LOGIN_TTL_S = 600
+MAX_PENDING_LOGINS = 10_000  # /login is public: its server-side state must stay bounded
 ALGORITHMS = ["Ed25519", "ES256", "RS256", "PS256"]
 
 
@@ -154,7 +155,12 @@ class RelyingParty:
         return url, state
 
     def _expire_pending(self) -> None:
-        for state in [s for s, p in self.pending.items() if p["at"] < time.time() - LOGIN_TTL_S]:
+        """Drop expired logins, and the oldest beyond the cap; insertion order is age order."""
+        cutoff = time.time() - LOGIN_TTL_S
+        while self.pending:
+            state, login = next(iter(self.pending.items()))
+            if login["at"] >= cutoff and len(self.pending) < MAX_PENDING_LOGINS:
+                break
             del self.pending[state]
 
     async def finish(self, code: str, state: str, browser_state: str | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 from medplat.service.mqtt import make_client
+from medplat.service.settings import private_file
 
 log = logging.getLogger("medplat.durable-publisher")
 SCHEMA = """
@@ -38,7 +39,7 @@ class DurablePublisher:
     def __init__(self, url: str, client_id: str, path: Path, *, max_messages: int = 1_000_000,
                  batch: int = 500, ack_timeout_s: float = 10.0, ready_backlog: int = 10_000,
                  ca: Path | None = None, password_file: Path | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # queued messages are PHI: 0600 in a 0700 folder
         self.max_messages, self.batch, self.ack_timeout_s = max_messages, batch, ack_timeout_s
         self.ready_backlog = ready_backlog
         self.refused = self.published = 0

@@ -1,6 +1,8 @@
 """Workload settings: `MEDPLAT_<NAME>_<FIELD>` environment variables over embedded defaults."""
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +60,15 @@ def private_dir(path: Path) -> Path:
     """A folder only the service user can enter (0700): databases, keys and spools live here."""
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """A file only the service user can read (0600) in a private folder; created before SQLite opens it,
+    so its -wal/-shm files copy the mode."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     return path
 
 
