@@ -14,7 +14,7 @@ from medplat.service.access import api_routes, route_access
 from medplat.service.app import create_app
 
 SERVICES = ["ingest", "audit-log", "fleet", "consent", "pseudonymizer", "edge-forwarder", "dicom-anonymizer",
-            "sdc-bridge", "hl7-retrofit", "portal"]
+            "sdc-bridge", "hl7-retrofit", "portal", "clinical-workflow"]
 # (service, method, path) that anyone may call, and nothing else.
 PUBLIC = {(service, "GET", path) for service in SERVICES for path in ("/healthz", "/readyz", "/metrics")} | {
     ("audit-log", "GET", "/checkpoint"), ("audit-log", "GET", "/verifier"), ("audit-log", "GET", "/witness/verifier"),
@@ -25,6 +25,7 @@ PUBLIC = {(service, "GET", path) for service in SERVICES for path in ("/healthz"
     ("portal", "GET", "/local-issuer/.well-known/openid-configuration"), ("portal", "GET", "/local-issuer/jwks"),
     ("portal", "GET", "/local-issuer/authorize"), ("portal", "POST", "/local-issuer/authorize"),
     ("portal", "POST", "/local-issuer/token"),
+    ("clinical-workflow", "GET", "/cds-services"),  # CDS Hooks 2.0 discovery (no patient data)
 }
 FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 

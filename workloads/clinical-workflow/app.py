@@ -23,6 +23,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
 
+from medplat.service.access import public
 from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
@@ -429,7 +430,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
                                .order_by(store.scores.c.issued.desc()).limit(1)).first()
         return row.resource if row else None
 
-    @router.get("/cds-services", tags=["cds-hooks"])
+    @router.get("/cds-services", tags=["cds-hooks"],
+                dependencies=[public("CDS Hooks 2.0 discovery: service descriptions only, no patient data")])
     def discovery() -> dict[str, Any]:
         return {"services": cds.SERVICES}
 
