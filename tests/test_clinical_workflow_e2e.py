@@ -72,10 +72,14 @@ def wait(predicate, timeout=20.0):
 def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp_path):
     broker = Mosquitto(tmp_path / "broker")
     audit = Service("audit-log", {"data_dir": tmp_path / "audit"}, free_port(), tmp_path / "audit.log").start()
+    writer = tmp_path / "audit-writer.token"  # the workflow appends to the audit log with scope audit.write
+    writer.write_text(mint_local_token(tmp_path / "audit", "audit-log", ["audit.write"], "clinical-workflow"))
+    auditor = {"authorization": "Bearer " + mint_local_token(tmp_path / "audit", "audit-log", ["audit.read"], "auditor")}
     data = tmp_path / "workflow"
     port = free_port()
     workflow = Service("clinical-workflow", {
         "data_dir": data, "broker_url": broker.url_for("clinical-workflow"), "audit_url": f"http://127.0.0.1:{audit.port}",
+        "audit_token_file": writer,
         "device_patients": '{"*": "%s"}' % PATIENT, "escalate_after": "PT2S", "tick_s": "0.2"},
         port, tmp_path / "workflow.log")
     monitor = Monitor()
@@ -107,7 +111,7 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
             wait(lambda: httpx.get(f"{base}/news2", params={"patient": PATIENT}, headers=auth(DOCTOR)).status_code
                  == 200)
         except AssertionError:
-            raise AssertionError(httpx.get(f"{base}/healthz").json()) from None
+            raise AssertionError(httpx.get(f"{base}/readyz").json()) from None
         assert tasks() == []
         monitor.vitals(spo2="93", hr="115")  # SpO2 2 + pulse 2 = NEWS2 4: low risk, no Task
         wait(lambda: httpx.get(f"{base}/news2", params={"patient": PATIENT}, headers=auth(DOCTOR)).json()
@@ -128,7 +132,7 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
         workflow.kill()
         monitor.vitals(rr="27", hr="118")
         workflow.start()
-        health = httpx.get(f"{base}/healthz").json()
+        health = httpx.get(f"{base}/readyz").json()
         assert health["resumedWorkflows"] == 1
         time.sleep(1.0)  # the redelivered and new readings arrive; the response is already under way
         after = tasks()
@@ -145,14 +149,15 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
         for status in ("accepted", "in-progress", "completed"):
             httpx.post(f"{base}/Task/{escalation['id']}/$transition", json={"status": status},
                        headers=auth(OUTREACH)).raise_for_status()
-        assert httpx.get(f"{base}/healthz").json()["openWorkflows"] == 0
+        assert httpx.get(f"{base}/readyz").json()["openWorkflows"] == 0
         history = httpx.get(f"{base}/Provenance", params={"target": f"Task/{emergency['id']}"},
                             headers=auth(DOCTOR)).json()
         assert [e["resource"]["activity"]["text"] for e in history["entry"]] == [
             "created", "claimed", "status requested -> accepted", "status accepted -> in-progress",
             "status in-progress -> completed"]
         def doctors_task_updates():
-            found = httpx.get(f"http://127.0.0.1:{audit.port}/entries", params={"agent": DOCTOR}).json()["entries"]
+            found = httpx.get(f"http://127.0.0.1:{audit.port}/entries", params={"agent": DOCTOR},
+                              headers=auditor).json()["entries"]
             return [e["event"] for e in found if e["event"]["subtype"][0]["code"] == "update" and any(
                 x["what"].get("reference") == f"Task/{emergency['id']}" for x in e["event"].get("entity", []))]
         # claim, accepted, in-progress, completed: each in the real audit log with the patient as entity

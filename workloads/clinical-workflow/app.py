@@ -275,7 +275,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     db = make_engine(settings.resolved_database_url(NAME))
     auth = Authenticator(NAME, settings)
     # The worker is the only one that flushes: the client's own thread would race it on the spool.
-    audit = AuditClient(settings.audit_url, settings.data_dir / "audit-spool.jsonl", flush_s=3600, batch=100_000)
+    audit = AuditClient.for_service(settings, flush_s=3600, batch=100_000)  # its audit credentials and CA too
     worker_box: list[Worker] = []
     engine = Engine(db, Policy(lanes=settings.lanes, due_s=settings.due_s),
                     on_commit=lambda: worker_box and worker_box[0].wake())

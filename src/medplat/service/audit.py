@@ -91,15 +91,16 @@ class AuditClient:
         self._thread.start()
 
     @classmethod
-    def for_service(cls, settings) -> AuditClient:
-        """The client a workload uses: its settings' audit log and credentials, its data folder's spool."""
+    def for_service(cls, settings, **options: Any) -> AuditClient:
+        """The client a workload uses: its settings' audit log and credentials, its data folder's spool
+        (`options`: flush_s, batch)."""
         verify: Any = True
         if settings.audit_url and settings.audit_url.startswith("https://"):
             from medplat.service.tls import client_context
 
             verify = client_context(settings.audit_ca, settings.audit_client_cert, settings.audit_client_key)
         return cls(settings.audit_url, settings.data_dir / "audit-spool.jsonl", verify=verify,
-                   token_file=settings.audit_token_file)
+                   token_file=settings.audit_token_file, **options)
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token_file.read_text().strip()}"} if self.token_file else {}
