@@ -1,4 +1,4 @@
-"""Fault test: SIGKILL the forwarder at random points during a 20,000-message stream and stop
+"""Fault test: SIGKILL the forwarder at random points during a 4,000-message stream and stop
 the cloud ingest for a while; afterwards every message is stored exactly once, in per-device
 order. Real Mosquitto (the project's broker config) and real PostgreSQL."""
 from __future__ import annotations
@@ -14,7 +14,10 @@ from services import Mosquitto
 from store_forward import (Pki, Publisher, envelope, forwarder_service, ingest_service, status, stored,
                            stored_count, wait_until)
 
-MESSAGES, DEVICES, KILLS, RATE = 20_000, 20, 10, 700  # ~29 s of stream at RATE msgs/s
+# ~27 s of stream at RATE msgs/s. The site broker saves its store on every change (no PUBACKed
+# message lost to a broker SIGKILL), which caps it near 180 PUBACKed msgs/s on 2 cores: the stream
+# stays below that so the kills land during the stream rather than behind a blocked producer.
+MESSAGES, DEVICES, KILLS, RATE = 4_000, 20, 10, 150
 
 
 @pytest.fixture
