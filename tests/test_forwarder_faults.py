@@ -39,9 +39,16 @@ def test_sigkill_and_cloud_outage_lose_and_duplicate_nothing(site, postgres_url)
     publisher = Publisher(broker)
     devices = [f"monitor-{i:02d}" for i in range(DEVICES)]
 
+    kills = [0]  # kills so far; the stream waits for them, however long a forwarder restart takes
+    chunk = MESSAGES // (KILLS + 1)
+
     def stream() -> None:
         start = time.monotonic()
         for n in range(MESSAGES):
+            if n and n % chunk == 0:  # the next part of the stream only after the next kill
+                while kills[0] < min(n // chunk, KILLS):
+                    time.sleep(0.05)
+                start = time.monotonic() - n / RATE
             device = devices[n % DEVICES]
             publisher.publish(device, envelope(device, n // DEVICES))
             ahead = n / RATE - (time.monotonic() - start)
@@ -56,6 +63,7 @@ def test_sigkill_and_cloud_outage_lose_and_duplicate_nothing(site, postgres_url)
         depths_at_kill.append(status(forwarder)["queueDepth"])
         forwarder.kill()
         kills_during_stream += producer.is_alive()
+        kills[0] += 1
         if kills_during_stream == KILLS // 2 and outage is None:
             ingest.stop()  # the uplink or the cloud goes away for a while
             outage = time.monotonic()
