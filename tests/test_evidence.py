@@ -240,7 +240,7 @@ def test_html_report_renders_without_console_errors_failing_first(broken_bundle,
     assert console_errors == []
     statuses = re.findall(r'<details id="[^"]+" data-status="([a-z-]+)"', dom)
     assert statuses[0] == "fail", statuses[:5]
-    order = {"fail": 0, "not-covered": 1, "manual": 2, "waived": 3, "pass": 4}
+    order = {"fail": 0, "not-evaluated": 1, "not-covered": 2, "manual": 3, "waived": 4, "pass": 5}  # failing and unproven first
     assert [order[s] for s in statuses] == sorted(order[s] for s in statuses)
 
 
