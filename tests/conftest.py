@@ -1,6 +1,7 @@
 """Shared fixtures: the example stacks synthesized once per test session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -91,15 +92,23 @@ def checkov_tool() -> Path:
 PG_ADMIN = os.environ.get("MEDPLAT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the machine's real PostgreSQL server (not a mock)."""
-    name = f"medplat_ingest_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_database(prefix: str):
+    """A fresh database on the machine's real PostgreSQL server (not a mock), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url():
+    with fresh_database("medplat_ingest") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

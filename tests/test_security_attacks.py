@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import PG_ADMIN
+from conftest import fresh_database
 from identities import bearer
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, mint_local_token
@@ -47,13 +47,8 @@ def assert_outcome(response: httpx.Response, status: int) -> dict:
 
 @pytest.fixture(scope="module")
 def database():
-    """A fresh database on the machine's real PostgreSQL server."""
-    name = f"medplat_attacks_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database("medplat_attacks") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
