@@ -1,6 +1,8 @@
 """Continuous compliance: re-check a deployed export, append OSCAL results, audit the run, report drift."""
 from __future__ import annotations
 
+from medplat.service.auth import mint_local_token
+
 import copy
 import json
 import threading
@@ -60,11 +62,13 @@ def run(out, export, *extra):
 def test_runs_append_results_audit_the_digest_and_report_drift(tmp_path, audit_log):
     url, _service = audit_log
     out = tmp_path / "compliance"
-    first = run(out, EXPORT, "--audit-url", url)
+    token = tmp_path / "audit.token"  # the audit log takes appends with scope audit.write
+    token.write_text(mint_local_token(tmp_path / "audit", "audit-log", ["audit.write"], "compliance-runner"))
+    first = run(out, EXPORT, "--audit-url", url, "--audit-token-file", str(token))
     # The export's SSM parameter carries no medplat labels: a mandatory violation from the start.
     assert first.exit_code == 1 and "gate FAIL, 1 mandatory violation(s)" in first.stdout, first.output
     assert f"audit log: recorded at {url}" in first.stdout
-    second = run(out, drifted_export(tmp_path / "later.json"), "--audit-url", url)
+    second = run(out, drifted_export(tmp_path / "later.json"), "--audit-url", url, "--audit-token-file", str(token))
     assert second.exit_code == 1 and "gate FAIL, 1 mandatory" not in second.stdout, second.output
     drift = [line.removeprefix("drift: ") for line in second.stdout.splitlines() if line.startswith("drift: ")]
     assert any(line.startswith("resource changed: ") and line.endswith("analytics-kms") for line in drift), drift

@@ -381,6 +381,8 @@ def compliance_run(
                                            "to report drift against."),
     audit_url: Optional[str] = typer.Option(None, "--audit-url", envvar="MEDPLAT_COMPLIANCE_AUDIT_URL",
                                             help="Audit log to record the run's digest in (spooled while down)."),
+    audit_token_file: Optional[Path] = typer.Option(None, "--audit-token-file", envvar="MEDPLAT_COMPLIANCE_AUDIT_TOKEN_FILE",
+                                                    help="Bearer token with scope audit.write for the audit log."),
     checkov: bool = typer.Option(True, "--checkov/--no-checkov"),
     today: Optional[str] = typer.Option(None, "--today", hidden=True),
 ) -> None:
@@ -417,7 +419,7 @@ def compliance_run(
         fail(str(exc))
     except ValueError as exc:
         fail(f"waivers: {str(exc).splitlines()[0]}")
-    client = AuditClient(audit_url, out / "audit-spool.jsonl", flush_s=3600)
+    client = AuditClient(audit_url, out / "audit-spool.jsonl", flush_s=3600, token_file=audit_token_file)
     try:
         client.record(continuous.audit_event(digest, path, record))
         delivered = client.flush()
