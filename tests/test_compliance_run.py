@@ -85,7 +85,8 @@ def test_runs_append_results_audit_the_digest_and_report_drift(tmp_path, audit_l
     import hashlib
     import httpx
 
-    entries = [httpx.get(f"{url}/entries/{i}").json()["event"] for i in (1, 2)]
+    auditor = {"authorization": "Bearer " + mint_local_token(tmp_path / "audit", "audit-log", ["audit.read"], "auditor")}
+    entries = [httpx.get(f"{url}/entries/{i}", headers=auditor).json()["event"] for i in (1, 2)]
     for entry, record in zip(entries, runs):
         assert f"sha256:{hashlib.sha256(record.read_bytes()).hexdigest()}" in entry["outcomeDesc"]
 
