@@ -121,3 +121,13 @@ def clinical_bundle() -> dict:
 def all_resources() -> list[dict]:
     return [patient(), encounter(), observation(), diagnostic_report(), consent(), device(), bundle(),
             clinical_bundle()]
+
+
+def references_in(value) -> list[str]:
+    """Every Reference.reference below a JSON value."""
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for v in value.values() for r in references_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references_in(v)]
+    return []

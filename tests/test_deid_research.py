@@ -11,7 +11,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from deid_samples import (PHI, all_resources, bundle, clinical_bundle, consent, diagnostic_report, encounter,
-                          observation, patient)
+                          observation, patient, references_in)
 from medplat.deid import ConfigError, Deidentifier, KeyDomain, builtin, date_shift_days, shift
 from medplat.service.db import make_engine
 from medplat.workloads.pseudonymizer.keys import LocalKeyFile
@@ -95,16 +95,6 @@ def test_patient_becomes_the_recipients_pseudonym_and_references_resolve(pseudon
     assert out_observation["subject"] == {"reference": f"Patient/{pseudonym}"}
     assert out_report["result"] == [{"reference": f"Observation/{out_observation['id']}"}]
     assert out_observation["id"] != PHI["observation_id"] and len(out_observation["id"]) == 64
-
-
-def references_in(value) -> list[str]:
-    """Every Reference.reference below a JSON value."""
-    if isinstance(value, dict):
-        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
-        return found + [r for v in value.values() for r in references_in(v)]
-    if isinstance(value, list):
-        return [r for v in value for r in references_in(v)]
-    return []
 
 
 def test_bundle_entries_reference_each_other_after_remapping(pseudonymizer):

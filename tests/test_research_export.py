@@ -11,7 +11,8 @@ from identities import INGRESS, forwarded_cert
 from medplat.service.localpki import Ca
 
 import deid_samples
-from deid_samples import PHI
+from deid_samples import PHI, references_in
+from fhir.resources.R4B import get_fhir_model_class
 from medplat.deid import date_shift_days, load_key, shift
 from medplat.service.auth import mint_local_token
 from medplat.service.clients import ServiceClient
@@ -142,3 +143,41 @@ def test_phi_seeded_resources_leave_without_phi_and_with_one_shift_per_patient(p
     for element in ("performer", "encounter", "note", "contained", "identifier"):
         assert element not in by_type["Observation"]
     assert export(ingest)["exported"] == first["exported"], "the same export twice is the same output"
+
+
+def test_a_stored_bundle_leaves_as_one_deidentified_bundle_whose_references_resolve(platform, tmp_path):
+    """A hospital's clinical Bundle (Patient, Encounter, Observation with performer, contained
+    Patient and notes, DiagnosticReport, Consent, Device; RESTful and urn:uuid fullUrls) stored as
+    one message: refused while its patient has not consented, then exported as one Bundle without
+    any PHI string, every in-bundle reference naming an entry's fullUrl, the patient a pseudonym
+    of the recipient's study domain. A Bundle that also holds a patient who denied is refused whole."""
+    consents, pseudo, ingest = platform
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    source = deid_samples.clinical_bundle()
+    mixed = deid_samples.clinical_bundle()
+    mixed["id"] = "bundle-mixed"
+    mixed["entry"].append({"resource": {**deid_samples.observation(), "id": "obs-bert",
+                                        "subject": {"reference": "Patient/bert"}}})
+    batch = {"messages": [{"id": "stay-bundle", "device": "his", "seq": 20, "dataClass": "phi", "resource": source},
+                          {"id": "mixed-bundle", "device": "his", "seq": 21, "dataClass": "phi", "resource": mixed}]}
+    assert ingest.post("/batches", json=batch, headers=site).status_code == 200
+    before = {r["id"]: r["reason"] for r in export(ingest)["refused"]}
+    assert before["stay-bundle"].startswith("consent: deny") and before["mixed-bundle"].startswith("consent: deny")
+
+    patient = f"Patient/{PHI['patient_id']}"
+    assert consents.post("/Consent", json=consent_for("q-yes", patient, "permit")).status_code == 201
+    assert consents.post("/Consent", json=consent_for("bert-no", "Patient/bert", "deny")).status_code == 201
+    result = export(ingest)
+    refused = {r["id"]: r["reason"] for r in result["refused"]}
+    assert refused["mixed-bundle"] == "consent: deny", "one denying patient keeps the whole Bundle in"
+    (bundle,) = [r for r in result["exported"] if r["resourceType"] == "Bundle"]
+    assert {k: v for k, v in PHI.items() if v in json.dumps(bundle)} == {}
+    get_fhir_model_class("Bundle").model_validate(bundle)
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    assert len(bundle["entry"]) == len(source["entry"]) and all(u.startswith("urn:uuid:") for u in urls)
+    references = references_in([e["resource"] for e in bundle["entry"]])
+    assert len(references) >= 6 and set(references) <= urls, "every reference resolves inside the Bundle"
+    (out_patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [out_patient["id"]]}).json()
+    assert resolved["values"] == [PHI["patient_id"]], "the patient is a pseudonym of the recipient's study domain"
+    assert export(ingest)["exported"] == result["exported"], "the same export twice is the same output"
