@@ -17,7 +17,8 @@ PHI = {
 }
 SERVER = f"https://{PHI['server']}/fhir"
 # Locally identified entries of the clinical Bundle (R4 bundle-references example style).
-ENCOUNTER_URN, REPORT_URN = "urn:uuid:0b3a7c1e-5d2f-4e8a-9c61-2f4d8e7a1b90", "urn:uuid:7e21c4d9-83b5-4f0a-a6d2-c95e13f0b847"
+ENCOUNTER_URN = "urn:uuid:0b3a7c1e-5d2f-4e8a-9c61-2f4d8e7a1b90"
+REPORT_URN = "urn:uuid:7e21c4d9-83b5-4f0a-a6d2-c95e13f0b847"
 START = "2026-03-14T09:26:53+01:00"
 
 

@@ -172,7 +172,8 @@ def run_job(platform: dict, server, bucket: str) -> subprocess.CompletedProcess:
                 "pseudonymizer_url": f"http://127.0.0.1:{platform['pseudonymizer'].port}",
                 "service_token_file": job / "service.token", "deid_key_file": job / "project.key",
                 "signing_key_file": job / "signing.key", "bucket": bucket, "s3_endpoint_url": server.endpoint,
-                "s3_region": server.region, "sse": "AES256", "waveform": "drop", "resample_seconds": 60, "k": 3}
+                "s3_region": server.region, "s3_target": "swift", "sse": "AES256", "waveform": "drop",
+                "resample_seconds": 60, "k": 3}
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
            **{f"MEDPLAT_ANALYTICS_FEED_{k.upper()}": str(v) for k, v in settings.items()},
            "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
@@ -225,7 +226,8 @@ def test_edge_to_bucket_releases_deidentified_parquet_with_no_phi(platform, buck
     publisher.wait()
     publisher.close()
     forwarder = platform["forwarder"]
-    response = httpx.post(f"http://127.0.0.1:{forwarder.port}/messages", timeout=30, headers=forwarder_headers(forwarder),
+    response = httpx.post(f"http://127.0.0.1:{forwarder.port}/messages", timeout=30,
+                          headers=forwarder_headers(forwarder),
                           json=[{"id": f"adt-{i}", "device": "admission", "dataClass": "phi", "resource": patient(i)}
                                 for i in range(len(PEOPLE))])
     assert response.status_code == 202, response.text
