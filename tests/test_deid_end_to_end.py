@@ -173,7 +173,8 @@ def run_job(platform: dict, server, bucket: str) -> subprocess.CompletedProcess:
                 "service_token_file": job / "service.token", "deid_key_file": job / "project.key",
                 "signing_key_file": job / "signing.key", "bucket": bucket, "s3_endpoint_url": server.endpoint,
                 "s3_region": server.region, "s3_target": "swift", "sse": "AES256", "waveform": "drop",
-                "resample_seconds": 60, "k": 3}
+                "resample_seconds": 60, "k": 3,
+                "dp_epsilon": 1.0, "dp_bounds": json.dumps({"150456": [80, 100], "147842": [30, 200]})}
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
            **{f"MEDPLAT_ANALYTICS_FEED_{k.upper()}": str(v) for k, v in settings.items()},
            "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
@@ -276,6 +277,17 @@ def test_edge_to_bucket_releases_deidentified_parquet_with_no_phi(platform, buck
     statement = verify(objects[outcome["record"]].decode(), SSlibKey.from_crypto(signer.public_key()))
     digests = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
     assert digests and all(hashlib.sha256(objects[key]).hexdigest() == d for key, d in digests.items())
+
+    # Optional DP aggregates: published once per release, the whole epsilon accounted for by OpenDP's maps.
+    release = outcome["releaseId"]
+    manifest = json.loads(objects[f"telemetry/releases/{release}/manifest.json"])
+    privacy = manifest["report"]["differentialPrivacy"]
+    assert privacy["epsilon"] == 1.0 and privacy["spent"] == pytest.approx(1.0, rel=1e-6)
+    assert [q["query"] for q in privacy["queries"]] == ["count 147842", "sum 147842", "count 150456", "sum 150456"]
+    published = json.loads(objects[f"telemetry/aggregates/release={release}.json"])
+    assert [a["code"] for a in published] == ["147842", "150456"]
+    assert all(a["mean"] is None or a["bounds"][0] <= a["mean"] <= a["bounds"][1] for a in published), \
+        "noisy means are clamped to their bounds (None when the noisy count is not positive)"
 
     # The CronJob's next run over the same data is the same release: nothing is written twice.
     again = run_job(platform, bucket_server, "deidentified")

@@ -52,6 +52,10 @@ class FeedSettings:
     telemetry: TelemetryPolicy | None = None
     release: ReleasePolicy = field(default_factory=ReleasePolicy)
     limit: int = 1_000_000
+    # Optional differentially private aggregates (medplat.deid.dp, the `dp` extra): the release's
+    # epsilon and, per code, the bounds a patient's mean is clamped to; None publishes none.
+    dp_epsilon: float | None = None
+    dp_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Release:
     observations: list[dict[str, Any]]
     patients: list[dict[str, Any]]
     report: dict[str, Any]
+    aggregates: list[dict[str, Any]] | None = None  # differentially private, when configured
 
 
 def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain, config_digest: str) -> Release:
@@ -137,7 +142,13 @@ def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain,
     report["observations"] = len(observations)
     report["refused"] = selection.refused
     digest = hashlib.sha256(json.dumps([sorted(selection.message_ids), config_digest]).encode()).hexdigest()
-    return Release(digest[:24], observations, released, report)
+    aggregates = None
+    if settings.dp_epsilon:
+        from medplat.deid.dp import PrivacyLedger, aggregates as dp_aggregates
+        ledger = PrivacyLedger(settings.dp_epsilon)
+        aggregates = dp_aggregates(observations, settings.dp_bounds, ledger)
+        report["differentialPrivacy"] = ledger.report()
+    return Release(digest[:24], observations, released, report, aggregates)
 
 
 def _parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
@@ -229,6 +240,9 @@ def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> 
             _parquet(rows, OBSERVATIONS), len(rows))
     put(f"{settings.prefix}/patients/release={release.release_id}.parquet",
         _parquet(release.patients, PATIENTS), len(release.patients))
+    if release.aggregates is not None:  # noisy once: a re-run finds the record and publishes nothing new
+        put(f"{settings.prefix}/aggregates/release={release.release_id}.json",
+            json.dumps(release.aggregates, indent=1).encode(), len(release.aggregates), "application/json")
     manifest = {"releaseId": release.release_id, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "files": files, "schemas": {"observations": str(OBSERVATIONS), "patients": str(PATIENTS)},
                 "report": release.report}

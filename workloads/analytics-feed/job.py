@@ -51,13 +51,16 @@ class Settings(ServiceSettings):
     suppression_limit: float = 0.05
     on_violation: Literal["refuse", "generalize"] = "generalize"
     limit: int = 1_000_000
+    dp_epsilon: float | None = None       # optional DP aggregates (needs the `dp` extra: OpenDP)
+    dp_bounds: dict[str, tuple[float, float]] = {}  # MDC code -> bounds of a patient's mean
 
 
 def feed_settings(settings: Settings) -> FeedSettings:
     return FeedSettings(
         bucket=settings.bucket, domain=settings.domain, prefix=settings.prefix, target=settings.s3_target,
         sse=settings.sse,
-        kms_key_id=settings.kms_key_id, limit=settings.limit,
+        kms_key_id=settings.kms_key_id, limit=settings.limit, dp_epsilon=settings.dp_epsilon,
+        dp_bounds=dict(settings.dp_bounds),
         telemetry=TelemetryPolicy(settings.domain, waveform=settings.waveform,
                                   resample_seconds=settings.resample_seconds),
         release=ReleasePolicy(k=settings.k, l_diversity=settings.l_diversity,
