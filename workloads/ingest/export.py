@@ -4,9 +4,11 @@ recipient's domain, dates shifted per patient, everything the recipient may not 
 The recipient and its domains come from the authenticated client's registration, never from
 the request body. A stored Bundle leaves whole, as one de-identified Bundle whose references
 still resolve (medplat.deid's bundleReferences), only when every patient in it permits the
-disclosure of every type of resource in it; otherwise it is refused whole."""
+disclosure of every type of resource in it; otherwise it is refused whole. The answer carries
+the exported resources as one collection Bundle whose references between them resolve."""
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -151,5 +153,39 @@ def research_export(engine: Engine, messages, consent: ServiceClient, pseudonymi
     keys.prefetch(domain, [p.removeprefix("Patient/") for p in patients])
     deidentifier = Deidentifier(builtin("research"), keys, domain=domain)
     exported = [out for out in (deidentifier.deidentify(resource) for resource in permitted) if out]
-    return {"purpose": purpose, "actor": actor, "domain": domain, "exported": exported, "refused": refused,
-            "counts": {"considered": len(rows), "exported": len(exported), "refused": len(refused)}}
+    return {"purpose": purpose, "actor": actor, "domain": domain, "bundle": collection(exported, keys),
+            "refused": refused, "counts": {"considered": len(rows), "exported": len(exported), "refused": len(refused)}}
+
+
+def collection(resources: list[dict[str, Any]], keys: KeyDomain) -> dict[str, Any]:
+    """The export as one FHIR collection Bundle. Each entry gets a keyed urn:uuid fullUrl and a
+    reference to another exported resource (by its de-identified Type/id: ids and references
+    went through the same hash or pseudonym) names that fullUrl, so it resolves by the Bundle
+    rules; references to what was not exported stay as they are."""
+    urls: dict[str, str] = {}
+    entries = []
+    for index, resource in enumerate(resources):
+        local = f"{resource['resourceType']}/{resource['id']}" if resource.get("id") else ""
+        digest = bytes.fromhex(keys.hash(f"export-entry|{index}|{local}")[:32])
+        url = f"urn:uuid:{uuid.UUID(bytes=digest, version=4)}"
+        if local:
+            urls.setdefault(local, url)
+        entries.append({"fullUrl": url, "resource": resource})
+    for entry in entries:
+        _point(entry["resource"], urls, top=True)
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def _point(value: Any, urls: dict[str, str], top: bool = False) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _point(item, urls)
+    elif isinstance(value, dict):
+        if not top and value.get("resourceType") == "Bundle":
+            return  # an exported Bundle's references were resolved inside it
+        reference = value.get("reference")
+        if isinstance(reference, str) and reference in urls:
+            value["reference"] = urls[reference]
+        for key, item in value.items():
+            if key != "reference":
+                _point(item, urls)
