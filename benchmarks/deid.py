@@ -5,7 +5,8 @@ through medplat.deid with medplat's research configuration, with Microsoft's HIP
 Harbor configuration (tests/data/ms-fhir-anonymizer, unchanged), through the telemetry
 pipeline (with 60 s down-sampling), and next to them the previous research export's
 transformation (replace subject by a pseudonym identifier, drop id and text — nothing else),
-measured in the same run. Goal (issue 16): >= 5,000 Observations/s per core.
+measured in the same run; plus the research export as it now answers (one collection Bundle)
+and stored Bundles (entries relinked, no replayed plans). Goal (issue 16): >= 5,000 Observations/s per core.
 Run on demand:
     python benchmarks/deid.py [--count 5000]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from medplat.deid import Deidentifier, KeyDomain, builtin, load_config
 from medplat.deid.telemetry import TelemetryPolicy, deidentify_series
 from medplat.service.db import make_engine
+from medplat.workloads.ingest.export import collection
 from medplat.workloads.pseudonymizer.keys import LocalKeyFile
 from medplat.workloads.pseudonymizer.service import Pseudonymizer, metadata
 
@@ -37,6 +39,13 @@ def observation(i: int) -> dict:
             "subject": {"reference": f"Patient/p{i % 200}"}, "device": {"reference": f"Device/monitor-{i % 50}"},
             "effectiveDateTime": (T0 + datetime.timedelta(seconds=i)).isoformat(),
             "valueQuantity": {"value": 90 + i % 10, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}
+
+
+def bundle(resources: list[dict]) -> dict:
+    """A collection Bundle of stored resources with RESTful fullUrls (the slow, unplanned path)."""
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"https://fhir.example.org/fhir/Observation/{r['id']}", "resource": r}
+                      for r in resources]}
 
 
 def previous_export(resources: list[dict], pseudonyms: dict[str, str], domain: str) -> list[dict]:
@@ -84,6 +93,10 @@ def main() -> None:
              lambda n: [safe_harbor.deidentify(r) for r in data[:n]])
         rate("medplat.deid.telemetry, research rules + 60 s down-sampling", args.count,
              lambda n: deidentify_series(data[:n], TelemetryPolicy("study", resample_seconds=60), keys))
+        rate("research export now (de-id + one collection Bundle answer)", args.count,
+             lambda n: collection([research.deidentify(r) for r in data[:n]], keys))
+        rate("stored Bundles of 50, research config, references relinked", args.count,
+             lambda n: [research.deidentify(bundle(data[i:i + 50])) for i in range(0, n, 50)])
         rate("previous research export (subject -> pseudonym only, no de-id)", args.count,
              lambda n: previous_export(data[:n], pseudonyms, "study"))
         print(f"goal {'met' if ours >= GOAL else 'NOT met'}: {ours:,.0f} vs {GOAL:,} Observations/s per core")

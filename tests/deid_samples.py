@@ -13,7 +13,12 @@ PHI = {
     "report_text": "Befund fuer Herrn Mustermann unauffaellig", "attachment": "SGVsbG8gTXVzdGVybWFubg==",
     "extension_value": "Geheimnis-Lieblingsfarbe", "narrative": "Narrativ-Max-Mustermann",
     "device_serial": "SN-778899-DE", "consent_org": "Klinikum Beispielstadt",
+    "server": "fhir.klinikum-beispielstadt.example", "bundle_note": "Aufnahme durch Pfleger Kunibert Wendehals",
 }
+SERVER = f"https://{PHI['server']}/fhir"
+# Locally identified entries of the clinical Bundle (R4 bundle-references example style).
+ENCOUNTER_URN = "urn:uuid:0b3a7c1e-5d2f-4e8a-9c61-2f4d8e7a1b90"
+REPORT_URN = "urn:uuid:7e21c4d9-83b5-4f0a-a6d2-c95e13f0b847"
 START = "2026-03-14T09:26:53+01:00"
 
 
@@ -92,5 +97,38 @@ def bundle() -> dict:
                        "resource": diagnostic_report()}]}
 
 
+def clinical_bundle() -> dict:
+    """A collection Bundle as a hospital system sends it: a RESTful fullUrl (server and patient id
+    in the URL), locally identified urn:uuid entries, and relative, absolute and urn:uuid
+    references between the entries (R4 2.36.4.1), one entry without a fullUrl; PHI throughout."""
+    enc, obs, rep, con, dev = encounter(), observation(), diagnostic_report(), consent(), device()
+    enc.pop("id")  # a locally identified resource: known only by its urn:uuid
+    obs["encounter"] = {"reference": ENCOUNTER_URN}
+    obs["note"].append({"text": PHI["bundle_note"]})
+    obs["device"] = {"reference": f"Device/{dev['id']}"}
+    rep["subject"] = {"reference": f"{SERVER}/Patient/{PHI['patient_id']}"}  # absolute
+    rep["encounter"] = {"reference": ENCOUNTER_URN}
+    return {"resourceType": "Bundle", "id": "bundle-clinical", "type": "collection",
+            "identifier": {"system": "urn:oid:1.2.276.0.76.4.99", "value": PHI["mrn"] + "-stay"},
+            "timestamp": "2026-03-20T12:00:00+01:00",
+            "entry": [{"fullUrl": f"{SERVER}/Patient/{PHI['patient_id']}", "resource": patient()},
+                      {"fullUrl": ENCOUNTER_URN, "resource": enc},
+                      {"fullUrl": f"{SERVER}/Observation/{PHI['observation_id']}", "resource": obs},
+                      {"fullUrl": REPORT_URN, "resource": rep},
+                      {"fullUrl": f"{SERVER}/Consent/{PHI['consent_id']}", "resource": con},
+                      {"resource": dev}]}
+
+
 def all_resources() -> list[dict]:
-    return [patient(), encounter(), observation(), diagnostic_report(), consent(), device(), bundle()]
+    return [patient(), encounter(), observation(), diagnostic_report(), consent(), device(), bundle(),
+            clinical_bundle()]
+
+
+def references_in(value) -> list[str]:
+    """Every Reference.reference below a JSON value."""
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for v in value.values() for r in references_in(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references_in(v)]
+    return []

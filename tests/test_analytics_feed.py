@@ -132,7 +132,7 @@ def zone(tmp_path, postgres_url):
 
 
 def settings(bucket: str, **release) -> FeedSettings:
-    return FeedSettings(bucket=bucket, domain="analytics", sse="AES256",
+    return FeedSettings(bucket=bucket, domain="analytics", target="swift", sse="AES256",
                         telemetry=TelemetryPolicy("analytics", waveform="aggregate", resample_seconds=60),
                         release=ReleasePolicy(**{"k": 3, **release}))
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from deid_samples import PHI, all_resources, bundle, consent, diagnostic_report, encounter, observation, patient
-from medplat.deid import Deidentifier, KeyDomain, builtin, date_shift_days, shift
+from deid_samples import (PHI, all_resources, bundle, clinical_bundle, consent, diagnostic_report, encounter,
+                          observation, patient, references_in)
+from medplat.deid import ConfigError, Deidentifier, KeyDomain, builtin, date_shift_days, shift
 from medplat.service.db import make_engine
 from medplat.workloads.pseudonymizer.keys import LocalKeyFile
 from medplat.workloads.pseudonymizer.service import Pseudonymizer, metadata
@@ -97,12 +99,58 @@ def test_patient_becomes_the_recipients_pseudonym_and_references_resolve(pseudon
 
 def test_bundle_entries_reference_each_other_after_remapping(pseudonymizer):
     out = deidentifier(pseudonymizer).deidentify(bundle())
-    ids = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in out["entry"]}
-    references = {e["resource"].get("subject", {}).get("reference") for e in out["entry"]} - {None}
-    references |= {r["reference"] for e in out["entry"] for r in e["resource"].get("result", [])}
-    assert references and references <= ids
-    assert all("fullUrl" not in e for e in out["entry"])
+    urls = [e["fullUrl"] for e in out["entry"]]
+    assert all(u.startswith("urn:uuid:") for u in urls) and len(set(urls)) == len(urls)
+    references = references_in([e["resource"] for e in out["entry"]])
+    assert references and set(references) <= set(urls), "every in-bundle reference names an entry's fullUrl"
     assert "identifier" not in out
+
+
+def test_clinical_bundle_leaves_without_phi_and_every_reference_resolves_by_the_bundle_rules(pseudonymizer):
+    """A hospital's collection Bundle (RESTful, urn:uuid and missing fullUrls; relative, absolute
+    and urn:uuid references): no PHI string survives, each entry gets a keyed urn:uuid fullUrl
+    and each reference that named an entry names that entry's new fullUrl (FHIR R4 2.36.4.1's
+    resolution then finds it); the patient is the recipient's pseudonym, dates shift by the one
+    per-patient offset, and the output is a valid R4 Bundle, the same on every run."""
+    source = clinical_bundle()
+    out = deidentifier(pseudonymizer).deidentify(source)
+    text = json.dumps(out)
+    assert {name: value for name, value in PHI.items() if value in text} == {}
+    get_fhir_model_class("Bundle").model_validate(out)
+
+    entries = {e["resource"]["resourceType"]: e for e in out["entry"]}
+    assert list(entries) == [e["resource"]["resourceType"] for e in source["entry"]], "no entry lost"
+    url = {kind: entry["fullUrl"] for kind, entry in entries.items()}
+    assert all(u.startswith("urn:uuid:") for u in url.values()) and len(set(url.values())) == len(url)
+    resource = {kind: entry["resource"] for kind, entry in entries.items()}
+    assert resource["Observation"]["subject"]["reference"] == url["Patient"]          # relative, RESTful base
+    assert resource["Observation"]["device"]["reference"] == url["Device"]            # entry without fullUrl
+    assert resource["DiagnosticReport"]["subject"]["reference"] == url["Patient"]     # absolute
+    assert resource["DiagnosticReport"]["result"] == [{"reference": url["Observation"]}]
+    assert resource["Encounter"]["subject"]["reference"] == url["Patient"]            # from a urn:uuid entry
+    assert resource["Consent"]["patient"]["reference"] == url["Patient"]
+    assert resource["Device"]["patient"]["reference"] == url["Patient"]
+    assert "encounter" not in resource["Observation"] and "encounter" not in resource["DiagnosticReport"], \
+        "the research configuration removes encounter links; relinking does not bring them back"
+    assert set(references_in(resource)) <= set(url.values()), "no reference points outside the Bundle"
+
+    assert resource["Patient"]["id"] == pseudonymizer.pseudonymize(DOMAIN, [PHI["patient_id"]])[0]
+    days = date_shift_days(KEY, PHI["patient_id"])
+    assert resource["Encounter"]["period"]["start"] == shift("2026-03-14T08:00:00+01:00", days, keep_time=True)
+    assert resource["Observation"]["effectiveDateTime"] == shift("2026-03-14T09:26:53+01:00", days, keep_time=True)
+    assert resource["Patient"]["birthDate"] == shift(PHI["birth"], days)
+    assert deidentifier(pseudonymizer).deidentify(clinical_bundle()) == out, "the same on every run"
+
+
+def test_microsofts_configuration_keeps_its_bundle_behaviour():
+    """Relinking is medplat's parameter: Microsoft's sample configuration redacts fullUrl as its
+    tool does (its functional vector bundle-basic checks the rest)."""
+    from medplat.deid import load_config
+    config = load_config(Path(__file__).parent / "data" / "ms-fhir-anonymizer" / "configuration-sample.json")
+    out = Deidentifier(config, KeyDomain(KEY)).deidentify(clinical_bundle())
+    assert all("fullUrl" not in e for e in out["entry"])
+    with pytest.raises(ConfigError, match="bundleReferences"):
+        load_config({"fhirPathRules": [], "parameters": {"bundleReferences": "maybe"}})
 
 
 def test_unknown_extensions_and_narrative_are_dropped_by_default():

@@ -11,7 +11,8 @@ from identities import INGRESS, forwarded_cert
 from medplat.service.localpki import Ca
 
 import deid_samples
-from deid_samples import PHI
+from deid_samples import PHI, references_in
+from fhir.resources.R4B import get_fhir_model_class
 from medplat.deid import date_shift_days, load_key, shift
 from medplat.service.auth import mint_local_token
 from medplat.service.clients import ServiceClient
@@ -69,6 +70,12 @@ def platform(tmp_path):
     return consents, pseudo, ingest
 
 
+def exported(result: dict) -> list[dict]:
+    """The exported resources: the entries of the answer's collection Bundle."""
+    assert result["bundle"]["resourceType"] == "Bundle" and result["bundle"]["type"] == "collection"
+    return [entry["resource"] for entry in result["bundle"]["entry"]]
+
+
 def export(ingest, **body):
     response = ingest.post("/exports/research", json={"purpose": "HRESCH", **body})
     assert response.status_code == 200, response.text
@@ -86,10 +93,10 @@ def test_denied_consent_stops_the_export_and_granted_consent_lets_it_through_pse
     assert result["counts"] == {"considered": 3, "exported": 2, "refused": 1}
     assert (result["actor"], result["domain"]) == ("Organization/uni-research", "study-7"), "from the registration"
     assert result["refused"] == [{"id": "m2", "reason": "consent: deny"}]
-    subjects = {r["subject"]["reference"] for r in result["exported"]}
+    subjects = {r["subject"]["reference"] for r in exported(result)}
     assert len(subjects) == 1
     (reference,) = subjects
-    assert "anna" not in str(result["exported"]) and "bert" not in str(result["exported"])
+    assert "anna" not in str(result["bundle"]) and "bert" not in str(result["bundle"])
     pseudonym = reference.removeprefix("Patient/")
     resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [pseudonym]}).json()["values"]
     assert resolved == ["anna"], "the pseudonym is the study domain's, resolvable only with the role"
@@ -128,17 +135,59 @@ def test_phi_seeded_resources_leave_without_phi_and_with_one_shift_per_patient(p
     site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
     assert ingest.post("/batches", json=batch, headers=site).status_code == 200
     first = export(ingest)
-    exported = {r["resourceType"]: r for r in first["exported"] if r.get("id") != "m1"}
-    assert {"Patient", "Encounter", "Observation", "DiagnosticReport", "Consent"} <= set(exported)
+    entries = {e["resource"]["resourceType"]: e for e in first["bundle"]["entry"]}
+    assert set(entries) == {"Patient", "Encounter", "Observation", "DiagnosticReport", "Consent"}
+    get_fhir_model_class("Bundle").model_validate(first["bundle"])
     text = json.dumps(first)
     assert {k: v for k, v in PHI.items() if v in text} == {}
     days = date_shift_days(load_key(tmp_path / "ingest" / "deid" / "project.key"), PHI["patient_id"])
-    by_type = exported
+    by_type = {kind: entry["resource"] for kind, entry in entries.items()}
+    url = {kind: entry["fullUrl"] for kind, entry in entries.items()}
     assert by_type["Patient"]["birthDate"] == shift(PHI["birth"], days)
     assert by_type["Observation"]["effectiveDateTime"] == shift(deid_samples.START, days, keep_time=True)
     assert by_type["Consent"]["dateTime"] == shift("2026-01-05T12:00:00+01:00", days, keep_time=True)
-    assert by_type["Observation"]["subject"]["reference"] == f"Patient/{by_type['Patient']['id']}"
-    assert by_type["DiagnosticReport"]["result"] == [{"reference": f"Observation/{by_type['Observation']['id']}"}]
+    # References between exported resources name their entries (resolvable by the Bundle rules).
+    assert by_type["Observation"]["subject"]["reference"] == url["Patient"]
+    assert by_type["DiagnosticReport"]["result"] == [{"reference": url["Observation"]}]
+    assert by_type["Consent"]["patient"]["reference"] == url["Patient"]
     for element in ("performer", "encounter", "note", "contained", "identifier"):
         assert element not in by_type["Observation"]
-    assert export(ingest)["exported"] == first["exported"], "the same export twice is the same output"
+    assert export(ingest)["bundle"] == first["bundle"], "the same export twice is the same output"
+
+
+def test_a_stored_bundle_leaves_as_one_deidentified_bundle_whose_references_resolve(platform, tmp_path):
+    """A hospital's clinical Bundle (Patient, Encounter, Observation with performer, contained
+    Patient and notes, DiagnosticReport, Consent, Device; RESTful and urn:uuid fullUrls) stored as
+    one message: refused while its patient has not consented, then exported as one Bundle without
+    any PHI string, every in-bundle reference naming an entry's fullUrl, the patient a pseudonym
+    of the recipient's study domain. A Bundle that also holds a patient who denied is refused whole."""
+    consents, pseudo, ingest = platform
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    source = deid_samples.clinical_bundle()
+    mixed = deid_samples.clinical_bundle()
+    mixed["id"] = "bundle-mixed"
+    mixed["entry"].append({"resource": {**deid_samples.observation(), "id": "obs-bert",
+                                        "subject": {"reference": "Patient/bert"}}})
+    batch = {"messages": [{"id": "stay-bundle", "device": "his", "seq": 20, "dataClass": "phi", "resource": source},
+                          {"id": "mixed-bundle", "device": "his", "seq": 21, "dataClass": "phi", "resource": mixed}]}
+    assert ingest.post("/batches", json=batch, headers=site).status_code == 200
+    before = {r["id"]: r["reason"] for r in export(ingest)["refused"]}
+    assert before["stay-bundle"].startswith("consent: deny") and before["mixed-bundle"].startswith("consent: deny")
+
+    patient = f"Patient/{PHI['patient_id']}"
+    assert consents.post("/Consent", json=consent_for("q-yes", patient, "permit")).status_code == 201
+    assert consents.post("/Consent", json=consent_for("bert-no", "Patient/bert", "deny")).status_code == 201
+    result = export(ingest)
+    refused = {r["id"]: r["reason"] for r in result["refused"]}
+    assert refused["mixed-bundle"] == "consent: deny", "one denying patient keeps the whole Bundle in"
+    (bundle,) = [r for r in exported(result) if r["resourceType"] == "Bundle"]
+    assert {k: v for k, v in PHI.items() if v in json.dumps(bundle)} == {}
+    get_fhir_model_class("Bundle").model_validate(bundle)
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    assert len(bundle["entry"]) == len(source["entry"]) and all(u.startswith("urn:uuid:") for u in urls)
+    references = references_in([e["resource"] for e in bundle["entry"]])
+    assert len(references) >= 6 and set(references) <= urls, "every reference resolves inside the Bundle"
+    (out_patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [out_patient["id"]]}).json()
+    assert resolved["values"] == [PHI["patient_id"]], "the patient is a pseudonym of the recipient's study domain"
+    assert export(ingest)["bundle"] == result["bundle"], "the same export twice is the same output"

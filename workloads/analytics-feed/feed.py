@@ -46,11 +46,16 @@ class FeedSettings:
     prefix: str = "telemetry"
     actor: str = "Organization/medplat-analytics"
     purpose: str = "HRESCH"
-    sse: str = "aws:kms"                          # or AES256 (SSE-S3)
+    target: str = "aws"                           # aws | swift: which server-side encryption it offers
+    sse: str = "aws:kms"                          # aws: aws:kms with kms_key_id; swift: AES256
     kms_key_id: str | None = None
     telemetry: TelemetryPolicy | None = None
     release: ReleasePolicy = field(default_factory=ReleasePolicy)
     limit: int = 1_000_000
+    # Optional differentially private aggregates (medplat.deid.dp, the `dp` extra): the release's
+    # epsilon and, per code, the bounds a patient's mean is clamped to; None publishes none.
+    dp_epsilon: float | None = None
+    dp_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +116,7 @@ class Release:
     observations: list[dict[str, Any]]
     patients: list[dict[str, Any]]
     report: dict[str, Any]
+    aggregates: list[dict[str, Any]] | None = None  # differentially private, when configured
 
 
 def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain, config_digest: str) -> Release:
@@ -136,7 +142,13 @@ def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain,
     report["observations"] = len(observations)
     report["refused"] = selection.refused
     digest = hashlib.sha256(json.dumps([sorted(selection.message_ids), config_digest]).encode()).hexdigest()
-    return Release(digest[:24], observations, released, report)
+    aggregates = None
+    if settings.dp_epsilon:
+        from medplat.deid.dp import PrivacyLedger, aggregates as dp_aggregates
+        ledger = PrivacyLedger(settings.dp_epsilon)
+        aggregates = dp_aggregates(observations, settings.dp_bounds, ledger)
+        report["differentialPrivacy"] = ledger.report()
+    return Release(digest[:24], observations, released, report, aggregates)
 
 
 def _parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
@@ -145,11 +157,50 @@ def _parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return buffer.getvalue()
 
 
+class EncryptionError(RuntimeError):
+    """The target cannot or did not encrypt as configured: nothing more is written."""
+
+
+# What each target offers (checked on Debian's Swift 2.30 s3api, tests/test_analytics_feed_sse.py):
+# AWS S3 takes aws:kms with a key id and echoes both in the PutObject response. Swift's s3api
+# takes AES256 only, and only with its encryption middleware (keymaster / kms_keymaster keep the
+# root secret), answers NotImplemented for aws:kms, echoes nothing, and silently ignores SSE-C
+# headers (the object reads back without the customer key) — so SSE-C is never offered.
+TARGET_SSE = {"aws": "aws:kms", "swift": "AES256"}
+
+
+def sse_arguments(settings: FeedSettings) -> dict[str, str]:
+    """The put_object SSE arguments for the configured target; a mismatch is a configuration error."""
+    expected = TARGET_SSE.get(settings.target)
+    if expected is None:
+        raise EncryptionError(f"target {settings.target!r}: must be one of {sorted(TARGET_SSE)}")
+    if settings.sse != expected:
+        raise EncryptionError(f"target {settings.target} takes sse={expected}, not {settings.sse!r}")
+    if settings.target == "aws":
+        if not settings.kms_key_id:
+            raise EncryptionError("target aws: kms_key_id (the analytics zone's key ARN) is required")
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": settings.kms_key_id}
+    return {"ServerSideEncryption": "AES256"}
+
+
+def check_encrypted(settings: FeedSettings, key: str, response: dict[str, Any]) -> None:
+    """On AWS the PutObject answer must confirm SSE-KMS (with our key when given as an ARN): a
+    server or proxy that dropped the header would otherwise go unnoticed. Swift confirms
+    nothing; its encryption is checked on the object server (tests)."""
+    if settings.target != "aws":
+        return
+    echoed, key_id = response.get("ServerSideEncryption"), response.get("SSEKMSKeyId")
+    if echoed != "aws:kms" or (settings.kms_key_id.startswith("arn:") and key_id != settings.kms_key_id):
+        raise EncryptionError(f"{key}: the server did not confirm SSE-KMS with {settings.kms_key_id} "
+                              f"(answered {echoed!r}, key {key_id!r}); release stopped before its record")
+
+
 class Writer:
     """Objects to the de-identified bucket, each with the SSE headers of the settings."""
 
     def __init__(self, s3, settings: FeedSettings) -> None:
         self.s3, self.settings = s3, settings
+        self.sse = sse_arguments(settings)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -162,12 +213,10 @@ class Writer:
             raise
 
     def put(self, key: str, body: bytes, content_type: str) -> None:
-        extra: dict[str, Any] = {"ServerSideEncryption": self.settings.sse}
-        if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
-            extra["SSEKMSKeyId"] = self.settings.kms_key_id
         # Content-MD5: the server refuses a body that arrived damaged (the manifest carries SHA-256).
-        self.s3.put_object(Bucket=self.settings.bucket, Key=key, Body=body, ContentType=content_type,
-                           ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(), **extra)
+        response = self.s3.put_object(Bucket=self.settings.bucket, Key=key, Body=body, ContentType=content_type,
+                                      ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(), **self.sse)
+        check_encrypted(self.settings, key, response)
 
 
 def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> dict[str, Any]:
@@ -191,6 +240,9 @@ def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> 
             _parquet(rows, OBSERVATIONS), len(rows))
     put(f"{settings.prefix}/patients/release={release.release_id}.parquet",
         _parquet(release.patients, PATIENTS), len(release.patients))
+    if release.aggregates is not None:  # noisy once: a re-run finds the record and publishes nothing new
+        put(f"{settings.prefix}/aggregates/release={release.release_id}.json",
+            json.dumps(release.aggregates, indent=1).encode(), len(release.aggregates), "application/json")
     manifest = {"releaseId": release.release_id, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "files": files, "schemas": {"observations": str(OBSERVATIONS), "patients": str(PATIENTS)},
                 "report": release.report}

@@ -22,7 +22,7 @@ from medplat.service.clients import ServiceClient
 from medplat.service.db import make_engine
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.workloads.analytics_feed.feed import (FeedSettings, build_release, config_digest, select_consented,
-                                                    write_release)
+                                                    sse_arguments, write_release)
 
 NAME = "analytics-feed"
 
@@ -39,6 +39,9 @@ class Settings(ServiceSettings):
     domain: str = "analytics"
     s3_endpoint_url: str | None = None     # unset: AWS S3 in s3_region
     s3_region: str = "eu-central-1"
+    # The bucket's server: aws (SSE-KMS, sse=aws:kms with kms_key_id) or swift, the EU stand-in
+    # (Swift's s3api with its encryption middleware: sse=AES256). Mismatches stop the run.
+    s3_target: Literal["aws", "swift"] = "aws"
     sse: Literal["aws:kms", "AES256"] = "aws:kms"
     kms_key_id: str | None = None
     waveform: Literal["drop", "keep", "aggregate"] = "drop"
@@ -48,12 +51,16 @@ class Settings(ServiceSettings):
     suppression_limit: float = 0.05
     on_violation: Literal["refuse", "generalize"] = "generalize"
     limit: int = 1_000_000
+    dp_epsilon: float | None = None       # optional DP aggregates (needs the `dp` extra: OpenDP)
+    dp_bounds: dict[str, tuple[float, float]] = {}  # MDC code -> bounds of a patient's mean
 
 
 def feed_settings(settings: Settings) -> FeedSettings:
     return FeedSettings(
-        bucket=settings.bucket, domain=settings.domain, prefix=settings.prefix, sse=settings.sse,
-        kms_key_id=settings.kms_key_id, limit=settings.limit,
+        bucket=settings.bucket, domain=settings.domain, prefix=settings.prefix, target=settings.s3_target,
+        sse=settings.sse,
+        kms_key_id=settings.kms_key_id, limit=settings.limit, dp_epsilon=settings.dp_epsilon,
+        dp_bounds=dict(settings.dp_bounds),
         telemetry=TelemetryPolicy(settings.domain, waveform=settings.waveform,
                                   resample_seconds=settings.resample_seconds),
         release=ReleasePolicy(k=settings.k, l_diversity=settings.l_diversity,
@@ -103,8 +110,9 @@ def s3_client(settings: Settings):
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
     try:
+        settings = Settings()
+        sse_arguments(feed_settings(settings))  # a target/encryption mismatch fails before any data is read
         result = run(make_engine(settings.resolved_database_url("ingest")),
                      ServiceClient(settings.consent_url, token_file=settings.service_token_file, name="consent"),
                      ServiceClient(settings.pseudonymizer_url, token_file=settings.service_token_file,

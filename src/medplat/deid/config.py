@@ -1,6 +1,7 @@
 """De-identification configuration: Microsoft FHIR Tools for Anonymization's JSON format
 (`fhirVersion`, `processingErrors`, `fhirPathRules`, `parameters`) read unchanged, plus
-medplat's `pseudonymize` method and `patient` date-shift scope."""
+medplat's `pseudonymize` method, `patient` date-shift scope and `bundleReferences: relink`
+(Bundle entries get keyed urn:uuid fullUrls that in-bundle references point to)."""
 from __future__ import annotations
 
 import json
@@ -125,6 +126,8 @@ def load_config(source: dict[str, Any] | str | Path) -> Config:
                               "never from a configuration file")
     if parameters.get("dateShiftScope", "resource") not in SCOPES:
         raise ConfigError(f"{name}: parameters.dateShiftScope must be one of {sorted(SCOPES)}")
+    if parameters.get("bundleReferences", "keep") not in ("keep", "relink"):
+        raise ConfigError(f"{name}: parameters.bundleReferences must be keep (Microsoft's behaviour) or relink")
     errors = data.get("processingErrors", "raise")
     if errors not in ("raise", "keep", "skip"):
         raise ConfigError(f"{name}: processingErrors must be raise, keep or skip")

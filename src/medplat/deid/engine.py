@@ -16,6 +16,7 @@ import hashlib
 import json
 import hmac
 import re
+import uuid
 from typing import Any
 
 import fhirpathpy
@@ -369,6 +370,9 @@ class Deidentifier:
 
     def _resource(self, root: Node, raw: dict[str, Any], outer_patient: str | None) -> None:
         patient = self.patient_key(raw) or outer_patient
+        # Read before any rule rewrites an id or a reference: which entry each reference names.
+        links = _bundle_links(root) if root.type == "Bundle" and self.params.get("bundleReferences") == "relink" \
+            else None
         if root.labels is None:
             root.labels = set()
         for inner, inner_raw in root.inner:
@@ -388,6 +392,32 @@ class Deidentifier:
         for node in root.walk():  # what no rule decided about: narrative and extensions never leave
             if not node.processed and (node.type == "Narrative" or node.type == "Extension"
                                        and not self.params.get("keepUnknownExtensions")):
+                node.removed = True
+        if links is not None:
+            self._relink(*links)
+
+    def _relink(self, entries: list["_Entry"], references: list[tuple[Node, int]]) -> None:
+        """Each surviving entry gets a keyed `urn:uuid:` fullUrl and every reference that named an
+        entry now names that fullUrl, so references resolve by the Bundle rules (R4 2.36.4.1)
+        whatever the rules did to ids; a reference to an entry that did not survive is removed."""
+        urns: dict[int, str] = {}
+        for index, entry in enumerate(entries):
+            if entry.resource is None or entry.node.removed or entry.resource.removed or emit(entry.resource) is None:
+                continue
+            digest = bytes.fromhex(self.keys.hash(f"bundle-entry|{index}|{entry.url or entry.local or ''}")[:32])
+            urns[index] = f"urn:uuid:{uuid.UUID(bytes=digest, version=4)}"
+            full = entry.full
+            if full is None:
+                full = Node("uri", "fullUrl", "fullUrl", entry.node, False, True)
+                entry.node.children.insert(0, full)
+            full.value, full.removed, full.processed, full.replacement = urns[index], False, True, None
+        for node, target in references:
+            if node.removed:
+                continue  # a rule removed the reference (e.g. a performer): it stays removed
+            node.processed = True
+            if target in urns:
+                node.value = urns[target]
+            else:
                 node.removed = True
 
     def _apply(self, rule: Rule, node: Node, context: "_Context") -> None:
@@ -583,6 +613,65 @@ def _is_reference(node: Node) -> bool:
 def _reference_type(node: Node) -> str | None:
     match = REFERENCE_ID.match(str(node.value)) if _is_reference(node) else None
     return match["type"] if match else None
+
+
+RESTFUL = re.compile(r"^(?P<base>https?://.+)/[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+class _Entry:
+    """A Bundle entry as it arrived: its node, fullUrl node and value, resource node, Type/id."""
+    __slots__ = ("node", "full", "url", "resource", "local")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.full = next((c for c in node.children if c.key == "fullUrl" and c.primitive), None)
+        self.url = self.full.value if self.full is not None and isinstance(self.full.value, str) else None
+        self.resource = next((c for c in node.children if c.key == "resource" and c.resource), None)
+        rid = next((c.value for c in self.resource.children if c.key == "id"), None) if self.resource else None
+        self.local = f"{self.resource.type}/{rid}" if rid is not None else None
+
+
+def _bundle_links(root: Node) -> tuple[list[_Entry], list[tuple[Node, int]]]:
+    """The entries of a Bundle and, per Reference.reference inside them, the entry it resolves
+    to: absolute references match a fullUrl; `Type/id` is read against the base of the
+    referring entry's RESTful fullUrl (R4 2.36.4.1), else — for producers that leave fullUrl
+    out or use URNs — matched to the one entry whose resource has that Type/id."""
+    entries = [_Entry(child) for child in root.children if child.key == "entry"]
+    by_url: dict[str, int] = {}
+    by_local: dict[str, int | None] = {}
+    for index, entry in enumerate(entries):
+        if entry.url:
+            by_url.setdefault(entry.url, index)
+        if entry.local:
+            by_local[entry.local] = None if entry.local in by_local else index  # ambiguous: resolves to none
+    references = []
+    for index, entry in enumerate(entries):
+        if entry.resource is None:
+            continue
+        restful = RESTFUL.match(entry.url or "")
+        for node in _reference_nodes(entry.resource):
+            value = node.value.split("/_history/")[0] if isinstance(node.value, str) else ""
+            if not value or value.startswith("#"):
+                continue
+            if ABSOLUTE.match(value):
+                target = by_url.get(value)
+            else:
+                target = by_url.get(f"{restful['base']}/{value}") if restful else None
+                if target is None:
+                    target = by_local.get(value)
+            if target is not None:
+                references.append((node, target))
+    return entries, references
+
+
+def _reference_nodes(resource: Node) -> list[Node]:
+    """Reference.reference nodes of a resource and its contained resources (not nested Bundles)."""
+    found = [node for node in resource.nodes if _is_reference(node)]
+    for inner, _raw in resource.inner:
+        if inner.key == "contained":
+            found += _reference_nodes(inner)
+    return found
 
 
 def _drop_dangling_local_references(root: Node) -> None:
