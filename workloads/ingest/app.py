@@ -28,6 +28,7 @@ from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.clients import ServiceClient
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
@@ -118,7 +119,7 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
         pseudonymizer = ServiceClient(settings.pseudonymizer_url, token_file=settings.service_token_file,
                                       name="pseudonymizer")
     engine = make_engine(settings.resolved_database_url(NAME))
-    metadata.create_all(engine)
+    migrate(engine, NAME, Path(__file__).parent / "migrations", metadata)
     store = _postgres_store if engine.dialect.name == "postgresql" else _sqlite_store
     audit = AuditClient.for_service(settings)
     router = APIRouter()
