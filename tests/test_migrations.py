@@ -15,7 +15,7 @@ from sqlalchemy.types import JSON, Boolean, Date, DateTime, Float, Integer, Larg
 from conftest import fresh_database
 from medplat.service.db import make_engine
 from medplat.service.migrations import current_revision, migrate, schema_diff, _scripts
-from medplat.workloads.audit_log import tree as audit_tree
+from medplat.workloads.audit_log import app as audit_app
 from medplat.workloads.clinical_workflow import store as workflow_store
 from medplat.workloads.consent import app as consent_app
 from medplat.workloads.fleet import registry as fleet_registry
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (workload, its tables, its migrations folder): every workload with a SQL database.
 WORKLOADS = {
     "ingest": (ingest_app.metadata, REPO / "workloads/ingest/migrations"),
-    "audit-log": (audit_tree.metadata, REPO / "workloads/audit-log/migrations"),
+    "audit-log": (audit_app.metadata, REPO / "workloads/audit-log/migrations"),
     "consent": (consent_app.metadata, REPO / "workloads/consent/migrations"),
     "fleet": (fleet_registry.metadata, REPO / "workloads/fleet/migrations"),
     "pseudonymizer": (pseudonymizer_service.metadata, REPO / "workloads/pseudonymizer/migrations"),
@@ -119,3 +119,48 @@ def test_no_workload_creates_tables_outside_migrations():
             if isinstance(node, ast.Attribute) and node.attr == "create_all":
                 offenders.append(str(path.relative_to(REPO)))
     assert not offenders, offenders
+
+
+# The edge-forwarder's outbox runs on plain sqlite3 (speed) with its schema under Alembic. This is
+# the DDL its code ran before migrations (workloads/edge-forwarder/outbox.py, commit 7e9134c).
+OLD_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, device TEXT NOT NULL,
+    data_class TEXT NOT NULL, body BLOB NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, device TEXT, data_class TEXT, reason TEXT NOT NULL,
+    detail TEXT NOT NULL, body BLOB, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_forwarder_outbox_migrates_to_head_matching_the_tables(tmp_path):
+    from medplat.workloads.edge_forwarder import outbox
+
+    path = tmp_path / "outbox.sqlite"
+    head = outbox.migrate_outbox(path)
+    engine = make_engine(f"sqlite:///{path}")
+    assert schema_diff(engine, "edge-forwarder", outbox.metadata) == []
+    assert outbox.migrate_outbox(path) == head
+
+
+def test_forwarder_outbox_made_by_the_old_code_is_adopted_without_data_loss(tmp_path):
+    import sqlite3
+
+    from medplat.workloads.edge_forwarder import outbox
+
+    path = tmp_path / "outbox.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_OUTBOX_SCHEMA)
+        connection.execute("INSERT INTO outbox(id, device, data_class, body, received_at) "
+                           "VALUES ('m1', 'pump-1', 'phi', x'7b7d', 1.0)")
+        connection.execute("INSERT INTO counters VALUES ('sent', 41)")
+    store = outbox.Outbox(path)  # what the forwarder does at start
+    try:
+        assert [(e.id, e.body) for e in store.peek(10)] == [("m1", b"{}")], "queued PHI survived adoption"
+    finally:
+        store.close()
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        assert current_revision(connection, "edge-forwarder") == "0001"
+    assert schema_diff(engine, "edge-forwarder", outbox.metadata) == []

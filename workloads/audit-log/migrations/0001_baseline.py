@@ -14,6 +14,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('audit_checkpoints',
+    sa.Column('log', sa.String(length=200), nullable=False),
+    sa.Column('size', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('note', sa.Text(), nullable=False),
+    sa.Column('cosigned', sa.Text(), nullable=True),
+    sa.Column('created', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('log', 'size')
+    )
     op.create_table('audit_entries',
     sa.Column('log', sa.String(length=200), nullable=False),
     sa.Column('idx', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -34,3 +42,4 @@ def downgrade() -> None:
     op.drop_index('audit_entries_patient', table_name='audit_entries')
     op.drop_index('audit_entries_agent', table_name='audit_entries')
     op.drop_table('audit_entries')
+    op.drop_table('audit_checkpoints')
