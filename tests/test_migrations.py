@@ -164,3 +164,36 @@ def test_forwarder_outbox_made_by_the_old_code_is_adopted_without_data_loss(tmp_
     with engine.connect() as connection:
         assert current_revision(connection, "edge-forwarder") == "0001"
     assert schema_diff(engine, "edge-forwarder", outbox.metadata) == []
+
+
+# The foundation's durable publisher (device adapters' queue to the site broker), likewise: this is
+# the DDL it ran before migrations (src/medplat/service/durable_publisher.py, commit 7e9134c).
+OLD_PUBLISHER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, queued_at REAL NOT NULL);
+"""
+
+
+def test_publisher_queue_migrates_to_head_matching_the_table(tmp_path):
+    from medplat.service import durable_publisher
+
+    path = tmp_path / "queue.sqlite"
+    head = durable_publisher.migrate_queue(path)
+    assert schema_diff(make_engine(f"sqlite:///{path}"), "durable-publisher", durable_publisher.metadata) == []
+    assert durable_publisher.migrate_queue(path) == head
+
+
+def test_publisher_queue_made_by_the_old_code_is_adopted_without_data_loss(tmp_path):
+    import sqlite3
+
+    from medplat.service import durable_publisher
+
+    path = tmp_path / "queue.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_PUBLISHER_SCHEMA)
+        connection.execute("INSERT INTO outbox(topic, payload, queued_at) VALUES ('medplat/devices/d/observation', x'01', 2.0)")
+    assert durable_publisher.migrate_queue(path) == "0001"
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT seq, topic, payload FROM outbox").fetchall() == [
+            (1, "medplat/devices/d/observation", b"\x01")]
+    assert schema_diff(make_engine(f"sqlite:///{path}"), "durable-publisher", durable_publisher.metadata) == []

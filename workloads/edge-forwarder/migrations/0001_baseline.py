@@ -1,4 +1,4 @@
-"""edge-forwarder: the schema as `create_all` made it before migrations (baseline; existing
+"""edge-forwarder outbox: the schema as its raw sqlite3 DDL made it before migrations (baseline;
 databases are stamped at this revision, not rebuilt).
 
 Revision ID: 0001
