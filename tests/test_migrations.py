@@ -197,3 +197,29 @@ def test_publisher_queue_made_by_the_old_code_is_adopted_without_data_loss(tmp_p
         assert connection.execute("SELECT seq, topic, payload FROM outbox").fetchall() == [
             (1, "medplat/devices/d/observation", b"\x01")]
     assert schema_diff(make_engine(f"sqlite:///{path}"), "durable-publisher", durable_publisher.metadata) == []
+
+
+def test_replicas_starting_together_migrate_once():
+    """Two replicas of a service start on one fresh PostgreSQL database at the same moment."""
+    import threading
+
+    metadata, folder = WORKLOADS["ingest"]
+    with fresh_database("medplat_migrations") as url:
+        engines = [make_engine(url) for _ in range(4)]
+        barrier, errors, heads = threading.Barrier(len(engines)), [], []
+
+        def start(engine):
+            barrier.wait()
+            try:
+                heads.append(migrate(engine, "ingest", folder, metadata))
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+        threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors and len(heads) == len(engines), errors
+        assert schema_diff(engines[0], "ingest", metadata) == []
+        for engine in engines:
+            engine.dispose()

@@ -9,12 +9,16 @@ Alembic revision scripts using `op`), the first one equal to the schema its tabl
   adopted: stamped at the baseline revision, nothing rewritten, then upgraded to head;
 - a database already under migration is upgraded to head.
 
+On PostgreSQL a transaction-scoped advisory lock per workload serialises replicas that start at
+the same time; SQLite's write lock does the same for a file.
+
 Each workload has its own version table (`alembic_version_<name>`), so workloads sharing one
 PostgreSQL database keep separate histories. `schema_diff` is Alembic's autogenerate comparison of
 the live database with the tables in code (empty when they match): tests run it after migrating.
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,7 @@ def _run(connection: Connection, name: str, scripts: ScriptDirectory, metadata: 
     config = Config()
     config.set_main_option("script_location", str(scripts.dir))
 
-    def steps(revision: Any, context: MigrationContext) -> list:
+    def steps(revision: Any, context: MigrationContext) -> list:  # as alembic.command's upgrade/stamp do
         if stamp_only:
             return scripts._stamp_revs(target, revision)
         return scripts._upgrade_revs(target, revision)
@@ -69,6 +73,8 @@ def migrate(engine: Engine, name: str, folder: Path, metadata: MetaData) -> str:
     scripts = _scripts(folder)
     head = scripts.get_current_head()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(version_table(name).encode()),))
         if current_revision(connection, name) is None:
             existing = set(inspect(connection).get_table_names()) & set(metadata.tables)
             if existing:  # made by create_all before migrations: adopt it as the baseline
