@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from fastapi import APIRouter, Header
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -16,12 +18,26 @@ from medplat.service.app import create_app
 from medplat.service.settings import ServiceSettings
 
 
-def capture() -> tuple[InMemorySpanExporter, InMemorySpanExporter]:
+class WhileTesting(SimpleSpanProcessor):
+    """Exports only until the test ends (the provider is per process and keeps its processors)."""
+
+    active = True
+
+    def on_end(self, span) -> None:
+        if self.active:
+            super().on_end(span)
+
+
+@pytest.fixture
+def capture():
     """(raw spans as recorded, spans as they would be exported) from the process's provider."""
     raw, exported = InMemorySpanExporter(), InMemorySpanExporter()
-    tracing.add_processor(SimpleSpanProcessor(raw))
-    tracing.add_processor(SimpleSpanProcessor(tracing.PhiFreeExporter(exported)))
-    return raw, exported
+    processors = [WhileTesting(raw), WhileTesting(tracing.PhiFreeExporter(exported))]
+    for processor in processors:
+        tracing.add_processor(processor)
+    yield raw, exported
+    for processor in processors:
+        processor.active = False
 
 
 def phi_app(token: str, tmp_path):
@@ -45,9 +61,9 @@ def everything(span) -> str:
                  span.status.description, dict(span.resource.attributes)))
 
 
-def test_request_spans_carry_only_allow_listed_attributes(tmp_path):
+def test_request_spans_carry_only_allow_listed_attributes(tmp_path, capture):
     token = f"HONEY{uuid.uuid4().hex.upper()}"
-    raw, exported = capture()
+    raw, exported = capture
     client = TestClient(phi_app(token, tmp_path), raise_server_exceptions=False)
     assert client.get(f"/patients/{token}?name={token}", headers={"x-patient": token,
                                                                   "user-agent": token}).status_code == 200
@@ -70,9 +86,9 @@ def test_request_spans_carry_only_allow_listed_attributes(tmp_path):
     assert any(token in everything(s) for s in raw.get_finished_spans()), "the scrubber had nothing to remove"
 
 
-def test_site_and_device_are_keyed_ids(tmp_path):
+def test_site_and_device_are_keyed_ids(tmp_path, capture):
     token = f"HONEY{uuid.uuid4().hex.upper()}"
-    _raw, exported = capture()
+    _raw, exported = capture
     TestClient(phi_app(token, tmp_path)).get("/patients/p1")
     read = next(s for s in exported.get_finished_spans() if s.name == "GET /patients/{patient_id}")
     assert read.attributes["medplat.site"] == tracing.opaque_id("site-berlin") != "site-berlin"
@@ -82,7 +98,8 @@ def test_site_and_device_are_keyed_ids(tmp_path):
     assert len(key_file.read_bytes().strip()) >= 32
 
 
-def test_trace_key_decides_the_opaque_ids(tmp_path):
+def test_trace_key_decides_the_opaque_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracing, "_key", tracing._key)  # restored afterwards
     (tmp_path / "a.key").write_text("a" * 64)
     (tmp_path / "b.key").write_text("b" * 64)
     ids = []
