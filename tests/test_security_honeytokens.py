@@ -1,6 +1,8 @@
 """Honey tokens: 1,000 planted PHI strings flow through the edge forwarder to the ingest (real
-processes, mutual TLS); none may appear in either service's logs or Prometheus metrics — also
-not for the messages the ingest rejects (their refusal is logged, their content is not)."""
+processes, mutual TLS); none may appear in either service's logs, Prometheus metrics or trace
+spans (both export every span over OTLP to a receiver in this test: names, attributes, events,
+status, resources) — also not for the messages the ingest rejects (their refusal is logged, their
+content is not)."""
 from __future__ import annotations
 
 import uuid
@@ -9,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from otlp_receiver import OtlpReceiver
 from store_forward import Pki, forwarder_headers, forwarder_service, ingest_service, status, wait_until
 
 pytestmark = pytest.mark.slow
@@ -29,8 +32,14 @@ def planted(index: int, token: str) -> dict:
 def test_planted_phi_never_reaches_logs_or_metrics(tmp_path):
     tokens = [f"HONEY{uuid.uuid4().hex.upper()}" for _ in range(TOKENS)]
     pki = Pki(tmp_path / "pki")
-    ingest = ingest_service(tmp_path, pki).start()
-    forwarder = forwarder_service(tmp_path, pki, ingest.port, None).start()
+    receiver = OtlpReceiver().start()
+    ingest = ingest_service(tmp_path, pki)
+    forwarder = forwarder_service(tmp_path, pki, ingest.port, None, otlp_endpoint=receiver.endpoint)
+    ingest.env["MEDPLAT_INGEST_OTLP_ENDPOINT"] = receiver.endpoint
+    for service in (ingest, forwarder):
+        service.env["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export every 0.2 s (the SDK's standard variable)
+    ingest.start()
+    forwarder.start()
     try:
         headers = forwarder_headers(forwarder)
         for start in range(0, TOKENS, 250):
@@ -43,10 +52,19 @@ def test_planted_phi_never_reaches_logs_or_metrics(tmp_path):
         assert len(rejected) == TOKENS // 100, "the invalid ones were refused by the ingest"
         metrics = httpx.get(f"http://127.0.0.1:{forwarder.port}/metrics").text
     finally:
-        forwarder.stop()
+        forwarder.stop()  # a clean stop flushes the span exporters
         ingest.stop()
+        receiver.stop()
+    spans = receiver.spans()
+    names = {(service, span.name) for service, span in spans}
+    assert ("edge-forwarder", "POST /messages") in names and ("ingest", "POST /batches") in names, names
+    assert ("edge-forwarder", "forward batch") in names, names
+    batches = [span for service, span in spans if service == "ingest" and span.name == "POST /batches"]
+    forwarded = {span.span_id for service, span in spans if span.name == "forward batch"}
+    assert any(span.parent_span_id in forwarded for span in batches), "the ingest's spans join the forwarder's trace"
+    assert any(a.key == "medplat.site" for span in batches for a in span.attributes), "site as a keyed id"
     observed = {"forwarder log": forwarder.log.read_text(), "ingest log": ingest.log.read_text(),
-                "forwarder metrics": metrics, "refusal reasons": orjson.dumps(rejected).decode()}
+                "forwarder metrics": metrics, "refusal reasons": orjson.dumps(rejected).decode(), "trace spans": receiver.texts()}
     assert "rejected" in observed["forwarder log"], "the refusals were logged (so the check below means something)"
     for where, text in observed.items():
         leaked = [token for token in tokens if token in text]

@@ -29,6 +29,7 @@ from medplat.service.access import Peers, either, public
 from medplat.service.app import create_app
 from medplat.service.auth import Authenticator
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.backoff import Backoff
@@ -170,7 +171,7 @@ class Shipper:
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url("audit_log"))
-    metadata.create_all(engine)
+    migrate(engine, NAME, Path(__file__).parent / "migrations", metadata)
     signer = load_signer(settings)
     audit = AuditLog(engine, settings.origin, signer)
     witness = Witness(engine, signer, {origin: Verifier.from_text(key) for origin, key in settings.trusted_logs.items()})

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
 from medplat.service.fhir import FhirError
+from medplat.service.migrations import migrate
 from medplat.workloads.clinical_workflow import store, tasks
 from medplat.workloads.clinical_workflow.sandbox import script_engine
 
@@ -72,7 +73,7 @@ class Engine:
         self.loaded: dict[str, tuple[BpmnWorkflow, str]] = {}  # id -> (workflow, patient), loaded on use
         self.lock = threading.RLock()
         self.on_commit = on_commit or (lambda: None)
-        store.metadata.create_all(db)
+        migrate(db, "clinical-workflow", store.MIGRATIONS, store.metadata)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def resume(self) -> int:

@@ -4,8 +4,11 @@ writes its serialized state, its Tasks and their Provenance and AuditEvents in o
 so a crash at any point leaves either the step entirely done or entirely not done."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
+MIGRATIONS = Path(__file__).parent / "migrations"  # Alembic revisions of these tables
 metadata = MetaData()
 workflows = Table(
     "cw_workflows", metadata,

@@ -7,6 +7,8 @@ with the caller's identity.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import datetime
 import threading
 import uuid
@@ -21,6 +23,7 @@ from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_consent_decision, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
@@ -91,7 +94,7 @@ def _check_provision_types(provision: dict[str, Any], where: str) -> None:
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
-    metadata.create_all(engine)
+    migrate(engine, NAME, Path(__file__).parent / "migrations", metadata)
     auth = Authenticator(NAME, settings)
     audit = AuditClient.for_service(settings)
     cache: dict[str, list[CompiledConsent]] = {}

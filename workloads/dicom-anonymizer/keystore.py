@@ -8,7 +8,7 @@ from pathlib import Path
 from medplat.service.db import make_engine
 from medplat.workloads.dicom_anonymizer.deid import Keys
 from medplat.workloads.pseudonymizer.keys import LocalKeyFile
-from medplat.workloads.pseudonymizer.service import PseudonymError, Pseudonymizer, metadata
+from medplat.workloads.pseudonymizer.service import PseudonymError, Pseudonymizer, migrate_store
 
 PROJECT_DOMAIN = "dicom-project"
 
@@ -16,7 +16,7 @@ PROJECT_DOMAIN = "dicom-project"
 def open_store(folder: Path, passphrase: str | None = None) -> Pseudonymizer:
     folder.mkdir(parents=True, exist_ok=True)
     engine = make_engine(f"sqlite:///{(folder / 'pseudonymizer.sqlite').resolve()}")
-    metadata.create_all(engine)
+    migrate_store(engine)
     return Pseudonymizer(engine, {"local": LocalKeyFile(folder / "keys.json", passphrase)})
 
 

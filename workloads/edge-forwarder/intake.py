@@ -19,6 +19,8 @@ from typing import Literal
 
 import orjson
 
+from medplat.service.tracing import annotate, tracer
+
 from medplat.workloads.edge_forwarder.outbox import Outbox, Refusal
 from medplat.workloads.edge_forwarder.site_policy import SitePolicy
 
@@ -141,7 +143,9 @@ class Intake:
             if not items:
                 continue
             try:
-                held = self.commit(items)
+                with tracer().start_as_current_span("outbox commit") as span:
+                    held = self.commit(items)
+                    annotate(span, count=len(items), outcome="held" if held else "settled")
                 if held:  # backpressure: keep them unacknowledged and retry shortly
                     self._stop.wait(0.5)
             except Exception:  # an I/O error must not kill intake; nothing was acknowledged

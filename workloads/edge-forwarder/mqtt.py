@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from opentelemetry import trace
+
 from medplat.service.mqtt import make_client
+from medplat.service.tracing import annotate, tracer
 from medplat.workloads.edge_forwarder.intake import Intake
 
 log = logging.getLogger("medplat.edge-forwarder.mqtt")
@@ -53,4 +56,10 @@ class MqttIntake:
             if outcome != "held" and qos > 0:
                 client.ack(mid, qos)
 
-        self.intake.submit(message.payload, settle)
+        with tracer().start_as_current_span("mqtt receive", kind=trace.SpanKind.CONSUMER) as span:
+            # the subscription filter, never the concrete topic (it names the device)
+            span.set_attributes({"messaging.system": "mqtt", "messaging.operation.type": "receive",
+                                 "messaging.destination.template": self.topic})
+            parts = message.topic.split("/")  # medplat/devices/<device>/<kind>
+            annotate(span, device=parts[2] if len(parts) >= 4 else None)
+            self.intake.submit(message.payload, settle)

@@ -14,29 +14,45 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import REAL, Column, Integer, LargeBinary, MetaData, Table, Text
+
+from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.settings import private_file
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    pos INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    device TEXT NOT NULL,
-    data_class TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS refused (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT,
-    device TEXT,
-    data_class TEXT,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    body BLOB,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+MIGRATIONS = Path(__file__).parent / "migrations"  # Alembic revisions of these tables
+metadata = MetaData()
+Table("outbox", metadata,
+      # INTEGER PRIMARY KEY is SQLite's rowid (never NULL); declared as the pre-migration DDL wrote it
+      Column("pos", Integer, primary_key=True, autoincrement=True, nullable=True),
+      Column("id", Text, nullable=False, unique=True),
+      Column("device", Text, nullable=False),
+      Column("data_class", Text, nullable=False),
+      Column("body", LargeBinary, nullable=False),
+      Column("received_at", REAL, nullable=False),
+      sqlite_autoincrement=True)  # positions are never reused: they are the per-site sequence
+Table("refused", metadata,
+      Column("seq", Integer, primary_key=True, autoincrement=True, nullable=True),
+      Column("id", Text),
+      Column("device", Text),
+      Column("data_class", Text),
+      Column("reason", Text, nullable=False),
+      Column("detail", Text, nullable=False),
+      Column("body", LargeBinary),
+      Column("at", REAL, nullable=False),
+      sqlite_autoincrement=True)
+Table("counters", metadata,
+      Column("name", Text, primary_key=True, nullable=True),
+      Column("value", Integer, nullable=False))
+
+
+def migrate_outbox(path: Path) -> str:
+    """Schema through Alembic (the foundation's `migrate`); the outbox itself then runs on plain sqlite3."""
+    engine = make_engine(f"sqlite:///{path.resolve()}")
+    try:
+        return migrate(engine, "edge-forwarder", MIGRATIONS, metadata)
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)
@@ -81,9 +97,10 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        private_file(path)
+        migrate_outbox(path)
         self._db = connect(path)
         self._lock = threading.Lock()
-        self._db.executescript(SCHEMA)
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
 
     def close(self) -> None:

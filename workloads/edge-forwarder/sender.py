@@ -17,6 +17,9 @@ from collections.abc import Callable
 
 import httpx
 import orjson
+from opentelemetry import propagate, trace
+
+from medplat.service.tracing import annotate, tracer
 
 from medplat.service.backoff import Backoff
 from medplat.workloads.edge_forwarder.outbox import Entry, Outbox, Refusal
@@ -70,6 +73,13 @@ class Sender:
         entries = self.outbox.peek(self.batch_size)
         if not entries:
             return None
+        with tracer().start_as_current_span("forward batch", kind=trace.SpanKind.CLIENT) as span:
+            progressed = self._send(entries)
+            annotate(span, site=self.policy().site, count=len(entries),
+                     outcome="progress" if progressed else "backoff")
+            return progressed
+
+    def _send(self, entries: list[Entry]) -> bool:
         url = self.url()
         if not url:
             self.last_error = "no cloud endpoint configured"
@@ -82,8 +92,9 @@ class Sender:
                         f"data class {e.data_class!r} may not leave site {policy.site!r}", e.body) for e in blocked])
             return True
         try:
-            response = self._client.post(f"{url.rstrip('/')}/batches", content=_batch_body(entries),
-                                         headers={"content-type": "application/json"})
+            headers = {"content-type": "application/json"}
+            propagate.inject(headers)  # traceparent: the ingest's span joins this trace
+            response = self._client.post(f"{url.rstrip('/')}/batches", content=_batch_body(entries), headers=headers)
         except httpx.HTTPError as exc:
             self._failed(f"cloud unreachable: {type(exc).__name__}: {exc}")
             return False

@@ -38,6 +38,7 @@ from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
@@ -157,7 +158,7 @@ def _public(row) -> dict[str, Any]:
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
-    metadata.create_all(engine)
+    migrate(engine, NAME, Path(__file__).parent / "migrations", metadata)
     ca = x509.load_pem_x509_certificate(settings.device_ca.read_bytes()) if settings.device_ca else None
     repository = settings.tuf_repository or settings.data_dir / "tuf"
     peers, auth, audit = Peers(settings), Authenticator(NAME, settings), AuditClient.for_service(settings)

@@ -23,11 +23,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import uvicorn
 from fastapi import APIRouter, Depends
+from opentelemetry.trace import SpanKind
 
 from medplat.service.app import create_app
 from medplat.service.auth import Authenticator
 from medplat.service.mqtt import Publisher
 from medplat.service.settings import ServiceSettings, service_config
+from medplat.service.tracing import annotate, tracer
 from medplat.workloads.hl7_retrofit import acks
 from medplat.workloads.hl7_retrofit.errors import Hl7Error
 from medplat.workloads.hl7_retrofit.mapping import SiteRules, decode, to_bundle
@@ -163,12 +165,17 @@ class Listener:
         """One MLLP block -> its reply: map every message, publish, wait for the PUBACKs, ACK.
         `in_order` (one per connection) keeps a connection's publishes in arrival order even when a
         large frame is mapped in a worker thread; the PUBACK waits happen outside it."""
-        async with in_order or asyncio.Lock():
-            mapped = await self._map_and_publish(block)
-        if isinstance(mapped, bytes):
-            return mapped  # the frame itself was unusable
-        frame, prepared, started = mapped
-        replies = [await self._outcome(p, puback, error) for p, puback, error in started]
+        with tracer().start_as_current_span("mllp block", kind=SpanKind.CONSUMER) as span:
+            span.set_attributes({"messaging.system": "mqtt", "messaging.operation.type": "publish",
+                                 "messaging.destination.template": f"{self.settings.topic_prefix}/+/oru"})
+            async with in_order or asyncio.Lock():
+                mapped = await self._map_and_publish(block)
+            if isinstance(mapped, bytes):
+                annotate(span, outcome="unusable-frame")
+                return mapped  # the frame itself was unusable
+            frame, prepared, started = mapped
+            replies = [await self._outcome(p, puback, error) for p, puback, error in started]
+            annotate(span, count=len(started))
         if frame.headers:
             return acks.encode(acks.batch_ack(frame.headers, replies))
         return acks.encode(replies[0] if replies else self._ack(b"", Hl7Error(100, "empty MLLP block", reject=True)),

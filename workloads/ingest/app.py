@@ -28,9 +28,11 @@ from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.clients import ServiceClient
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
+from medplat.service.tracing import annotate
 from medplat.deid.keys import load_key
 from medplat.workloads.ingest.export import ExportClient, ExportRequest, recipient_of, research_export
 
@@ -117,7 +119,7 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
         pseudonymizer = ServiceClient(settings.pseudonymizer_url, token_file=settings.service_token_file,
                                       name="pseudonymizer")
     engine = make_engine(settings.resolved_database_url(NAME))
-    metadata.create_all(engine)
+    migrate(engine, NAME, Path(__file__).parent / "migrations", metadata)
     store = _postgres_store if engine.dialect.name == "postgresql" else _sqlite_store
     audit = AuditClient.for_service(settings)
     router = APIRouter()
@@ -133,6 +135,7 @@ def build(settings: Settings | None = None, *, consent: ServiceClient | None = N
             audit.record(balp_event("create", source=NAME, agent=peer.identity, outcome="4",
                                     description=f"batch for site {batch.site[:64]!r} refused: caller is another site"))
             raise FhirError(403, "a site may only write its own messages", code="forbidden", expression=["site"])
+        annotate(site=peer.site, count=len(batch.messages))  # keyed id only: the span leaves the zone
         _validate(batch, settings)
         now = datetime.datetime.now(datetime.timezone.utc)
         with engine.begin() as connection:

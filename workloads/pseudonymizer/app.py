@@ -23,7 +23,7 @@ from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
 from medplat.workloads.pseudonymizer.keys import AwsKms, Barbican, KeyProvider, LocalKeyFile
 from medplat.workloads.pseudonymizer.pseudonyms import CROCKFORD
-from medplat.workloads.pseudonymizer.service import PseudonymError, Pseudonymizer, metadata
+from medplat.workloads.pseudonymizer.service import PseudonymError, Pseudonymizer, metadata, migrate_store
 
 NAME = "pseudonymizer"
 
@@ -111,7 +111,7 @@ def _result(target: str, pairs: list[tuple[str, str]], names: tuple[str, str]) -
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
-    metadata.create_all(engine)
+    migrate_store(engine)
     auth = Authenticator(NAME, settings)
     audit = AuditClient.for_service(settings)
     core = Pseudonymizer(engine, providers(settings))

@@ -6,12 +6,14 @@ import datetime
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (Boolean, Column, DateTime, Engine, Integer, LargeBinary, MetaData, String, Table, func,
                         insert, select)
 from sqlalchemy.exc import IntegrityError
 
+from medplat.service.migrations import migrate
 from medplat.workloads.pseudonymizer.keys import ALLOWED_CLASSES, KeyProvider, KeyProviderUnavailable, MissingKey
 from medplat.workloads.pseudonymizer.pseudonyms import CROCKFORD, pseudonym, well_formed
 
@@ -41,6 +43,12 @@ mappings = Table(
     Column("key_version", Integer, nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),  # nonce || AES-GCM(value), AAD = domain|pseudonym
 )
+
+
+def migrate_store(engine: Engine) -> str:
+    """Bring a pseudonym store (the service's, or a local one such as the DICOM keystore's) to the
+    newest revision in this folder's migrations."""
+    return migrate(engine, "pseudonymizer", Path(__file__).parent / "migrations", metadata)
 
 
 class PseudonymError(ValueError):

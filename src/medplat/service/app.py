@@ -8,6 +8,8 @@
 - request bodies bounded while they stream in (413, `MAX_BODY_BYTES`, default 10 MiB): JSON
   bodies are read up to the limit and checked strictly (orjson) before any handler runs, other
   bodies stream through to the handler and fail with 413 the moment they pass the limit;
+- traces: OpenTelemetry server spans for every request (`medplat.service.tracing`), exported only
+  through its PHI-free allow-list;
 - probes and metrics: `/healthz` (liveness: the process answers), `/readyz` (readiness: the
   service's `health()` — database, broker — succeeds), `/metrics` (Prometheus: requests by
   route template and status, latency; never a raw path, which can carry ids).
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -31,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medplat import __version__
 from medplat.service.access import api_routes, public, route_access, security_requirements, undeclared_routes
 from medplat.service.fhir import FHIR_JSON, FhirError, operation_outcome
+from medplat.service.tracing import install_tracing
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_DIAGNOSTICS = 300
@@ -134,6 +138,7 @@ class Guard:
         try:
             await self.app(scope, receive, tracked_send)
         except Exception as exc:
+            _mark_span_failed(exc)
             if response_started:
                 log.error("unhandled %s after the response started", type(exc).__name__, exc_info=exc)
             else:
@@ -144,6 +149,14 @@ class Guard:
                 await send({"type": "http.response.body", "body": body})
         finally:
             self.metrics.observe(scope, status, time.perf_counter() - started)
+
+
+def _mark_span_failed(exc: Exception) -> None:
+    """The request's span records the error's type only (its message may hold input)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("exception.type", type(exc).__name__)
+        span.set_status(trace.StatusCode.ERROR)
 
 
 def _unexpected_outcome(scope, exc: Exception) -> tuple[int, bytes]:
@@ -192,6 +205,7 @@ def create_app(name: str, description: str, router: APIRouter, health: Callable[
     app.add_middleware(BodyLimit, max_bytes=limit)
     app.add_middleware(Guard, metrics=metrics)  # outermost: counts and catches everything
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    install_tracing(app, name, settings)  # outermost of all: every request gets a span
     app.state.metrics = metrics
     app.state.health_app = health_app(name, health, metrics)
     return app

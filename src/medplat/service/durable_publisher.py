@@ -16,19 +16,32 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from sqlalchemy import REAL, Column, Integer, LargeBinary, MetaData, Table, Text
 
+from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.mqtt import make_client
 from medplat.service.settings import private_file
 
 log = logging.getLogger("medplat.durable-publisher")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    queued_at REAL NOT NULL
-);
-"""
+MIGRATIONS = Path(__file__).parent / "publisher_migrations"  # Alembic revisions of the queue
+metadata = MetaData()
+Table("outbox", metadata,
+      # INTEGER PRIMARY KEY is SQLite's rowid (never NULL); declared as the pre-migration DDL wrote it
+      Column("seq", Integer, primary_key=True, autoincrement=True, nullable=True),
+      Column("topic", Text, nullable=False),
+      Column("payload", LargeBinary, nullable=False),
+      Column("queued_at", REAL, nullable=False),
+      sqlite_autoincrement=True)
+
+
+def migrate_queue(path: Path) -> str:
+    """Schema through Alembic (the foundation's `migrate`); the queue itself then runs on plain sqlite3."""
+    engine = make_engine(f"sqlite:///{path.resolve()}")
+    try:
+        return migrate(engine, "durable-publisher", MIGRATIONS, metadata)
+    finally:
+        engine.dispose()
 
 
 class OutboxFull(RuntimeError):
@@ -43,10 +56,10 @@ class DurablePublisher:
         self.max_messages, self.batch, self.ack_timeout_s = max_messages, batch, ack_timeout_s
         self.ready_backlog = ready_backlog
         self.refused = self.published = 0
+        migrate_queue(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._backlog = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._wake, self._stop = threading.Event(), threading.Event()

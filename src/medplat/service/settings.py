@@ -48,6 +48,11 @@ class ServiceSettings(BaseSettings):
     broker_ca: Path | None = None  # mqtts:// site broker: its CA
     broker_password_file: Path | None = None  # this workload's broker password (mounted secret)
     max_body_bytes: int = 10 * 1024 * 1024  # request bodies beyond this get 413 while streaming
+    # OpenTelemetry: spans are always recorded; exported (OTLP/gRPC, PHI-free allow-list) only when
+    # an endpoint is set. The trace key makes site/device ids opaque; default kept in data_dir.
+    otlp_endpoint: str | None = None
+    otlp_ca: Path | None = None
+    trace_key_file: Path | None = None
 
     def resolved_database_url(self, name: str) -> str:
         if self.database_url:
