@@ -312,3 +312,34 @@ def test_plandefinition_apply_with_fhirpath_conditions(site):
                        headers=token()).status_code == 404
     assert client.post("/PlanDefinition/news2-response/$apply", json={"subject": PATIENT},
                        headers=token()).status_code == 422  # nothing stored for the patient yet
+
+
+def test_a_future_dated_reading_is_refused_and_cannot_block_later_ones(site):
+    """Found by trying it: one reading dated 2099 (a typo, a device clock) used to become the
+    'latest' and every real reading after it was dropped as 'older than the latest reading'."""
+    app, client, token = site
+    future = device_observation("respiration_rate", 15)
+    future["effectiveDateTime"] = "2099-01-01T00:00:00+00:00"
+    assert app.state.clinical.handle_envelope(envelope(future)) == "refused"
+    assert "future" in app.state.clinical.counters.last_refusal
+    typo = staff_observation("consciousness", valueString="A")
+    typo["effectiveDateTime"] = "2099-01-01T00:00:00+00:00"
+    refused = client.post("/Observation", json=typo, headers=token(NURSE))
+    assert refused.status_code == 422 and "future" in refused.json()["issue"][0]["diagnostics"]
+    assert deteriorate(app, client, token)[-1] == "NEWS2 7: high risk, response started"
+
+
+def test_prefetched_observations_of_another_patient_are_not_scored(site):
+    """CDS Hooks prefetch is the EHR's answer to a query; an Observation in it whose subject is not
+    the hook's patient must not feed that patient's score (found by trying it)."""
+    _, client, token = site
+    other = {"subject": {"reference": "Patient/someone-else"}}
+    vitals = [device_observation(p, v) | other for p, v in (("respiration_rate", 26), ("spo2", 93),
+                                                             ("systolic_bp", 120), ("pulse", 115),
+                                                             ("temperature", 37.0))]
+    vitals += [staff_observation("consciousness", valueString="A") | other,
+               staff_observation("air_or_oxygen", valueBoolean=False) | other]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in vitals]}
+    card = client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", {"vitals": bundle}),
+                       headers=token()).json()["cards"][0]
+    assert card["summary"] == "NEWS2 not available"

@@ -90,8 +90,10 @@ class Clinical:
         if not str((resource.get("subject") or {}).get("reference", "")).startswith("Patient/"):
             raise FhirError(422, "Observation.subject must reference the Patient", expression=["Observation.subject"])
         try:
-            if news2.reading(resource) is None:
+            found = news2.reading(resource)
+            if found is None:
                 raise FhirError(422, "not a NEWS2 parameter (code)", expression=["Observation.code"])
+            self.policy.refuse_future(found, datetime.datetime.now(datetime.timezone.utc))
         except news2.ReadingError as exc:
             raise FhirError(422, str(exc)) from None
         with self.engine.lock, self.engine.db.begin() as conn:
@@ -117,6 +119,8 @@ class Clinical:
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             found = news2.reading(resource, received=now if live else None)
+            if found is not None:
+                self.policy.refuse_future(found, now)
         except (news2.ReadingError, ValueError) as exc:
             return self._refuse(str(exc))
         if found is None:

@@ -285,6 +285,12 @@ class StalenessPolicy:
     def max_age(self, parameter: str) -> float:
         return self.manual_max_age_s if parameter in ("consciousness", "air_or_oxygen") else self.device_max_age_s
 
+    def refuse_future(self, found: Reading, now: datetime.datetime) -> None:
+        """A reading from the future is refused at intake: kept, it would stay the 'latest' and every
+        real reading after it would be dropped as older (one typo or device clock would blind NEWS2)."""
+        if (found.at - now).total_seconds() > self.future_skew_s:
+            raise ReadingError(f"{found.parameter}: time {found.at.isoformat()} is in the future")
+
 
 @dataclass(frozen=True)
 class Incomplete:
