@@ -19,7 +19,11 @@ from medplat.workloads.clinical_workflow import news2
 MDC, UCUM = "urn:iso:std:iso:11073:10101", "http://unitsofmeasure.org"
 DEVICE = "6f1c-monitor-bed7"
 PATIENT = "Patient/1288992"
-DOCTOR, NURSE = "Practitioner/abc", "Practitioner/nurse-7"
+DOCTOR, NURSE, NURSE_2 = "Practitioner/abc", "Practitioner/nurse-7", "Practitioner/nurse-8"
+# The PractitionerRoles each person holds (the identity provider's medplat_practitioner_roles claim).
+ROLES = {DOCTOR: ["PractitionerRole/medical-team", "PractitionerRole/or-team"],
+         NURSE: ["PractitionerRole/ward-nurse", "PractitionerRole/unit-nurse"],
+         NURSE_2: ["PractitionerRole/unit-nurse"]}
 # MDC code, UCUM unit for each device vital sign, as the sdc-bridge maps them (workloads/sdc-bridge/mapping.py).
 DEVICE_VITALS = {"respiration_rate": ("151562", "/min"), "spo2": ("150456", "%"), "systolic_bp": ("150021", "mm[Hg]"),
                  "pulse": ("147842", "/min"), "temperature": ("150364", "Cel")}
@@ -58,8 +62,10 @@ def site(tmp_path):
     client = TestClient(app)
 
     def token(subject=DOCTOR, scopes=("task.read", "task.write", "observation.write", "observation.read",
-                                      "cds.hooks")):
-        return {"authorization": "Bearer " + mint_local_token(tmp_path, service.NAME, list(scopes), subject)}
+                                      "cds.hooks"), roles=None):
+        roles = ROLES.get(subject, []) if roles is None else roles
+        return {"authorization": "Bearer " + mint_local_token(tmp_path, service.NAME, list(scopes), subject,
+                                                              extra_claims={service.ROLES_CLAIM: roles})}
 
     yield app, client, token
     app.state.audit.close()
@@ -180,13 +186,13 @@ def test_alarm_episode_becomes_one_acknowledgement_task_with_handover(site):
     assert task["focus"]["reference"] == f"DetectedIssue/{issue['id']}" and task["priority"] == "stat"
     client.post(f"/Task/{task['id']}/$claim", headers=token(NURSE))
     client.post(f"/Task/{task['id']}/$transition", json={"status": "accepted"}, headers=token(NURSE))
-    handed = client.post(f"/Task/{task['id']}/$handover", json={"to": DOCTOR, "reason": "shift change"},
+    handed = client.post(f"/Task/{task['id']}/$handover", json={"to": NURSE_2, "reason": "shift change"},
                          headers=token(NURSE))
-    assert handed.json()["owner"] == {"reference": DOCTOR}
+    assert handed.json()["owner"] == {"reference": NURSE_2}
     assert client.post(f"/Task/{task['id']}/$transition", json={"status": "in-progress"},
                        headers=token(NURSE)).status_code == 403
     assert client.post(f"/Task/{task['id']}/$transition", json={"status": "in-progress"},
-                       headers=token()).status_code == 200
+                       headers=token(NURSE_2)).status_code == 200
 
 
 def cds_request(hook: str, prefetch: dict | None) -> dict:
@@ -343,3 +349,26 @@ def test_prefetched_observations_of_another_patient_are_not_scored(site):
     card = client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", {"vitals": bundle}),
                        headers=token()).json()["cards"][0]
     assert card["summary"] == "NEWS2 not available"
+
+
+def test_only_a_task_recipient_claims_or_moves_it(site):
+    """Task.restriction.recipient (FHIR R4 Task: "for whom the request is targeted") is enforced:
+    found by trying it, any Practitioner with task.write used to claim the medical team's emergency
+    Task. The roles come from the token's medplat_practitioner_roles claim."""
+    app, client, token = site
+    deteriorate(app, client, token)
+    [task] = [e["resource"] for e in client.get("/Task", headers=token()).json()["entry"]]
+    assert task["restriction"]["recipient"] == [{"reference": "PractitionerRole/medical-team"}]
+    outsider = client.post(f"/Task/{task['id']}/$claim", headers=token(NURSE))
+    assert outsider.status_code == 403 and "medical-team" in outsider.json()["issue"][0]["diagnostics"]
+    no_roles = client.post(f"/Task/{task['id']}/$claim", headers=token(DOCTOR, roles=[]))
+    assert no_roles.status_code == 403
+    forged = client.post(f"/Task/{task['id']}/$claim", headers=token(DOCTOR, roles="PractitionerRole/medical-team"))
+    assert forged.status_code == 401  # the claim must be a list of references
+    # a role named as a token subject is a recipient too
+    role_token = token("PractitionerRole/medical-team", roles=[])
+    assert client.post(f"/Task/{task['id']}/$claim", headers=role_token).status_code == 200
+    # handed over to someone outside the recipients: they own it but cannot move it
+    client.post(f"/Task/{task['id']}/$handover", json={"to": NURSE}, headers=role_token)
+    moved = client.post(f"/Task/{task['id']}/$transition", json={"status": "accepted"}, headers=token(NURSE))
+    assert moved.status_code == 403

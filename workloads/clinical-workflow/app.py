@@ -102,6 +102,19 @@ def actor(principal: Principal) -> str:
     return principal.subject
 
 
+# The PractitionerRoles a person holds, as the identity provider states them in the token (e.g.
+# ["PractitionerRole/medical-team"]): checked against a Task's restriction.recipient.
+ROLES_CLAIM = "medplat_practitioner_roles"
+
+
+def roles_of(principal: Principal) -> frozenset[str]:
+    claimed = principal.claims.get(ROLES_CLAIM) or []
+    if not isinstance(claimed, list) or not all(isinstance(r, str) and ACTOR.match(r) for r in claimed):
+        raise FhirError(401, f"bearer token rejected: {ROLES_CLAIM} must be a list of PractitionerRole references",
+                        code="login")
+    return frozenset(claimed)
+
+
 class ConsentGate:
     """Asks the consent service whether a patient's data may be disclosed off site (purpose TREAT)."""
 
@@ -325,7 +338,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     @router.post("/Task/{task_id}/$claim", tags=["tasks"])
     def claim(task_id: str, principal: Principal = Depends(auth.require("task.write"))) -> dict[str, Any]:
-        return engine.claim(task_id, actor(principal))
+        return engine.claim(task_id, actor(principal), roles_of(principal))
 
     @router.post("/Task/{task_id}/$transition", tags=["tasks"])
     def transition(task_id: str, body: Transition,
@@ -341,7 +354,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
                                                     datetime.datetime.now(datetime.timezone.utc))}
             except checklist.ChecklistError as exc:
                 raise FhirError(422, str(exc), code="required") from None
-        return engine.transition(task_id, who, body.status, body.reason, output=phase_answers)
+        return engine.transition(task_id, who, body.status, body.reason, output=phase_answers,
+                                 roles=roles_of(principal))
 
     @router.post("/surgical-checklist", tags=["or"], status_code=201)
     def start_checklist(body: ChecklistStart,

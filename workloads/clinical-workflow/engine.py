@@ -141,12 +141,13 @@ class Engine:
             raise FhirError(404, f"no Task {task_id}")
         return row.resource
 
-    def claim(self, task_id: str, who: str) -> dict[str, Any]:
+    def claim(self, task_id: str, who: str, roles: frozenset[str] = frozenset()) -> dict[str, Any]:
         def apply(conn, row):
             if row.owner not in (None, who):
                 raise FhirError(409, f"Task {task_id} is owned by {row.owner}; the owner can hand it over")
             if row.status not in tasks.OPEN:
                 raise FhirError(409, f"Task {task_id} is {row.status}")
+            self._require_recipient(row, who, roles)
             return tasks.changed(row.resource, owner={"reference": who}), "claimed"
         return self._change(task_id, who, apply)
 
@@ -159,10 +160,12 @@ class Engine:
         return self._change(task_id, who, apply, reason=reason)
 
     def transition(self, task_id: str, who: str, status: str, reason: str | None = None,
-                   output: Callable[[Connection, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+                   output: Callable[[Connection, Any], dict[str, Any]] | None = None,
+                   roles: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Move a Task; `output(conn, row)` gives the step's results (data for the process) when completed."""
         def apply(conn, row):
             self._require_owner(row, who)
+            self._require_recipient(row, who, roles)  # an owner by hand-over must hold the role too
             if status not in tasks.TRANSITIONS.get(row.status, frozenset()):
                 raise FhirError(409, f"Task {task_id}: {row.status} -> {status} is not a Task state transition; "
                                      f"allowed: {sorted(tasks.TRANSITIONS.get(row.status, ())) or 'none'}")
@@ -176,6 +179,12 @@ class Engine:
             self._advance(conn, row.workflow_id, task_id, status, results)
             return resource, f"status {row.status} -> {status}"
         return self._change(task_id, who, apply, reason=reason)
+
+    @staticmethod
+    def _require_recipient(row, who: str, roles: frozenset[str]) -> None:
+        if not tasks.may_perform(row.resource, who, roles):
+            raise FhirError(403, f"Task {row.id} is for {', '.join(sorted(tasks.recipients(row.resource)))}; "
+                                 f"{who} holds none of these", code="forbidden")
 
     @staticmethod
     def _require_owner(row, who: str) -> None:
