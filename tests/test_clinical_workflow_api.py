@@ -7,10 +7,14 @@ import datetime
 import json
 import uuid
 
+import time
+
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet
 
 from medplat.service.auth import mint_local_token
 from medplat.workloads.clinical_workflow import app as service
@@ -55,9 +59,33 @@ def staff_observation(parameter: str, **value) -> dict:
             "effectiveDateTime": now_iso(), **value}
 
 
+EHR = "https://fhir-ehr.example.com/"  # the CDS client (iss), as in the CDS Hooks 2.0 JWT example
+CDS_BASE = "https://site-7.example.org/clinical-workflow"
+
+
 @pytest.fixture
-def site(tmp_path):
-    settings = service.Settings(data_dir=tmp_path, device_patients={f"{DEVICE}*": PATIENT}, escalate_after="PT1S")
+def ehr_key(tmp_path):
+    """The CDS client's signing key (ES384, which CDS services must support) and its public JWK Set file."""
+    key = ECKey.generate_key("P-384", parameters={"kid": "ehr-2026"})
+    jwks = tmp_path / "ehr-jwks.json"
+    jwks.write_text(json.dumps(KeySet([key]).as_dict(private=False)))
+    return key, jwks
+
+
+def cds_jwt(key, service_id, *, iss=EHR, aud=None, lifetime=300, jti=None, alg="ES384", header=None):
+    """The CDS Hooks 2.0 client JWT (header alg/kid/typ; payload iss, aud, exp, iat, jti)."""
+    now = int(time.time())
+    claims = {"iss": iss, "aud": aud or f"{CDS_BASE}/cds-services/{service_id}", "exp": now + lifetime, "iat": now,
+              "jti": jti or uuid.uuid4().hex}
+    token = jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT", **(header or {})}, claims, key,
+                       algorithms=["ES384", "RS384", "ES256"])
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def site(tmp_path, ehr_key):
+    settings = service.Settings(data_dir=tmp_path, device_patients={f"{DEVICE}*": PATIENT}, escalate_after="PT1S",
+                                cds_clients={EHR: str(ehr_key[1])}, cds_base_url=CDS_BASE)
     app, settings = service.build(settings)
     client = TestClient(app)
 
@@ -85,8 +113,9 @@ def test_every_route_but_discovery_requires_a_token(site):
     app, client, token = site
     from fastapi.routing import APIRoute
 
-    def guarded(route):
-        return any(d.call.__qualname__.startswith("Authenticator.require") for d in route.dependant.dependencies)
+    def guarded(route):  # a platform token, or on the hook endpoints the CDS client's JWT
+        return any(d.call.__qualname__.startswith(("Authenticator.require", "CdsClients.require"))
+                   for d in route.dependant.dependencies)
 
     ours = [r for r in app.state.router.routes if isinstance(r, APIRoute)]  # /healthz is the foundation's
     unguarded = {(m, r.path) for r in ours for m in r.methods if not guarded(r)}
@@ -207,8 +236,9 @@ def cds_request(hook: str, prefetch: dict | None) -> dict:
     return request
 
 
-def test_cds_hooks_discovery_and_cards(site):
+def test_cds_hooks_discovery_and_cards(site, ehr_key):
     app, client, token = site
+    key = ehr_key[0]
     services = client.get("/cds-services").json()["services"]
     assert {s["hook"] for s in services} == {"patient-view", "encounter-start"}
     assert all("{{context.patientId}}" in s["prefetch"]["vitals"] for s in services)
@@ -220,27 +250,28 @@ def test_cds_hooks_discovery_and_cards(site):
     bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in vitals]}
     prefetch = {"patient": {"resourceType": "Patient", "id": "1288992"}, "vitals": bundle}
     response = client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", prefetch),
-                           headers=token())
+                           headers=cds_jwt(key, "news2-patient-view"))
     [card] = response.json()["cards"]
     assert card["summary"] == "NEWS2 7: high clinical risk" and card["indicator"] == "critical"
     assert len(card["summary"]) < 140 and card["source"]["label"].startswith("Royal College of Physicians")
     # no prefetch: the site's own latest score, when recent
     empty = client.post("/cds-services/news2-encounter-start", json=cds_request("encounter-start", None),
-                        headers=token()).json()["cards"][0]
+                        headers=cds_jwt(key, "news2-encounter-start")).json()["cards"][0]
     assert empty["summary"] == "NEWS2 not available"
     deteriorate(app, client, token, rr=22, spo2=93, pulse=95)
     stored = client.post("/cds-services/news2-encounter-start", json=cds_request("encounter-start", None),
-                         headers=token()).json()["cards"][0]
+                         headers=cds_jwt(key, "news2-encounter-start")).json()["cards"][0]
     assert stored["summary"] == "NEWS2 5: medium clinical risk" and stored["indicator"] == "warning"
     # a stale prefetched value is reported, not scored
     vitals[3] = device_observation("pulse", 115, seconds_ago=3600)
     stale = client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", {"vitals": bundle | {
-        "entry": [{"resource": r} for r in vitals]}}), headers=token()).json()["cards"][0]
+        "entry": [{"resource": r} for r in vitals]}}), headers=cds_jwt(key, "news2-patient-view")).json()["cards"][0]
     assert stale["summary"] == "NEWS2 not available" and "stale pulse" in stale["detail"]
-    wrong = client.post("/cds-services/news2-patient-view", json=cds_request("order-sign", None), headers=token())
+    wrong = client.post("/cds-services/news2-patient-view", json=cds_request("order-sign", None),
+                        headers=cds_jwt(key, "news2-patient-view"))
     assert wrong.status_code == 400
     assert client.post("/cds-services/news2-patient-view", json={"hook": "patient-view"},
-                       headers=token()).status_code == 422
+                       headers=cds_jwt(key, "news2-patient-view")).status_code == 422
 
 
 def test_who_surgical_safety_checklist_kept_as_questionnaire_response(site):
@@ -335,7 +366,7 @@ def test_a_future_dated_reading_is_refused_and_cannot_block_later_ones(site):
     assert deteriorate(app, client, token)[-1] == "NEWS2 7: high risk, response started"
 
 
-def test_prefetched_observations_of_another_patient_are_not_scored(site):
+def test_prefetched_observations_of_another_patient_are_not_scored(site, ehr_key):
     """CDS Hooks prefetch is the EHR's answer to a query; an Observation in it whose subject is not
     the hook's patient must not feed that patient's score (found by trying it)."""
     _, client, token = site
@@ -347,7 +378,7 @@ def test_prefetched_observations_of_another_patient_are_not_scored(site):
                staff_observation("air_or_oxygen", valueBoolean=False) | other]
     bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in vitals]}
     card = client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", {"vitals": bundle}),
-                       headers=token()).json()["cards"][0]
+                       headers=cds_jwt(ehr_key[0], "news2-patient-view")).json()["cards"][0]
     assert card["summary"] == "NEWS2 not available"
 
 
@@ -372,3 +403,57 @@ def test_only_a_task_recipient_claims_or_moves_it(site):
     client.post(f"/Task/{task['id']}/$handover", json={"to": NURSE}, headers=role_token)
     moved = client.post(f"/Task/{task['id']}/$transition", json={"status": "accepted"}, headers=token(NURSE))
     assert moved.status_code == 403
+
+
+def test_cds_hooks_client_jwt_is_checked_as_the_spec_defines(site, ehr_key, tmp_path):
+    """CDS Hooks 2.0, Trusting CDS Clients: a JWT the CDS client signs with its own key; iss a
+    trusted client, signature from its JWK Set, aud the service endpoint URL, exp (<= 5 min), jti
+    not replayed. Before, CDS calls used medplat platform tokens with scope cds.hooks."""
+    import base64
+
+    _, client, token = site
+    key = ehr_key[0]
+    body = cds_request("patient-view", None)
+
+    def call(headers, service="news2-patient-view"):
+        return client.post(f"/cds-services/{service}", json=body if "patient" in service
+                           else cds_request("encounter-start", None), headers=headers)
+
+    assert call(cds_jwt(key, "news2-patient-view")).status_code == 200
+    assert call(cds_jwt(key, "news2-encounter-start"), "news2-encounter-start").status_code == 200
+    refusals = {
+        "platform token": token(),
+        "untrusted issuer": cds_jwt(key, "news2-patient-view", iss="https://evil.example/"),
+        "aud of another service": cds_jwt(key, "news2-encounter-start"),
+        "aud of another host": cds_jwt(key, "news2-patient-view",
+                                       aud="https://elsewhere.example/cds-services/news2-patient-view"),
+        "expired": cds_jwt(key, "news2-patient-view", lifetime=-120),
+        "lifetime over five minutes": cds_jwt(key, "news2-patient-view", lifetime=3600),
+        "jku elsewhere": cds_jwt(key, "news2-patient-view", header={"jku": "https://evil.example/jwks"}),
+        "another key, same kid": cds_jwt(ECKey.generate_key("P-384", parameters={"kid": "ehr-2026"}),
+                                         "news2-patient-view"),
+        "not a JWT": {"authorization": "Bearer abc.def"},
+    }
+    unsigned = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=").decode()
+    claims = {"iss": EHR, "aud": f"{CDS_BASE}/cds-services/news2-patient-view", "exp": int(time.time()) + 60,
+              "iat": int(time.time()), "jti": "x"}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    refusals["alg none"] = {"authorization": f"Bearer {unsigned}.{payload}."}
+    for name, headers in refusals.items():
+        response = call(headers)
+        assert response.status_code == 401, name
+        assert response.json()["resourceType"] == "OperationOutcome", name
+    replayed = cds_jwt(key, "news2-patient-view", jti="once-only")
+    assert call(replayed).status_code == 200
+    again = call(replayed)
+    assert again.status_code == 401 and "replay" in again.json()["issue"][0]["diagnostics"]
+
+
+def test_cds_hooks_refused_when_no_client_is_trusted_and_misconfiguration_stops_startup(tmp_path, ehr_key):
+    app, _ = service.build(service.Settings(data_dir=tmp_path / "none"))
+    response = TestClient(app).post("/cds-services/news2-patient-view", json=cds_request("patient-view", None),
+                                    headers=cds_jwt(ehr_key[0], "news2-patient-view"))
+    assert response.status_code == 401 and "trusts no CDS client" in response.json()["issue"][0]["diagnostics"]
+    app.state.audit.close()
+    with pytest.raises(ValueError, match="CDS_BASE_URL"):
+        service.build(service.Settings(data_dir=tmp_path / "nobase", cds_clients={EHR: str(ehr_key[1])}))

@@ -92,8 +92,9 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
     base = f"http://127.0.0.1:{port}"
 
     def auth(subject):
+        roles = {"medplat_practitioner_roles": ROLES[subject]}
         return {"authorization": "Bearer " + mint_local_token(data, "clinical-workflow", SCOPES, subject,
-                                                              extra_claims={"medplat_practitioner_roles": ROLES[subject]})}
+                                                              extra_claims=roles)}
 
     def tasks():
         return [e["resource"] for e in httpx.get(f"{base}/Task", params={"patient": PATIENT},

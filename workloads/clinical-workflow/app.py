@@ -32,7 +32,7 @@ from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher, make_client
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
-from medplat.workloads.clinical_workflow import cds, checklist, news2, protocols, store
+from medplat.workloads.clinical_workflow import cds, cds_auth, checklist, news2, protocols, store
 from medplat.workloads.clinical_workflow.clinical import Clinical
 from medplat.workloads.clinical_workflow.engine import Engine, Policy
 
@@ -72,6 +72,10 @@ class Settings(ServiceSettings):
     consent_cert: Path | None = None
     consent_key: Path | None = None
     forward_topic: str = "medplat/devices/clinical-workflow"
+    # CDS Hooks client authentication: trusted CDS clients (JWT iss -> its JWK Set, https URL or file)
+    # and this service's public base URL (the JWT's aud is <base>/cds-services/<id>). Empty: no CDS calls.
+    cds_clients: dict[str, str] = {}
+    cds_base_url: str | None = None
 
 
 class Transition(BaseModel):
@@ -287,6 +291,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     settings = settings or Settings()
     db = make_engine(settings.resolved_database_url(NAME))
     auth = Authenticator(NAME, settings)
+    store.metadata.create_all(db)
+    cds_clients = cds_auth.CdsClients(settings.cds_clients, settings.cds_base_url, db)  # refuses a half configuration
     # The worker is the only one that flushes: the client's own thread would race it on the spool.
     audit = AuditClient.for_service(settings, flush_s=3600, batch=100_000)  # its audit credentials and CA too
     worker_box: list[Worker] = []
@@ -451,7 +457,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     @router.post("/cds-services/{service_id}", tags=["cds-hooks"])
     def hook(service_id: str, request: cds.HookRequest,
-             principal: Principal = Depends(auth.require("cds.hooks"))) -> dict[str, Any]:
+             principal: Principal = Depends(cds_clients.require())) -> dict[str, Any]:
         if service_id not in cds.HOOK_OF:
             raise FhirError(404, f"no CDS service {service_id}")
         if request.hook != cds.HOOK_OF[service_id]:

@@ -56,7 +56,8 @@ def mint_local_token(data_dir: Path, audience: str, scopes: list[str], subject: 
     override the registered ones."""
     key = _local_key(data_dir)
     now = int(time.time())
-    claims = {**(extra_claims or {}), "iss": LOCAL_ISSUER, "aud": audience, "sub": subject, "scope": " ".join(scopes), "iat": now,
+    claims = {**(extra_claims or {}),
+              "iss": LOCAL_ISSUER, "aud": audience, "sub": subject, "scope": " ".join(scopes), "iat": now,
               "nbf": now, "exp": now + ttl_s, "jti": uuid.uuid4().hex}
     return jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=ALGORITHMS)
 
