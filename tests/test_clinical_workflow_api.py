@@ -457,3 +457,34 @@ def test_cds_hooks_refused_when_no_client_is_trusted_and_misconfiguration_stops_
     app.state.audit.close()
     with pytest.raises(ValueError, match="CDS_BASE_URL"):
         service.build(service.Settings(data_dir=tmp_path / "nobase", cds_clients={EHR: str(ehr_key[1])}))
+
+
+def test_readiness_reports_the_broker(tmp_path):
+    """Found by trying it: with the broker unreachable /readyz answered 200 "ready", so a site whose
+    device data could not arrive (no NEWS2, no alarm Tasks) looked healthy. Real Mosquitto."""
+    from services import Mosquitto
+
+    broker = Mosquitto(tmp_path / "broker")
+    try:
+        settings = service.Settings(data_dir=tmp_path / "cw", broker_url=broker.url_for("clinical-workflow"))
+        app, settings = service.build(settings)
+        subscriber = service.Subscriber(settings, app.state.clinical)
+        app.state.subscriber = subscriber
+        subscriber.start()
+        client = TestClient(app)
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["broker"] == "connected"
+        broker.stop()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        down = client.get("/readyz")
+        assert down.status_code == 503 and down.json()["broker"] == "disconnected"
+        subscriber.stop()
+        app.state.audit.close()
+    finally:
+        if broker.process.poll() is None:
+            broker.stop()

@@ -478,7 +478,12 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     def health() -> dict[str, Any]:
         counters = clinical.counters
-        return {"database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.open),
+        # The MQTT intake (set by main()): without the broker no device data arrives, so not ready.
+        subscriber = getattr(app.state, "subscriber", None)
+        broker = {} if subscriber is None else {
+            "broker": "connected" if subscriber.client.is_connected() else "disconnected",
+            "ready": subscriber.client.is_connected()}
+        return {**broker, "database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.open),
                 "messages": counters.messages, "duplicates": counters.duplicates, "refused": counters.refused,
                 "unassigned": counters.unassigned, "scores": counters.scores, "incomplete": counters.incomplete,
                 "lastRefusal": counters.last_refusal, "lastIncomplete": counters.last_incomplete,
@@ -498,6 +503,7 @@ def main() -> None:
                           password_file=settings.broker_password_file)
     app, settings = build(settings, publisher)
     subscriber = Subscriber(settings, app.state.clinical)
+    app.state.subscriber = subscriber
     app.state.worker.start()
     subscriber.start()
     try:
