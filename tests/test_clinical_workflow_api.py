@@ -488,3 +488,51 @@ def test_readiness_reports_the_broker(tmp_path):
     finally:
         if broker.process.poll() is None:
             broker.stop()
+
+
+def test_staff_observation_gets_a_server_id_and_the_score_names_it(site):
+    """Found by trying it: a staff Observation POSTed without an id (a FHIR create) gave the score
+    derivedFrom "Observation/None", and the recorded ACVPU/air-oxygen was kept nowhere."""
+    app, client, token = site
+    body = staff_observation("consciousness", valueString="C")
+    del body["id"]
+    created = client.post("/Observation", json=body, headers=token(NURSE))
+    assert created.status_code == 201 and len(created.json()["id"]) == 32
+    deteriorate(app, client, token)
+    scored = client.get("/news2", params={"patient": PATIENT}, headers=token()).json()
+    references = [d["reference"] for d in scored["derivedFrom"]]
+    assert "Observation/None" not in references
+    from medplat.workloads.clinical_workflow import store
+    from sqlalchemy import select
+    with app.state.engine.db.connect() as conn:
+        kept = {r.id for r in conn.execute(select(store.documents.c.id).where(store.documents.c.kind == "Observation"))}
+    staff = [r for r in references if not r.startswith("Observation/obs-")]
+    assert len(staff) == 2 and {r.removeprefix("Observation/") for r in staff} <= kept
+
+
+MALFORMED = {"code a string": {"code": "x"}, "coding a string": {"code": {"coding": "x"}},
+             "coding items strings": {"code": {"coding": ["x"]}}, "time a number": {"effectiveDateTime": 5},
+             "subject a string": {"subject": "x"}, "value not a number": {"valueQuantity": {
+                 "value": None, "system": UCUM, "code": "/min"}},
+             "ACVPU value a string": {"code": {"coding": [{"system": news2.SNOMED, "code": "1104441000000107"}]},
+                                      "valueCodeableConcept": "x"}}
+
+
+def test_malformed_messages_are_refused_and_never_hold_back_the_others(site):
+    """Found by trying it: an Observation with a string where FHIR has an object raised out of the
+    intake, so its batch was never acknowledged (QoS 1: redelivered, and enough unacknowledged
+    messages fill the broker's in-flight window for the client), and good messages in that batch
+    went unacknowledged with it."""
+    app, client, token = site
+    good = device_observation("pulse", 80)
+    bad = [envelope(device_observation("pulse", 80) | change) for change in MALFORMED.values()]
+    issue = {"resourceType": "DetectedIssue", "id": "alarm-1-preliminary", "status": "preliminary",
+             "implicated": "Device/x"}
+    outcomes = app.state.clinical.handle_batch([*bad, envelope(issue), envelope(good)])
+    assert outcomes[:-1] == ["refused"] * (len(MALFORMED) + 1)
+    assert outcomes[-1].startswith("no NEWS2: missing")
+    # the same shapes prefetched by a CDS client give a card, not a server error
+    from medplat.workloads.clinical_workflow import cds
+    prefetched = [device_observation("pulse", 80) | change for change in MALFORMED.values()]
+    assert cds.from_prefetch({"entry": [{"resource": r} for r in prefetched]}, PATIENT,
+                             datetime.datetime.now(datetime.timezone.utc), news2.StalenessPolicy(), 1) is None

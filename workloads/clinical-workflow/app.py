@@ -432,8 +432,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         if len(orjson.dumps(resource)) > 64_000:
             raise FhirError(413, "Observation larger than 64 kB")
         outcome = clinical.record_observation(resource)
-        audited("create", principal, resource["subject"]["reference"], [f"Observation/{resource.get('id')}"])
-        return {"outcome": outcome}
+        audited("create", principal, resource["subject"]["reference"], [f"Observation/{resource['id']}"])
+        return {"id": resource["id"], "outcome": outcome}
 
     @router.get("/news2", tags=["news2"])
     def latest_news2(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),

@@ -7,6 +7,7 @@ import datetime
 import fnmatch
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,10 @@ class Clinical:
                 else self._alarm(conn, resource, device))
 
     def record_observation(self, resource: dict[str, Any]) -> str:
-        """An Observation a member of staff records (ACVPU, air/oxygen, manual vitals): needs a subject."""
+        """An Observation a member of staff records (ACVPU, air/oxygen, manual vitals): needs a subject.
+        As a FHIR create, the server assigns the id (set in `resource`) and keeps the Observation, so
+        the score's derivedFrom names a record that exists."""
+        resource["id"] = uuid.uuid4().hex
         try:
             Observation.model_validate(resource)
         except ValidationError as exc:
@@ -97,6 +101,8 @@ class Clinical:
         except news2.ReadingError as exc:
             raise FhirError(422, str(exc)) from None
         with self.engine.lock, self.engine.db.begin() as conn:
+            conn.execute(insert(store.documents).values(id=resource["id"], patient=resource["subject"]["reference"],
+                                                        kind="Observation", resource=resource))
             outcome = self._observation(conn, resource, "")
         self.engine.on_commit()
         return outcome
@@ -108,9 +114,11 @@ class Clinical:
         return "refused"
 
     def patient_for(self, resource: dict[str, Any], device: str) -> str | None:
-        subject = (resource.get("subject") or {}).get("reference")
-        if subject:
-            return subject
+        subject = resource.get("subject") or {}
+        if not isinstance(subject, dict) or not isinstance(subject.get("reference", ""), str):
+            raise ValueError("subject is not a Reference")
+        if subject.get("reference"):
+            return subject["reference"]
         matches = [pattern for pattern in self.device_patients if fnmatch.fnmatchcase(device, pattern)]
         return self.device_patients[max(matches, key=len)] if matches else None  # the most specific pattern
 
@@ -125,7 +133,10 @@ class Clinical:
             return self._refuse(str(exc))
         if found is None:
             return "not a NEWS2 parameter"
-        patient = self.patient_for(resource, device)
+        try:
+            patient = self.patient_for(resource, device)
+        except ValueError as exc:
+            return self._refuse(str(exc))
         if patient is None:
             self.counters.unassigned += 1
             return "no patient assigned to the device"
@@ -190,9 +201,12 @@ class Clinical:
             return self._refuse("DetectedIssue without id")
         if issue.get("status") in ("final", "cancelled", "entered-in-error"):
             return "alarm episode ended"  # the follow-up Task stays: someone still documents the response
-        implicated = [i.get("reference", "") for i in issue.get("implicated") or []]
-        device = device or (implicated[0].removeprefix("Device/") if implicated else "")
-        patient = self.patient_for(issue, device) or f"Device/{device}"
+        try:
+            implicated = [str(i.get("reference", "")) for i in issue.get("implicated") or []]
+            device = device or (implicated[0].removeprefix("Device/") if implicated else "")
+            patient = self.patient_for(issue, device) or f"Device/{device}"
+        except (AttributeError, TypeError, ValueError):
+            return self._refuse("DetectedIssue of the wrong shape (implicated, subject)")
         started = self.engine.start(conn, "alarm_response", key=f"alarm:{episode}", patient=patient,
                                     data={"focus": f"DetectedIssue/{issue['id']}",
                                           "priority": "stat" if issue.get("severity") == "high" else "urgent",
