@@ -536,3 +536,23 @@ def test_malformed_messages_are_refused_and_never_hold_back_the_others(site):
     prefetched = [device_observation("pulse", 80) | change for change in MALFORMED.values()]
     assert cds.from_prefetch({"entry": [{"resource": r} for r in prefetched]}, PATIENT,
                              datetime.datetime.now(datetime.timezone.utc), news2.StalenessPolicy(), 1) is None
+
+
+def test_intake_commits_in_time_slices_so_a_burst_is_not_one_transaction(site):
+    """A burst of emergency starts used to be one transaction: the first patient's Task waited for the
+    last one's (benchmarks/clinical_workflow.py, 100 patients at once). handle_prefix stops after its
+    budget; the subscriber acknowledges that slice and comes back for the rest."""
+    app, client, token = site
+    for parameter, body in (("consciousness", {"valueString": "A"}), ("air_or_oxygen", {"valueBoolean": False})):
+        client.post("/Observation", json=staff_observation(parameter, **body), headers=token(NURSE))
+    raws = [envelope(device_observation(p, v)) for p, v in (("respiration_rate", 26), ("spo2", 93),
+                                                             ("systolic_bp", 120), ("pulse", 115))]
+    raws += [b"{not json", envelope(device_observation("temperature", 37.0))]
+    clinical, outcomes = app.state.clinical, []
+    while len(outcomes) < len(raws):
+        done = clinical.handle_prefix(raws[len(outcomes):], budget_s=0)
+        assert len(done) == 1  # no budget: one message per transaction
+        outcomes += done
+    assert outcomes[4] == "refused" and outcomes[5] == "NEWS2 7: high risk, response started"
+    more = clinical.handle_prefix([envelope(device_observation("pulse", 116)) for _ in range(3)], 60)
+    assert len(more) == 3 and more[0] == "NEWS2 7: response already under way"  # a generous budget: all at once

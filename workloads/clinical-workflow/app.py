@@ -152,11 +152,12 @@ class Subscriber:
     """Persistent-session QoS 1 subscription. Messages are handled in batches of what has arrived (one
     transaction each) and acknowledged after the commit: unacknowledged ones are redelivered."""
 
-    def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200) -> None:
+    def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200, slice_s: float = 0.1) -> None:
         self.client, self.host, self.port = make_client(
             settings.broker_url, settings.client_id, ca=settings.broker_ca,
             password_file=settings.broker_password_file, clean_session=False, manual_ack=True)
-        self.clinical, self.batch = clinical, batch
+        # batch: messages taken at once; slice_s: work per transaction (each slice commits and is acknowledged)
+        self.clinical, self.batch, self.slice_s = clinical, batch, slice_s
         self.topics = [f"{settings.topic_prefix}/+/observation", f"{settings.topic_prefix}/+/detectedissue"]
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -197,13 +198,15 @@ class Subscriber:
                 taken, self._pending = self._pending[:self.batch], self._pending[self.batch:]
             if not taken:
                 continue
-            try:
-                self.clinical.handle_batch([payload for payload, _, _ in taken])
-            except Exception:  # not acknowledged: the broker redelivers after a reconnect
-                log.exception("%d messages not processed; left unacknowledged", len(taken))
-                continue
-            for _, mid, qos in taken:
-                self.client.ack(mid, qos)
+            while taken:
+                try:
+                    done = len(self.clinical.handle_prefix([payload for payload, _, _ in taken], self.slice_s))
+                except Exception:  # not acknowledged: the broker redelivers after a reconnect
+                    log.exception("%d messages not processed; left unacknowledged", len(taken))
+                    break
+                for _, mid, qos in taken[:done]:
+                    self.client.ack(mid, qos)
+                taken = taken[done:]
 
 
 class Worker:

@@ -65,6 +65,22 @@ class Clinical:
         self.engine.on_commit()
         return outcomes
 
+    def handle_prefix(self, raws: list[bytes], budget_s: float) -> list[str]:
+        """The leading envelopes that fit in `budget_s` of work (at least one), in one transaction; the
+        caller acknowledges those and comes back for the rest. A burst of emergency process starts so
+        commits in slices: the first patients' Tasks do not wait for the whole burst's transaction."""
+        began, outcomes = time.perf_counter(), []
+        try:
+            with self.engine.lock, self.engine.db.begin() as conn:
+                for raw in raws:
+                    outcomes.append(self._envelope(conn, raw))
+                    if time.perf_counter() - began >= budget_s:
+                        break
+        except Exception:  # the slice up to the failing message, message by message
+            return self.handle_batch(raws[:len(outcomes) + 1])
+        self.engine.on_commit()
+        return outcomes
+
     def _envelope(self, conn: Connection, raw: bytes) -> str:
         try:
             doc = orjson.loads(raw)
