@@ -556,3 +556,24 @@ def test_intake_commits_in_time_slices_so_a_burst_is_not_one_transaction(site):
     assert outcomes[4] == "refused" and outcomes[5] == "NEWS2 7: high risk, response started"
     more = clinical.handle_prefix([envelope(device_observation("pulse", 116)) for _ in range(3)], 60)
     assert len(more) == 3 and more[0] == "NEWS2 7: response already under way"  # a generous budget: all at once
+
+
+def test_a_typed_in_spo2_does_not_confirm_the_pulse_oximeter(site):
+    """WHO checklist sign-in "pulse oximeter on patient and functioning" is confirmed by the monitor's
+    own reading; found by trying it: an SpO2 value staff POSTed counted as the device's confirmation."""
+    from medplat.workloads.clinical_workflow import checklist
+
+    _, client, token = site
+    typed = {"resourceType": "Observation", "status": "final", "subject": {"reference": PATIENT},
+             "effectiveDateTime": now_iso(), "code": {"coding": [{"system": "http://loinc.org", "code": "59408-5"}]},
+             "valueQuantity": {"value": 97, "system": UCUM, "code": "%"}}
+    assert client.post("/Observation", json=typed, headers=token(NURSE)).status_code == 201
+    client.post("/surgical-checklist", json={"patient": PATIENT}, headers=token())
+    [task] = [e["resource"] for e in client.get("/Task", headers=token()).json()["entry"]]
+    client.post(f"/Task/{task['id']}/$claim", headers=token())
+    for status in ("accepted", "in-progress"):
+        client.post(f"/Task/{task['id']}/$transition", json={"status": status}, headers=token())
+    staff = {link: True for link, _, device in checklist.ITEMS["sign_in"] if device is None}
+    refused = client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
+                          headers=token())
+    assert refused.status_code == 422 and "sign-in.pulse-oximeter" in refused.json()["issue"][0]["diagnostics"]

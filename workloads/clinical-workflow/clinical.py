@@ -3,6 +3,7 @@ SDC alarm episodes (DetectedIssue) -> the alarm follow-up process. Each message 
 transaction together with its message id, so a redelivered message changes nothing."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fnmatch
 import logging
@@ -145,6 +146,8 @@ class Clinical:
             found = news2.reading(resource, received=now if live else None)
             if found is not None:
                 self.policy.refuse_future(found, now)
+                if live:
+                    found = dataclasses.replace(found, device=device)
         except (news2.ReadingError, ValueError) as exc:
             return self._refuse(str(exc))
         if found is None:
@@ -198,11 +201,13 @@ class Clinical:
         record = news2.PatientVitals(spo2_scale=2 if patient in self.spo2_scale_2 else 1)
         for item in (row.state if row else []):
             record.latest[item["parameter"]] = news2.Reading(
-                item["parameter"], item["value"], datetime.datetime.fromisoformat(item["at"]), item["source"])
+                item["parameter"], item["value"], datetime.datetime.fromisoformat(item["at"]), item["source"],
+                item.get("device", ""))
         return record
 
     def _save_vitals(self, conn: Connection, patient: str, record: news2.PatientVitals) -> None:
-        state = [{"parameter": r.parameter, "value": r.value, "at": r.at.isoformat(), "source": r.source}
+        state = [{"parameter": r.parameter, "value": r.value, "at": r.at.isoformat(), "source": r.source,
+                  "device": r.device}
                  for r in record.latest.values()]
         done = conn.execute(update(store.vitals).where(store.vitals.c.patient == patient).values(state=state))
         if done.rowcount == 0:

@@ -205,6 +205,7 @@ class Reading:
     value: float | str | bool
     at: datetime.datetime
     source: str  # "Observation/<id>"
+    device: str = ""  # the reporting device (live device messages only); "" when staff recorded it
 
 
 def parameter_of(observation: Mapping[str, Any]) -> str | None:
