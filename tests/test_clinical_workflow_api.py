@@ -577,3 +577,32 @@ def test_a_typed_in_spo2_does_not_confirm_the_pulse_oximeter(site):
     refused = client.post(f"/Task/{task['id']}/$transition", json={"status": "completed", "answers": staff},
                           headers=token())
     assert refused.status_code == 422 and "sign-in.pulse-oximeter" in refused.json()["issue"][0]["diagnostics"]
+
+
+def test_on_postgresql_tasks_recipients_and_cds_replay(tmp_path, ehr_key, postgres_url):
+    """The same service on the machine's real PostgreSQL (the deployed database): NEWS2 to a Task,
+    a recipient claims it, a CDS client JWT is accepted once and its replay refused."""
+    settings = service.Settings(data_dir=tmp_path / "pg", database_url=postgres_url,
+                                device_patients={f"{DEVICE}*": PATIENT}, cds_clients={EHR: str(ehr_key[1])},
+                                cds_base_url=CDS_BASE)
+    app, settings = service.build(settings)
+    client = TestClient(app)
+
+    def token(subject=DOCTOR, roles=None):
+        claims = {service.ROLES_CLAIM: ROLES.get(subject, []) if roles is None else roles}
+        return {"authorization": "Bearer " + mint_local_token(tmp_path / "pg", service.NAME, [
+            "task.read", "task.write", "observation.write", "observation.read"], subject, extra_claims=claims)}
+
+    try:
+        assert app.state.engine.db.dialect.name == "postgresql"
+        assert deteriorate(app, client, token)[-1] == "NEWS2 7: high risk, response started"
+        [task] = [e["resource"] for e in client.get("/Task", headers=token()).json()["entry"]]
+        assert client.post(f"/Task/{task['id']}/$claim", headers=token(NURSE)).status_code == 403
+        assert client.post(f"/Task/{task['id']}/$claim", headers=token()).status_code == 200
+        once = cds_jwt(ehr_key[0], "news2-patient-view", jti="pg-once")
+        body = cds_request("patient-view", None)
+        assert client.post("/cds-services/news2-patient-view", json=body, headers=once).status_code == 200
+        assert client.post("/cds-services/news2-patient-view", json=body, headers=once).status_code == 401
+    finally:
+        app.state.audit.close()
+        app.state.engine.db.dispose()
