@@ -606,3 +606,19 @@ def test_on_postgresql_tasks_recipients_and_cds_replay(tmp_path, ehr_key, postgr
     finally:
         app.state.audit.close()
         app.state.engine.db.dispose()
+
+
+def test_encounter_start_needs_its_encounter(site, ehr_key):
+    """encounter-start's context has userId, patientId and encounterId, each 1..1 (CDS Hooks Library,
+    CDSHookEncounterStartContext, build.fhir.org/ig/HL7/cds-hooks-library; the FHIR Tooling IG's older
+    copy has encounterId 0..1). Example context values from the hook page: PractitionerRole/A2340113,
+    1288992, 456."""
+    _, client, _ = site
+    body = cds_request("encounter-start", None)
+    body["context"] = {"userId": "PractitionerRole/A2340113", "patientId": "1288992"}
+    response = client.post("/cds-services/news2-encounter-start", json=body,
+                           headers=cds_jwt(ehr_key[0], "news2-encounter-start"))
+    assert response.status_code == 400 and "encounterId" in response.json()["issue"][0]["diagnostics"]
+    body["context"]["encounterId"] = "456"
+    assert client.post("/cds-services/news2-encounter-start", json=body,
+                       headers=cds_jwt(ehr_key[0], "news2-encounter-start")).status_code == 200

@@ -465,6 +465,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             raise FhirError(404, f"no CDS service {service_id}")
         if request.hook != cds.HOOK_OF[service_id]:
             raise FhirError(400, f"service {service_id} answers hook {cds.HOOK_OF[service_id]}, not {request.hook}")
+        if request.hook == "encounter-start" and not request.context.encounter_id:
+            raise FhirError(400, "encounter-start context needs encounterId (CDS Hooks hook definition)")
         patient = f"Patient/{request.context.patient_id}"
         now = datetime.datetime.now(datetime.timezone.utc)
         scale = 2 if patient in settings.spo2_scale_2_patients else 1
