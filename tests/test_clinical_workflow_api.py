@@ -611,8 +611,8 @@ def test_on_postgresql_tasks_recipients_and_cds_replay(tmp_path, ehr_key, postgr
 def test_encounter_start_needs_its_encounter(site, ehr_key):
     """encounter-start's context has userId, patientId and encounterId, each 1..1 (CDS Hooks Library,
     CDSHookEncounterStartContext, build.fhir.org/ig/HL7/cds-hooks-library; the FHIR Tooling IG's older
-    copy has encounterId 0..1). Example context values from the hook page: PractitionerRole/A2340113,
-    1288992, 456."""
+    copy has encounterId 0..1). Values in the style of the hook examples (not checked against the page):
+    PractitionerRole/A2340113, 1288992, 456."""
     _, client, _ = site
     body = cds_request("encounter-start", None)
     body["context"] = {"userId": "PractitionerRole/A2340113", "patientId": "1288992"}
