@@ -109,12 +109,13 @@ class Engine:
                 task.set_data(**data, patient=patient, accepted=False)
             workflow_id = str(uuid.uuid4())
             workflow.do_engine_steps()
+            due = next_due(workflow)
             conn.execute(insert(store.workflows).values(
                 id=workflow_id, process=process, key=key, patient=patient, active=True, updated=time.time(),
-                state=self.serializer.serialize_json(workflow), due=next_due(workflow)))
+                state=self.serializer.serialize_json(workflow), due=due))
             self.loaded[workflow_id] = (workflow, patient)
-            self.open[workflow_id] = (patient, next_due(workflow))
-            self._sync(conn, workflow_id)
+            self.open[workflow_id] = (patient, due)
+            self._sync(conn, workflow_id, new=True)
             return workflow_id
 
     def open_for(self, conn: Connection, key_prefix: str) -> list[tuple[str, str]]:
@@ -260,11 +261,12 @@ class Engine:
             self.open[workflow_id] = (patient, due)
         return created
 
-    def _sync(self, conn: Connection, workflow_id: str, skip_task: str | None = None) -> int:
-        """A FHIR Task for every ready user task that has none; Tasks whose step vanished are cancelled."""
+    def _sync(self, conn: Connection, workflow_id: str, skip_task: str | None = None, new: bool = False) -> int:
+        """A FHIR Task for every ready user task that has none; Tasks whose step vanished are cancelled.
+        `new`: the instance was just started, so it has no Tasks yet (two queries fewer per start)."""
         workflow, patient = self.workflow(workflow_id)
         ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-        known = {r.id for r in conn.execute(select(store.tasks.c.id).where(
+        known = set() if new else {r.id for r in conn.execute(select(store.tasks.c.id).where(
             store.tasks.c.workflow_id == workflow_id))}
         created = 0
         for task_id, spiff in ready.items():
@@ -274,8 +276,9 @@ class Engine:
             self._write_task(conn, resource, agent=SERVICE, activity="created", reason=None, new=True,
                              workflow_id=workflow_id, step=spiff.task_spec.bpmn_id)
             created += 1
-        self._close_tasks(conn, workflow_id, keep=set(ready) | ({skip_task} if skip_task else set()),
-                          reason="the process no longer needs this step")
+        if not new:
+            self._close_tasks(conn, workflow_id, keep=set(ready) | ({skip_task} if skip_task else set()),
+                              reason="the process no longer needs this step")
         return created
 
     def _new_task(self, workflow: BpmnWorkflow, workflow_id: str, spiff, patient: str) -> dict[str, Any]:
