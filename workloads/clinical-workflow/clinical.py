@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from medplat.service.fhir import FhirError
@@ -94,7 +94,7 @@ class Clinical:
         if conn.execute(select(store.inbox.c.id).where(store.inbox.c.id == message_id)).first():
             self.counters.duplicates += 1
             return "duplicate"
-        conn.execute(insert(store.inbox).values(id=message_id, received=time.time()))
+        conn.execute(store.inbox.insert(), dict(id=message_id, received=time.time()))
         self.counters.messages += 1
         return (self._observation(conn, resource, device, live=True) if kind == "Observation"
                 else self._alarm(conn, resource, device))
@@ -118,7 +118,7 @@ class Clinical:
         except news2.ReadingError as exc:
             raise FhirError(422, str(exc)) from None
         with self.engine.lock, self.engine.db.begin() as conn:
-            conn.execute(insert(store.documents).values(id=resource["id"], patient=resource["subject"]["reference"],
+            conn.execute(store.documents.insert(), dict(id=resource["id"], patient=resource["subject"]["reference"],
                                                         kind="Observation", resource=resource))
             outcome = self._observation(conn, resource, "")
         self.engine.on_commit()
@@ -171,9 +171,9 @@ class Clinical:
         vitals, inputs = snapshot
         result = news2.score(vitals)
         scored = news2.observation(result, patient=patient, inputs=inputs, issued=now)
-        conn.execute(insert(store.scores).values(id=scored["id"], patient=patient, issued=now.timestamp(),
+        conn.execute(store.scores.insert(), dict(id=scored["id"], patient=patient, issued=now.timestamp(),
                                                  total=result.total, risk=result.risk.value, resource=scored))
-        conn.execute(insert(store.forward_outbox).values(patient=patient, resource=scored, state="pending"))
+        conn.execute(store.forward_outbox.insert(), dict(patient=patient, resource=scored, state="pending"))
         self.counters.scores += 1
         return self._respond(conn, patient, result, scored)
 
@@ -211,7 +211,7 @@ class Clinical:
                  for r in record.latest.values()]
         done = conn.execute(update(store.vitals).where(store.vitals.c.patient == patient).values(state=state))
         if done.rowcount == 0:
-            conn.execute(insert(store.vitals).values(patient=patient, state=state))
+            conn.execute(store.vitals.insert(), dict(patient=patient, state=state))
 
     # --- alarms ------------------------------------------------------------------------------------
     def _alarm(self, conn: Connection, issue: dict[str, Any], device: str) -> str:

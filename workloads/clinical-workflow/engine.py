@@ -19,7 +19,7 @@ from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.camunda.parser import CamundaParser
 from SpiffWorkflow.camunda.serializer import DEFAULT_CONFIG
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
@@ -110,7 +110,7 @@ class Engine:
             workflow_id = str(uuid.uuid4())
             workflow.do_engine_steps()
             due = next_due(workflow)
-            conn.execute(insert(store.workflows).values(
+            conn.execute(store.workflows.insert(), dict(
                 id=workflow_id, process=process, key=key, patient=patient, active=True, updated=time.time(),
                 state=self.serializer.serialize_json(workflow), due=due))
             self.loaded[workflow_id] = (workflow, patient)
@@ -311,14 +311,14 @@ class Engine:
         owner = (resource.get("owner") or {}).get("reference")
         values = dict(status=resource["status"], owner=owner, resource=resource, updated=time.time())
         if new:
-            conn.execute(insert(store.tasks).values(id=resource["id"], workflow_id=workflow_id, step=step,
+            conn.execute(store.tasks.insert(), dict(id=resource["id"], workflow_id=workflow_id, step=step,
                                                     patient=resource["for"]["reference"], **values))
         else:
             conn.execute(update(store.tasks).where(store.tasks.c.id == resource["id"]).values(**values))
         record = tasks.provenance(resource, agent=agent, activity=activity, reason=reason)
-        conn.execute(insert(store.provenance).values(id=record["id"], target=f"Task/{resource['id']}",
+        conn.execute(store.provenance.insert(), dict(id=record["id"], target=f"Task/{resource['id']}",
                                                      resource=record))
-        conn.execute(insert(store.audit_outbox).values(
+        conn.execute(store.audit_outbox.insert(), dict(
             event=tasks.audit(resource, agent=agent, activity=activity, service=SERVICE)))
-        conn.execute(insert(store.forward_outbox).values(patient=resource["for"]["reference"], resource=resource,
+        conn.execute(store.forward_outbox.insert(), dict(patient=resource["for"]["reference"], resource=resource,
                                                          state="pending"))
