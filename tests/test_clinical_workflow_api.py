@@ -622,3 +622,19 @@ def test_encounter_start_needs_its_encounter(site, ehr_key):
     body["context"]["encounterId"] = "456"
     assert client.post("/cds-services/news2-encounter-start", json=body,
                        headers=cds_jwt(ehr_key[0], "news2-encounter-start")).status_code == 200
+
+
+def test_cds_hook_audit_names_the_ehr_user_and_the_cds_client(site, ehr_key):
+    """Every PHI access audited with who asked: a hook call's AuditEvent names the EHR user from
+    context.userId as requestor and the authenticated CDS client (the JWT's iss) as a second agent."""
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    app, client, _ = site
+    assert client.post("/cds-services/news2-patient-view", json=cds_request("patient-view", None),
+                       headers=cds_jwt(ehr_key[0], "news2-patient-view")).status_code == 200
+    app.state.audit.flush()
+    spool = [json.loads(line) for line in (app.state.settings.data_dir / "audit-spool.jsonl").read_text().splitlines()]
+    [event] = [e for e in spool if any(x["what"]["reference"] == PATIENT for x in e.get("entity", []))]
+    AuditEvent.model_validate(event)
+    assert [(a.get("who"), a["requestor"]) for a in event["agent"]] == [
+        ({"identifier": {"value": EHR}}, False), ({"reference": "Practitioner/abc"}, True)]

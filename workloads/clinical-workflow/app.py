@@ -41,6 +41,7 @@ log = logging.getLogger("medplat.clinical-workflow")
 # Routes anyone may call: discovery lists the CDS services (no patient data). Everything else
 # needs a bearer token with the scope its route declares.
 PUBLIC_ROUTES = frozenset({("GET", "/cds-services")})
+HUMAN_USER = ("http://terminology.hl7.org/CodeSystem/extra-security-role-type", "humanuser")  # IHE BALP user agent
 ACTOR = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -478,7 +479,14 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             if stored and (now - datetime.datetime.fromisoformat(stored["issued"])).total_seconds() \
                     <= policy.device_max_age_s:
                 scored = stored
-        audited("read", principal, patient, [f"Observation/{scored['id']}"] if scored else [])
+        # BALP: the EHR user the hook speaks for is the requestor; the authenticated CDS client (iss) too
+        event = balp_event("read", source=NAME, agent=principal.subject, patient=patient, purpose="TREAT",
+                           entities=[f"Observation/{scored['id']}"] if scored else [])
+        event["agent"][0]["requestor"] = False
+        event["agent"].append({"type": {"coding": [{"system": HUMAN_USER[0], "code": HUMAN_USER[1]}]},
+                               "who": {"reference": request.context.user_id}, "requestor": True})
+        audit.record(event)
+        worker.wake()
         return {"cards": [cds.card_for(scored, incomplete)]}
 
     def health() -> dict[str, Any]:
