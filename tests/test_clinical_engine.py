@@ -26,6 +26,7 @@ POLICY = Policy(lanes={"medical-team": ["PractitionerRole/medical-team"],
                        "critical-care-outreach": ["PractitionerRole/outreach"]},
                 due_s={"emergency_response": 900})
 NURSE, DOCTOR = "Practitioner/nurse-1", "Practitioner/doctor-1"
+TEAM = frozenset({"PractitionerRole/medical-team"})  # the role both hold in these tests (Task recipients)
 
 
 def make(tmp_path, name="cw"):
@@ -77,20 +78,20 @@ def test_only_the_owner_moves_the_task_along_the_state_machine(tmp_path):
     start(engine)
     [task] = open_tasks(engine)
     with pytest.raises(FhirError) as refused:
-        engine.transition(task["id"], NURSE, "accepted")
+        engine.transition(task["id"], NURSE, "accepted", roles=TEAM)
     assert refused.value.status_code == 403  # nobody owns it yet
-    engine.claim(task["id"], DOCTOR)
+    engine.claim(task["id"], DOCTOR, TEAM)
     with pytest.raises(FhirError) as taken:
-        engine.claim(task["id"], NURSE)
+        engine.claim(task["id"], NURSE, TEAM)
     assert taken.value.status_code == 409
     with pytest.raises(FhirError) as other:
-        engine.transition(task["id"], NURSE, "accepted")
+        engine.transition(task["id"], NURSE, "accepted", roles=TEAM)
     assert other.value.status_code == 403
     with pytest.raises(FhirError) as jump:
-        engine.transition(task["id"], DOCTOR, "completed")  # requested -> completed is no transition
+        engine.transition(task["id"], DOCTOR, "completed", roles=TEAM)  # requested -> completed is no transition
     assert jump.value.status_code == 409
     for status in ("accepted", "in-progress", "completed"):
-        task = engine.transition(task["id"], DOCTOR, status)
+        task = engine.transition(task["id"], DOCTOR, status, roles=TEAM)
     assert task["status"] == "completed" and task["meta"]["versionId"] == "5"
     with engine.db.connect() as conn:
         assert not conn.execute(select(store.workflows.c.active)).scalar()  # the process ended
@@ -120,8 +121,8 @@ def test_accepted_in_time_does_not_escalate(tmp_path):
     engine = make(tmp_path)
     start(engine, escalate_after="PT1S")
     [task] = open_tasks(engine)
-    engine.claim(task["id"], DOCTOR)
-    engine.transition(task["id"], DOCTOR, "accepted")
+    engine.claim(task["id"], DOCTOR, TEAM)
+    engine.transition(task["id"], DOCTOR, "accepted", roles=TEAM)
     time.sleep(1.1)
     assert engine.tick() == 0
     assert [t["id"] for t in open_tasks(engine)] == [task["id"]]
@@ -131,12 +132,12 @@ def test_rejection_escalates_and_handover_moves_ownership(tmp_path):
     engine = make(tmp_path)
     start(engine)
     [task] = open_tasks(engine)
-    engine.claim(task["id"], NURSE)
+    engine.claim(task["id"], NURSE, TEAM)
     handed = engine.handover(task["id"], NURSE, DOCTOR, "end of shift")
     assert handed["owner"] == {"reference": DOCTOR}
     with pytest.raises(FhirError):
-        engine.transition(task["id"], NURSE, "accepted")
-    engine.transition(task["id"], DOCTOR, "rejected", reason="not my patient")
+        engine.transition(task["id"], NURSE, "accepted", roles=TEAM)
+    engine.transition(task["id"], DOCTOR, "rejected", reason="not my patient", roles=TEAM)
     [escalation] = [t for t in open_tasks(engine) if t["id"] != task["id"]]
     assert escalation["code"]["coding"][0]["code"] == "emergency_escalation"
 
@@ -201,9 +202,9 @@ def test_sigkill_mid_process_resumes_without_lost_or_duplicated_tasks(tmp_path):
     # and the resumed engine goes on: the first instance's Task completes its process
     workflow, _ = engine.workflow(next(iter(engine.open)))
     task_id = str(next(t for t in workflow.get_tasks() if t.task_spec.manual).id)
-    engine.claim(task_id, DOCTOR)
+    engine.claim(task_id, DOCTOR, TEAM)
     for status in ("accepted", "in-progress", "completed"):
-        engine.transition(task_id, DOCTOR, status)
+        engine.transition(task_id, DOCTOR, status, roles=TEAM)
     assert len(engine.open) == resumed - 1
 
 

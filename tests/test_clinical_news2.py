@@ -171,6 +171,17 @@ def test_observation_readings_check_unit_status_and_time():
     assert news2.reading({**base, "code": {"coding": [{"system": news2.MDC, "code": "196648"}]}}) is None
 
 
+@pytest.mark.parametrize("value", [True, "80", None, [80]])
+def test_a_quantity_that_is_not_a_json_number_is_refused(value):
+    """Found by trying it: valueQuantity.value true arrived over MQTT (no FHIR validation on that
+    path) as float(True) = 1.0, a pulse of 1/min scoring 3; FHIR decimals are JSON numbers."""
+    observation = {"resourceType": "Observation", "id": "o1", "status": "final", "effectiveDateTime": NOW.isoformat(),
+                   "code": {"coding": [{"system": news2.MDC, "code": "147842"}]},
+                   "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "/min"}}
+    with pytest.raises(news2.ReadingError, match="number"):
+        news2.reading(observation)
+
+
 def test_score_as_fhir_observation_validates_with_components():
     record = full_set()
     vitals_now, inputs = record.snapshot(NOW, news2.StalenessPolicy())

@@ -27,6 +27,9 @@ MDIB = Path(__file__).parent / "data" / "news2-monitor-mdib.xml"
 PATIENT = "Patient/e2e-bed-7"
 DOCTOR, OUTREACH, NURSE = "Practitioner/dr-house", "Practitioner/outreach-1", "Practitioner/nurse-7"
 SCOPES = ["task.read", "task.write", "observation.write", "observation.read"]
+# The roles each person holds (token claim medplat_practitioner_roles), checked against Task recipients.
+ROLES = {DOCTOR: ["PractitionerRole/medical-team"], OUTREACH: ["PractitionerRole/critical-care-outreach"],
+         NURSE: ["PractitionerRole/ward-nurse"]}
 
 
 class Monitor:
@@ -89,7 +92,9 @@ def test_deteriorating_monitor_to_escalated_emergency_task_surviving_sigkill(tmp
     base = f"http://127.0.0.1:{port}"
 
     def auth(subject):
-        return {"authorization": "Bearer " + mint_local_token(data, "clinical-workflow", SCOPES, subject)}
+        roles = {"medplat_practitioner_roles": ROLES[subject]}
+        return {"authorization": "Bearer " + mint_local_token(data, "clinical-workflow", SCOPES, subject,
+                                                              extra_claims=roles)}
 
     def tasks():
         return [e["resource"] for e in httpx.get(f"{base}/Task", params={"patient": PATIENT},

@@ -672,7 +672,10 @@ def serve(name: str = typer.Argument(..., help="Workload to run locally, e.g. in
 def token(name: str = typer.Argument(..., help="Workload whose local issuer signs, e.g. ingest."),
           scope: list[str] = typer.Option(..., "--scope", help="Scope to grant; repeat for more."),
           subject: str = typer.Option(..., "--subject", help="Who the token speaks for (audited as the agent)."),
-          ttl: int = typer.Option(3600, "--ttl", min=60, max=86400, help="Lifetime in seconds.")) -> None:
+          ttl: int = typer.Option(3600, "--ttl", min=60, max=86400, help="Lifetime in seconds."),
+          role: list[str] = typer.Option([], "--role", help="A FHIR PractitionerRole the subject holds (claim "
+                                         "medplat_practitioner_roles, checked against Task recipients); repeat.")
+          ) -> None:
     """Print a bearer token from a service's local issuer (embedded defaults only, same settings
     as `medplat serve NAME`). A service configured with an external issuer accepts none of these."""
     import importlib
@@ -685,7 +688,9 @@ def token(name: str = typer.Argument(..., help="Workload whose local issuer sign
     settings = importlib.import_module(app_module(name)).Settings()
     if settings.auth_issuer:
         fail(f"{name} trusts the issuer {settings.auth_issuer}: get a token there, not from medplat")
-    print(mint_local_token(settings.data_dir, settings.auth_audience or name, scope, subject, ttl_s=ttl))
+    extra = {"medplat_practitioner_roles": role} if role else None
+    print(mint_local_token(settings.data_dir, settings.auth_audience or name, scope, subject, ttl_s=ttl,
+                           extra_claims=extra))
 
 
 def _ensure(folder: Path) -> Path:

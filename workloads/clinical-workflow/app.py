@@ -32,7 +32,7 @@ from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher, make_client
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
-from medplat.workloads.clinical_workflow import cds, checklist, news2, protocols, store
+from medplat.workloads.clinical_workflow import cds, cds_auth, checklist, news2, protocols, store
 from medplat.workloads.clinical_workflow.clinical import Clinical
 from medplat.workloads.clinical_workflow.engine import Engine, Policy
 
@@ -41,6 +41,7 @@ log = logging.getLogger("medplat.clinical-workflow")
 # Routes anyone may call: discovery lists the CDS services (no patient data). Everything else
 # needs a bearer token with the scope its route declares.
 PUBLIC_ROUTES = frozenset({("GET", "/cds-services")})
+HUMAN_USER = ("http://terminology.hl7.org/CodeSystem/extra-security-role-type", "humanuser")  # IHE BALP user agent
 ACTOR = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -72,6 +73,10 @@ class Settings(ServiceSettings):
     consent_cert: Path | None = None
     consent_key: Path | None = None
     forward_topic: str = "medplat/devices/clinical-workflow"
+    # CDS Hooks client authentication: trusted CDS clients (JWT iss -> its JWK Set, https URL or file)
+    # and this service's public base URL (the JWT's aud is <base>/cds-services/<id>). Empty: no CDS calls.
+    cds_clients: dict[str, str] = {}
+    cds_base_url: str | None = None
 
 
 class Transition(BaseModel):
@@ -100,6 +105,19 @@ def actor(principal: Principal) -> str:
         raise FhirError(403, "the token's subject must be a Practitioner or PractitionerRole reference to own Tasks",
                         code="forbidden")
     return principal.subject
+
+
+# The PractitionerRoles a person holds, as the identity provider states them in the token (e.g.
+# ["PractitionerRole/medical-team"]): checked against a Task's restriction.recipient.
+ROLES_CLAIM = "medplat_practitioner_roles"
+
+
+def roles_of(principal: Principal) -> frozenset[str]:
+    claimed = principal.claims.get(ROLES_CLAIM) or []
+    if not isinstance(claimed, list) or not all(isinstance(r, str) and ACTOR.match(r) for r in claimed):
+        raise FhirError(401, f"bearer token rejected: {ROLES_CLAIM} must be a list of PractitionerRole references",
+                        code="login")
+    return frozenset(claimed)
 
 
 class ConsentGate:
@@ -135,11 +153,12 @@ class Subscriber:
     """Persistent-session QoS 1 subscription. Messages are handled in batches of what has arrived (one
     transaction each) and acknowledged after the commit: unacknowledged ones are redelivered."""
 
-    def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200) -> None:
+    def __init__(self, settings: Settings, clinical: Clinical, batch: int = 200, slice_s: float = 0.1) -> None:
         self.client, self.host, self.port = make_client(
             settings.broker_url, settings.client_id, ca=settings.broker_ca,
             password_file=settings.broker_password_file, clean_session=False, manual_ack=True)
-        self.clinical, self.batch = clinical, batch
+        # batch: messages taken at once; slice_s: work per transaction (each slice commits and is acknowledged)
+        self.clinical, self.batch, self.slice_s = clinical, batch, slice_s
         self.topics = [f"{settings.topic_prefix}/+/observation", f"{settings.topic_prefix}/+/detectedissue"]
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -180,13 +199,15 @@ class Subscriber:
                 taken, self._pending = self._pending[:self.batch], self._pending[self.batch:]
             if not taken:
                 continue
-            try:
-                self.clinical.handle_batch([payload for payload, _, _ in taken])
-            except Exception:  # not acknowledged: the broker redelivers after a reconnect
-                log.exception("%d messages not processed; left unacknowledged", len(taken))
-                continue
-            for _, mid, qos in taken:
-                self.client.ack(mid, qos)
+            while taken:
+                try:
+                    done = len(self.clinical.handle_prefix([payload for payload, _, _ in taken], self.slice_s))
+                except Exception:  # not acknowledged: the broker redelivers after a reconnect
+                    log.exception("%d messages not processed; left unacknowledged", len(taken))
+                    break
+                for _, mid, qos in taken[:done]:
+                    self.client.ack(mid, qos)
+                taken = taken[done:]
 
 
 class Worker:
@@ -274,6 +295,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     settings = settings or Settings()
     db = make_engine(settings.resolved_database_url(NAME))
     auth = Authenticator(NAME, settings)
+    store.metadata.create_all(db)
+    cds_clients = cds_auth.CdsClients(settings.cds_clients, settings.cds_base_url, db)  # refuses a half configuration
     # The worker is the only one that flushes: the client's own thread would race it on the spool.
     audit = AuditClient.for_service(settings, flush_s=3600, batch=100_000)  # its audit credentials and CA too
     worker_box: list[Worker] = []
@@ -325,7 +348,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     @router.post("/Task/{task_id}/$claim", tags=["tasks"])
     def claim(task_id: str, principal: Principal = Depends(auth.require("task.write"))) -> dict[str, Any]:
-        return engine.claim(task_id, actor(principal))
+        return engine.claim(task_id, actor(principal), roles_of(principal))
 
     @router.post("/Task/{task_id}/$transition", tags=["tasks"])
     def transition(task_id: str, body: Transition,
@@ -341,7 +364,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
                                                     datetime.datetime.now(datetime.timezone.utc))}
             except checklist.ChecklistError as exc:
                 raise FhirError(422, str(exc), code="required") from None
-        return engine.transition(task_id, who, body.status, body.reason, output=phase_answers)
+        return engine.transition(task_id, who, body.status, body.reason, output=phase_answers,
+                                 roles=roles_of(principal))
 
     @router.post("/surgical-checklist", tags=["or"], status_code=201)
     def start_checklist(body: ChecklistStart,
@@ -412,8 +436,8 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         if len(orjson.dumps(resource)) > 64_000:
             raise FhirError(413, "Observation larger than 64 kB")
         outcome = clinical.record_observation(resource)
-        audited("create", principal, resource["subject"]["reference"], [f"Observation/{resource.get('id')}"])
-        return {"outcome": outcome}
+        audited("create", principal, resource["subject"]["reference"], [f"Observation/{resource['id']}"])
+        return {"id": resource["id"], "outcome": outcome}
 
     @router.get("/news2", tags=["news2"])
     def latest_news2(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),
@@ -437,11 +461,13 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
 
     @router.post("/cds-services/{service_id}", tags=["cds-hooks"])
     def hook(service_id: str, request: cds.HookRequest,
-             principal: Principal = Depends(auth.require("cds.hooks"))) -> dict[str, Any]:
+             principal: Principal = Depends(cds_clients.require())) -> dict[str, Any]:
         if service_id not in cds.HOOK_OF:
             raise FhirError(404, f"no CDS service {service_id}")
         if request.hook != cds.HOOK_OF[service_id]:
             raise FhirError(400, f"service {service_id} answers hook {cds.HOOK_OF[service_id]}, not {request.hook}")
+        if request.hook == "encounter-start" and not request.context.encounter_id:
+            raise FhirError(400, "encounter-start context needs encounterId (CDS Hooks hook definition)")
         patient = f"Patient/{request.context.patient_id}"
         now = datetime.datetime.now(datetime.timezone.utc)
         scale = 2 if patient in settings.spo2_scale_2_patients else 1
@@ -453,12 +479,24 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             if stored and (now - datetime.datetime.fromisoformat(stored["issued"])).total_seconds() \
                     <= policy.device_max_age_s:
                 scored = stored
-        audited("read", principal, patient, [f"Observation/{scored['id']}"] if scored else [])
+        # BALP: the EHR user the hook speaks for is the requestor; the authenticated CDS client (iss) too
+        event = balp_event("read", source=NAME, agent=principal.subject, patient=patient, purpose="TREAT",
+                           entities=[f"Observation/{scored['id']}"] if scored else [])
+        event["agent"][0]["requestor"] = False
+        event["agent"].append({"type": {"coding": [{"system": HUMAN_USER[0], "code": HUMAN_USER[1]}]},
+                               "who": {"reference": request.context.user_id}, "requestor": True})
+        audit.record(event)
+        worker.wake()
         return {"cards": [cds.card_for(scored, incomplete)]}
 
     def health() -> dict[str, Any]:
         counters = clinical.counters
-        return {"database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.open),
+        # The MQTT intake (set by main()): without the broker no device data arrives, so not ready.
+        subscriber = getattr(app.state, "subscriber", None)
+        broker = {} if subscriber is None else {
+            "broker": "connected" if subscriber.client.is_connected() else "disconnected",
+            "ready": subscriber.client.is_connected()}
+        return {**broker, "database": db.dialect.name, "resumedWorkflows": resumed, "resumeSeconds": resume_s, "openWorkflows": len(engine.open),
                 "messages": counters.messages, "duplicates": counters.duplicates, "refused": counters.refused,
                 "unassigned": counters.unassigned, "scores": counters.scores, "incomplete": counters.incomplete,
                 "lastRefusal": counters.last_refusal, "lastIncomplete": counters.last_incomplete,
@@ -478,6 +516,7 @@ def main() -> None:
                           password_file=settings.broker_password_file)
     app, settings = build(settings, publisher)
     subscriber = Subscriber(settings, app.state.clinical)
+    app.state.subscriber = subscriber
     app.state.worker.start()
     subscriber.start()
     try:

@@ -55,6 +55,9 @@ def from_prefetch(bundle: dict[str, Any], patient: str, now: datetime.datetime,
     for resource in entries:
         if resource.get("resourceType") != "Observation":
             continue
+        subject = resource.get("subject")
+        if subject is not None and (not isinstance(subject, dict) or subject.get("reference") != patient):
+            continue  # another patient's Observation never feeds this patient's score
         try:
             found = news2.reading(resource)
         except (news2.ReadingError, ValueError):

@@ -57,7 +57,8 @@ def confirm(phase: str, staff: dict[str, bool], vitals: news2.PatientVitals, who
     answers: dict[str, dict[str, Any]] = {}
     for link, text, parameter in ITEMS[phase]:
         reading = vitals.latest.get(parameter) if parameter else None
-        if reading is not None and (now - reading.at).total_seconds() <= DEVICE_MAX_AGE_S:
+        # only a device's own live reading confirms a device item; a value staff typed in does not
+        if reading is not None and reading.device and (now - reading.at).total_seconds() <= DEVICE_MAX_AGE_S:
             answers[link] = {"value": True, "by": reading.source, "at": reading.at.isoformat()}
         elif staff.get(link) is True:
             answers[link] = {"value": True, "by": who, "at": now.isoformat()}

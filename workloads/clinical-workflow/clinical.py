@@ -3,17 +3,19 @@ SDC alarm episodes (DetectedIssue) -> the alarm follow-up process. Each message 
 transaction together with its message id, so a redelivered message changes nothing."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fnmatch
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from medplat.service.fhir import FhirError
@@ -64,6 +66,22 @@ class Clinical:
         self.engine.on_commit()
         return outcomes
 
+    def handle_prefix(self, raws: list[bytes], budget_s: float) -> list[str]:
+        """The leading envelopes that fit in `budget_s` of work (at least one), in one transaction; the
+        caller acknowledges those and comes back for the rest. A burst of emergency process starts so
+        commits in slices: the first patients' Tasks do not wait for the whole burst's transaction."""
+        began, outcomes = time.perf_counter(), []
+        try:
+            with self.engine.lock, self.engine.db.begin() as conn:
+                for raw in raws:
+                    outcomes.append(self._envelope(conn, raw))
+                    if time.perf_counter() - began >= budget_s:
+                        break
+        except Exception:  # the slice up to the failing message, message by message
+            return self.handle_batch(raws[:len(outcomes) + 1])
+        self.engine.on_commit()
+        return outcomes
+
     def _envelope(self, conn: Connection, raw: bytes) -> str:
         try:
             doc = orjson.loads(raw)
@@ -76,13 +94,16 @@ class Clinical:
         if conn.execute(select(store.inbox.c.id).where(store.inbox.c.id == message_id)).first():
             self.counters.duplicates += 1
             return "duplicate"
-        conn.execute(insert(store.inbox).values(id=message_id, received=time.time()))
+        conn.execute(store.inbox.insert(), dict(id=message_id, received=time.time()))
         self.counters.messages += 1
         return (self._observation(conn, resource, device, live=True) if kind == "Observation"
                 else self._alarm(conn, resource, device))
 
     def record_observation(self, resource: dict[str, Any]) -> str:
-        """An Observation a member of staff records (ACVPU, air/oxygen, manual vitals): needs a subject."""
+        """An Observation a member of staff records (ACVPU, air/oxygen, manual vitals): needs a subject.
+        As a FHIR create, the server assigns the id (set in `resource`) and keeps the Observation, so
+        the score's derivedFrom names a record that exists."""
+        resource["id"] = uuid.uuid4().hex
         try:
             Observation.model_validate(resource)
         except ValidationError as exc:
@@ -90,11 +111,15 @@ class Clinical:
         if not str((resource.get("subject") or {}).get("reference", "")).startswith("Patient/"):
             raise FhirError(422, "Observation.subject must reference the Patient", expression=["Observation.subject"])
         try:
-            if news2.reading(resource) is None:
+            found = news2.reading(resource)
+            if found is None:
                 raise FhirError(422, "not a NEWS2 parameter (code)", expression=["Observation.code"])
+            self.policy.refuse_future(found, datetime.datetime.now(datetime.timezone.utc))
         except news2.ReadingError as exc:
             raise FhirError(422, str(exc)) from None
         with self.engine.lock, self.engine.db.begin() as conn:
+            conn.execute(store.documents.insert(), dict(id=resource["id"], patient=resource["subject"]["reference"],
+                                                        kind="Observation", resource=resource))
             outcome = self._observation(conn, resource, "")
         self.engine.on_commit()
         return outcome
@@ -106,9 +131,11 @@ class Clinical:
         return "refused"
 
     def patient_for(self, resource: dict[str, Any], device: str) -> str | None:
-        subject = (resource.get("subject") or {}).get("reference")
-        if subject:
-            return subject
+        subject = resource.get("subject") or {}
+        if not isinstance(subject, dict) or not isinstance(subject.get("reference", ""), str):
+            raise ValueError("subject is not a Reference")
+        if subject.get("reference"):
+            return subject["reference"]
         matches = [pattern for pattern in self.device_patients if fnmatch.fnmatchcase(device, pattern)]
         return self.device_patients[max(matches, key=len)] if matches else None  # the most specific pattern
 
@@ -117,11 +144,18 @@ class Clinical:
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             found = news2.reading(resource, received=now if live else None)
+            if found is not None:
+                self.policy.refuse_future(found, now)
+                if live:
+                    found = dataclasses.replace(found, device=device)
         except (news2.ReadingError, ValueError) as exc:
             return self._refuse(str(exc))
         if found is None:
             return "not a NEWS2 parameter"
-        patient = self.patient_for(resource, device)
+        try:
+            patient = self.patient_for(resource, device)
+        except ValueError as exc:
+            return self._refuse(str(exc))
         if patient is None:
             self.counters.unassigned += 1
             return "no patient assigned to the device"
@@ -137,9 +171,9 @@ class Clinical:
         vitals, inputs = snapshot
         result = news2.score(vitals)
         scored = news2.observation(result, patient=patient, inputs=inputs, issued=now)
-        conn.execute(insert(store.scores).values(id=scored["id"], patient=patient, issued=now.timestamp(),
+        conn.execute(store.scores.insert(), dict(id=scored["id"], patient=patient, issued=now.timestamp(),
                                                  total=result.total, risk=result.risk.value, resource=scored))
-        conn.execute(insert(store.forward_outbox).values(patient=patient, resource=scored, state="pending"))
+        conn.execute(store.forward_outbox.insert(), dict(patient=patient, resource=scored, state="pending"))
         self.counters.scores += 1
         return self._respond(conn, patient, result, scored)
 
@@ -167,15 +201,17 @@ class Clinical:
         record = news2.PatientVitals(spo2_scale=2 if patient in self.spo2_scale_2 else 1)
         for item in (row.state if row else []):
             record.latest[item["parameter"]] = news2.Reading(
-                item["parameter"], item["value"], datetime.datetime.fromisoformat(item["at"]), item["source"])
+                item["parameter"], item["value"], datetime.datetime.fromisoformat(item["at"]), item["source"],
+                item.get("device", ""))
         return record
 
     def _save_vitals(self, conn: Connection, patient: str, record: news2.PatientVitals) -> None:
-        state = [{"parameter": r.parameter, "value": r.value, "at": r.at.isoformat(), "source": r.source}
+        state = [{"parameter": r.parameter, "value": r.value, "at": r.at.isoformat(), "source": r.source,
+                  "device": r.device}
                  for r in record.latest.values()]
         done = conn.execute(update(store.vitals).where(store.vitals.c.patient == patient).values(state=state))
         if done.rowcount == 0:
-            conn.execute(insert(store.vitals).values(patient=patient, state=state))
+            conn.execute(store.vitals.insert(), dict(patient=patient, state=state))
 
     # --- alarms ------------------------------------------------------------------------------------
     def _alarm(self, conn: Connection, issue: dict[str, Any], device: str) -> str:
@@ -186,9 +222,12 @@ class Clinical:
             return self._refuse("DetectedIssue without id")
         if issue.get("status") in ("final", "cancelled", "entered-in-error"):
             return "alarm episode ended"  # the follow-up Task stays: someone still documents the response
-        implicated = [i.get("reference", "") for i in issue.get("implicated") or []]
-        device = device or (implicated[0].removeprefix("Device/") if implicated else "")
-        patient = self.patient_for(issue, device) or f"Device/{device}"
+        try:
+            implicated = [str(i.get("reference", "")) for i in issue.get("implicated") or []]
+            device = device or (implicated[0].removeprefix("Device/") if implicated else "")
+            patient = self.patient_for(issue, device) or f"Device/{device}"
+        except (AttributeError, TypeError, ValueError):
+            return self._refuse("DetectedIssue of the wrong shape (implicated, subject)")
         started = self.engine.start(conn, "alarm_response", key=f"alarm:{episode}", patient=patient,
                                     data={"focus": f"DetectedIssue/{issue['id']}",
                                           "priority": "stat" if issue.get("severity") == "high" else "urgent",

@@ -19,7 +19,7 @@ from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.camunda.parser import CamundaParser
 from SpiffWorkflow.camunda.serializer import DEFAULT_CONFIG
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as Database
 
@@ -110,12 +110,13 @@ class Engine:
                 task.set_data(**data, patient=patient, accepted=False)
             workflow_id = str(uuid.uuid4())
             workflow.do_engine_steps()
-            conn.execute(insert(store.workflows).values(
+            due = next_due(workflow)
+            conn.execute(store.workflows.insert(), dict(
                 id=workflow_id, process=process, key=key, patient=patient, active=True, updated=time.time(),
-                state=self.serializer.serialize_json(workflow), due=next_due(workflow)))
+                state=self.serializer.serialize_json(workflow), due=due))
             self.loaded[workflow_id] = (workflow, patient)
-            self.open[workflow_id] = (patient, next_due(workflow))
-            self._sync(conn, workflow_id)
+            self.open[workflow_id] = (patient, due)
+            self._sync(conn, workflow_id, new=True)
             return workflow_id
 
     def open_for(self, conn: Connection, key_prefix: str) -> list[tuple[str, str]]:
@@ -142,12 +143,13 @@ class Engine:
             raise FhirError(404, f"no Task {task_id}")
         return row.resource
 
-    def claim(self, task_id: str, who: str) -> dict[str, Any]:
+    def claim(self, task_id: str, who: str, roles: frozenset[str] = frozenset()) -> dict[str, Any]:
         def apply(conn, row):
             if row.owner not in (None, who):
                 raise FhirError(409, f"Task {task_id} is owned by {row.owner}; the owner can hand it over")
             if row.status not in tasks.OPEN:
                 raise FhirError(409, f"Task {task_id} is {row.status}")
+            self._require_recipient(row, who, roles)
             return tasks.changed(row.resource, owner={"reference": who}), "claimed"
         return self._change(task_id, who, apply)
 
@@ -160,10 +162,12 @@ class Engine:
         return self._change(task_id, who, apply, reason=reason)
 
     def transition(self, task_id: str, who: str, status: str, reason: str | None = None,
-                   output: Callable[[Connection, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+                   output: Callable[[Connection, Any], dict[str, Any]] | None = None,
+                   roles: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Move a Task; `output(conn, row)` gives the step's results (data for the process) when completed."""
         def apply(conn, row):
             self._require_owner(row, who)
+            self._require_recipient(row, who, roles)  # an owner by hand-over must hold the role too
             if status not in tasks.TRANSITIONS.get(row.status, frozenset()):
                 raise FhirError(409, f"Task {task_id}: {row.status} -> {status} is not a Task state transition; "
                                      f"allowed: {sorted(tasks.TRANSITIONS.get(row.status, ())) or 'none'}")
@@ -177,6 +181,12 @@ class Engine:
             self._advance(conn, row.workflow_id, task_id, status, results)
             return resource, f"status {row.status} -> {status}"
         return self._change(task_id, who, apply, reason=reason)
+
+    @staticmethod
+    def _require_recipient(row, who: str, roles: frozenset[str]) -> None:
+        if not tasks.may_perform(row.resource, who, roles):
+            raise FhirError(403, f"Task {row.id} is for {', '.join(sorted(tasks.recipients(row.resource)))}; "
+                                 f"{who} holds none of these", code="forbidden")
 
     @staticmethod
     def _require_owner(row, who: str) -> None:
@@ -252,11 +262,12 @@ class Engine:
             self.open[workflow_id] = (patient, due)
         return created
 
-    def _sync(self, conn: Connection, workflow_id: str, skip_task: str | None = None) -> int:
-        """A FHIR Task for every ready user task that has none; Tasks whose step vanished are cancelled."""
+    def _sync(self, conn: Connection, workflow_id: str, skip_task: str | None = None, new: bool = False) -> int:
+        """A FHIR Task for every ready user task that has none; Tasks whose step vanished are cancelled.
+        `new`: the instance was just started, so it has no Tasks yet (two queries fewer per start)."""
         workflow, patient = self.workflow(workflow_id)
         ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-        known = {r.id for r in conn.execute(select(store.tasks.c.id).where(
+        known = set() if new else {r.id for r in conn.execute(select(store.tasks.c.id).where(
             store.tasks.c.workflow_id == workflow_id))}
         created = 0
         for task_id, spiff in ready.items():
@@ -266,8 +277,9 @@ class Engine:
             self._write_task(conn, resource, agent=SERVICE, activity="created", reason=None, new=True,
                              workflow_id=workflow_id, step=spiff.task_spec.bpmn_id)
             created += 1
-        self._close_tasks(conn, workflow_id, keep=set(ready) | ({skip_task} if skip_task else set()),
-                          reason="the process no longer needs this step")
+        if not new:
+            self._close_tasks(conn, workflow_id, keep=set(ready) | ({skip_task} if skip_task else set()),
+                              reason="the process no longer needs this step")
         return created
 
     def _new_task(self, workflow: BpmnWorkflow, workflow_id: str, spiff, patient: str) -> dict[str, Any]:
@@ -300,14 +312,14 @@ class Engine:
         owner = (resource.get("owner") or {}).get("reference")
         values = dict(status=resource["status"], owner=owner, resource=resource, updated=time.time())
         if new:
-            conn.execute(insert(store.tasks).values(id=resource["id"], workflow_id=workflow_id, step=step,
+            conn.execute(store.tasks.insert(), dict(id=resource["id"], workflow_id=workflow_id, step=step,
                                                     patient=resource["for"]["reference"], **values))
         else:
             conn.execute(update(store.tasks).where(store.tasks.c.id == resource["id"]).values(**values))
         record = tasks.provenance(resource, agent=agent, activity=activity, reason=reason)
-        conn.execute(insert(store.provenance).values(id=record["id"], target=f"Task/{resource['id']}",
+        conn.execute(store.provenance.insert(), dict(id=record["id"], target=f"Task/{resource['id']}",
                                                      resource=record))
-        conn.execute(insert(store.audit_outbox).values(
+        conn.execute(store.audit_outbox.insert(), dict(
             event=tasks.audit(resource, agent=agent, activity=activity, service=SERVICE)))
-        conn.execute(insert(store.forward_outbox).values(patient=resource["for"]["reference"], resource=resource,
+        conn.execute(store.forward_outbox.insert(), dict(patient=resource["for"]["reference"], resource=resource,
                                                          state="pending"))

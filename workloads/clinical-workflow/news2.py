@@ -205,6 +205,7 @@ class Reading:
     value: float | str | bool
     at: datetime.datetime
     source: str  # "Observation/<id>"
+    device: str = ""  # the reporting device (live device messages only); "" when staff recorded it
 
 
 def parameter_of(observation: Mapping[str, Any]) -> str | None:
@@ -229,7 +230,15 @@ def _when(observation: Mapping[str, Any], received: datetime.datetime | None) ->
 
 def reading(observation: Mapping[str, Any], received: datetime.datetime | None = None) -> Reading | None:
     """The NEWS2 input an Observation carries, None when it is not a NEWS2 parameter. `received`
-    (live device messages only) times an Observation that carries no time of its own."""
+    (live device messages only) times an Observation that carries no time of its own. Input of the
+    wrong shape (a string where FHIR has an object...) is a ReadingError, never a crash."""
+    try:
+        return _reading(observation, received)
+    except (TypeError, AttributeError) as exc:
+        raise ReadingError(f"malformed Observation ({type(exc).__name__})") from None
+
+
+def _reading(observation: Mapping[str, Any], received: datetime.datetime | None) -> Reading | None:
     parameter = parameter_of(observation)
     if parameter is None:
         return None
@@ -245,6 +254,8 @@ def reading(observation: Mapping[str, Any], received: datetime.datetime | None =
         quantity = observation.get("valueQuantity") or {}
         if "value" not in quantity:
             raise ReadingError(f"{parameter}: no valueQuantity.value")
+        if isinstance(quantity["value"], bool) or not isinstance(quantity["value"], (int, float)):
+            raise ReadingError(f"{parameter}: valueQuantity.value must be a number")
         unit = quantity.get("code")
         if unit not in UNITS[parameter] or quantity.get("system") != "http://unitsofmeasure.org":
             raise ReadingError(f"{parameter}: unit {unit!r} is not UCUM {sorted(UNITS[parameter])}")
@@ -284,6 +295,12 @@ class StalenessPolicy:
 
     def max_age(self, parameter: str) -> float:
         return self.manual_max_age_s if parameter in ("consciousness", "air_or_oxygen") else self.device_max_age_s
+
+    def refuse_future(self, found: Reading, now: datetime.datetime) -> None:
+        """A reading from the future is refused at intake: kept, it would stay the 'latest' and every
+        real reading after it would be dropped as older (one typo or device clock would blind NEWS2)."""
+        if (found.at - now).total_seconds() > self.future_skew_s:
+            raise ReadingError(f"{found.parameter}: time {found.at.isoformat()} is in the future")
 
 
 @dataclass(frozen=True)

@@ -76,3 +76,8 @@ documents = Table(  # completed evidence (WHO checklist QuestionnaireResponses) 
     Column("kind", String(64), nullable=False),
     Column("resource", JSON, nullable=False),
 )
+cds_jti = Table(  # CDS client JWT ids seen until they expire: a replayed JWT is refused, also after a restart
+    "cw_cds_jti", metadata,
+    Column("key", String(600), primary_key=True),  # iss + "\n" + jti
+    Column("expires", Float, nullable=False, index=True),
+)

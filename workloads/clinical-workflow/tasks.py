@@ -67,6 +67,17 @@ def new_task(*, task_id: str, process: str, step: str, name: str, description: s
     return Task.model_validate(resource).model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
+def recipients(task: dict[str, Any]) -> frozenset[str]:
+    return frozenset(r.get("reference", "") for r in (task.get("restriction") or {}).get("recipient") or [])
+
+
+def may_perform(task: dict[str, Any], who: str, roles: frozenset[str]) -> bool:
+    """Task.restriction.recipient names who may perform it (roles or people); no recipient: anyone
+    with task.write. `roles` are the PractitionerRoles the caller holds (from the identity provider)."""
+    allowed = recipients(task)
+    return not allowed or who in allowed or bool(allowed & roles)
+
+
 def changed(task: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A new version of a Task with `fields` set (None removes a field)."""
     updated = {**task, **{k: v for k, v in fields.items() if v is not None}}

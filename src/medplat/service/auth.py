@@ -50,11 +50,14 @@ def _local_key(data_dir: Path) -> OKPKey:
     return key
 
 
-def mint_local_token(data_dir: Path, audience: str, scopes: list[str], subject: str, ttl_s: int = 3600) -> str:
-    """A token from the service's local issuer (embedded defaults only)."""
+def mint_local_token(data_dir: Path, audience: str, scopes: list[str], subject: str, ttl_s: int = 3600,
+                     extra_claims: dict | None = None) -> str:
+    """A token from the service's local issuer (embedded defaults only); `extra_claims` never
+    override the registered ones."""
     key = _local_key(data_dir)
     now = int(time.time())
-    claims = {"iss": LOCAL_ISSUER, "aud": audience, "sub": subject, "scope": " ".join(scopes), "iat": now,
+    claims = {**(extra_claims or {}),
+              "iss": LOCAL_ISSUER, "aud": audience, "sub": subject, "scope": " ".join(scopes), "iat": now,
               "nbf": now, "exp": now + ttl_s, "jti": uuid.uuid4().hex}
     return jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=ALGORITHMS)
 
