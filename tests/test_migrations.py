@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import re
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,9 @@ def sample(column):
     raise AssertionError(f"no sample for {column.type!r}")
 
 
-def rows(engine, metadata) -> dict[str, list[tuple]]:
+def rows(engine, tables) -> dict[str, list[tuple]]:
     with engine.connect() as connection:
-        return {name: [tuple(r) for r in connection.execute(select(table)).all()]
-                for name, table in metadata.tables.items()}
+        return {table.name: [tuple(r) for r in connection.execute(select(table)).all()] for table in tables}
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
@@ -84,20 +84,28 @@ def test_empty_database_migrates_to_head_matching_the_tables(workload, database)
     assert migrate(database, workload, folder, metadata) == head, "a restart is a no-op"
 
 
+def baseline_tables(folder: Path) -> set[str]:
+    """The tables the first revision creates: what `create_all` made before migrations existed
+    (tables added by later revisions never existed in such a database)."""
+    (first,) = sorted(folder.glob("0001_*.py"))
+    return set(re.findall(r"op\.create_table\('([^']+)'", first.read_text()))
+
+
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_database_made_by_create_all_is_adopted_without_data_loss(workload, database):
     metadata, folder = WORKLOADS[workload]
-    metadata.create_all(database)  # what the services did before migrations
+    legacy = [table for table in metadata.sorted_tables if table.name in baseline_tables(folder)]
+    metadata.create_all(database, tables=legacy)  # what the services did before migrations
     with database.begin() as connection:
-        for table in metadata.sorted_tables:
+        for table in legacy:
             connection.execute(insert(table).values({c.name: sample(c) for c in table.columns}))
-    before = rows(database, metadata)
+    before = rows(database, legacy)
     assert all(before.values())
 
     head = migrate(database, workload, folder, metadata)
     with database.connect() as connection:
         assert current_revision(connection, workload) == head
-    assert rows(database, metadata) == before, "adoption rewrote or lost data"
+    assert rows(database, legacy) == before, "adoption rewrote or lost data"
     assert schema_diff(database, workload, metadata) == []
 
 

@@ -28,6 +28,7 @@ from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
+from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.mqtt import Publisher, make_client
 from medplat.service.settings import ServiceSettings, service_config
@@ -295,7 +296,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     settings = settings or Settings()
     db = make_engine(settings.resolved_database_url(NAME))
     auth = Authenticator(NAME, settings)
-    store.metadata.create_all(db)
+    migrate(db, NAME, store.MIGRATIONS, store.metadata)  # the CDS replay table is needed before the engine starts
     cds_clients = cds_auth.CdsClients(settings.cds_clients, settings.cds_base_url, db)  # refuses a half configuration
     # The worker is the only one that flushes: the client's own thread would race it on the spool.
     audit = AuditClient.for_service(settings, flush_s=3600, batch=100_000)  # its audit credentials and CA too
