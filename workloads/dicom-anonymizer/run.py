@@ -37,6 +37,7 @@ from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEnd
 
 from medplat.workloads.dicom_anonymizer.cohort import Candidate, CohortState, generalized
 from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys, leaks
+from medplat.workloads.dicom_anonymizer.encode import encode
 from medplat.workloads.dicom_anonymizer.pixels import clean_pixels, header_snapshot
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.profile import load_profile
@@ -113,8 +114,7 @@ def _check_complete(dataset, size: int) -> None:
     meta = getattr(dataset, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return
-    for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+    for tag, raw in dataset.items():  # raw elements as read, none decoded
         length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
         if length is not None and start is not None and length != 0xFFFFFFFF and start + length > size:
             raise InvalidDicomError(f"truncated: {tag} declares {length} bytes at offset {start}, the file has {size}")
@@ -206,13 +206,19 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
             target = held / result.patient / released_path(ds, keys, relative)
         else:
             target = out / RELEASED / released_path(ds, keys, relative)
-        (_atomic_write if in_place else _write_new)(target, lambda path: ds.save_as(path, enforce_file_format=True))
+        chunks = encode(ds)
+        (_atomic_write if in_place else _write_new)(target, lambda path: _write_chunks(path, chunks))
     except DuplicateInstance as exc:
         return _quarantine(source, relative, out, keys, str(exc))
     except Exception as exc:
         return _quarantine(source, relative, out, keys, f"de-identification failed: {type(exc).__name__}: {exc}")
     result.output = str(target)
     return result
+
+
+def _write_chunks(path: Path, chunks: list[bytes]) -> None:
+    with open(path, "wb") as file:
+        file.writelines(chunks)
 
 
 _DEIDENTIFIERS: dict[tuple, Deidentifier] = {}
@@ -222,11 +228,25 @@ def _deidentifier(policy: Policy, keys: Keys) -> Deidentifier:
     """One per policy, keys and thread: its per-tag action cache then serves every file. Per
     thread because a Deidentifier holds the current file's patient state while it works (the
     service runs requests in parallel threads)."""
-    key = (policy.model_dump_json(), keys, threading.get_ident())
+    key = (_policy_key(policy), keys, threading.get_ident())
     found = _DEIDENTIFIERS.get(key)
     if found is None:
         found = _DEIDENTIFIERS[key] = Deidentifier(load_profile(), policy, keys)
     return found
+
+
+_POLICY_KEYS: dict[int, tuple[Policy, str]] = {}
+
+
+def _policy_key(policy: Policy) -> str:
+    """The policy's JSON, computed once per policy object (a policy is not changed once loaded):
+    equal policies share one Deidentifier, and a run does not serialize its policy per file."""
+    seen = _POLICY_KEYS.get(id(policy))
+    if seen is None or seen[0] is not policy:
+        if len(_POLICY_KEYS) > 64:
+            _POLICY_KEYS.clear()  # services load a policy per request: keep only recent ones
+        seen = _POLICY_KEYS[id(policy)] = (policy, policy.model_dump_json())
+    return seen[1]
 
 
 def _cohort_values(ds, policy: Policy) -> dict[str, str]:
