@@ -16,7 +16,7 @@ from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_data_element, write_dataset
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -48,26 +48,30 @@ def _by_pydicom(ds: Dataset) -> list[bytes]:
 
 
 def _encode(ds: Dataset, syntax) -> list[bytes]:
-    head = BytesIO()
-    shell = Dataset()  # the preamble and File Meta Information exactly as dcmwrite writes them
-    shell.file_meta, shell.preamble = ds.file_meta, getattr(ds, "preamble", None)
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):  # dcmwrite checks the meta against them
-        if keyword in ds:
-            setattr(shell, keyword, ds[keyword].value)
-    dcmwrite(head, shell, enforce_file_format=True)
     body = DicomBytesIO()
     body.is_implicit_VR, body.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
-    header = head.getvalue()
-    chunks = [header[:len(header) - _shell_body_length(shell, syntax)]]
+    _meta(body, ds)
+    chunks: list[bytes] = []
     _dataset(body, ds, chunks, "iso8859")
     _flush(body, chunks)
     return chunks
 
 
-def _shell_body_length(shell: Dataset, syntax) -> int:
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
-    return write_dataset(buffer, shell)
+def _meta(fp: DicomBytesIO, ds: Dataset) -> None:
+    """Preamble, 'DICM' and the File Meta Information, as dcmwrite(enforce_file_format=True)
+    writes them: the Media Storage UIDs follow the dataset's (set here in the dataset's own
+    meta, which is what dcmwrite writes from its copy) and pydicom completes and checks the rest."""
+    meta = ds.file_meta
+    for media, own in (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        value = ds.get(own)
+        if media not in meta or (value and value != meta[media].value):
+            setattr(meta, media, value)
+    preamble = getattr(ds, "preamble", None)
+    if preamble and len(preamble) != 128:
+        raise _ByPydicom("odd preamble")
+    fp.write(preamble or b"\x00" * 128)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
 
 
 def _pixel_length_disagrees(ds: Dataset, syntax) -> bool:

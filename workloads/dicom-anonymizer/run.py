@@ -58,10 +58,28 @@ class FileResult:
     pixels: str = ""  # untouched | cleaned (pixel stage)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+_FOLDERS: set[Path] = set()  # folders this process has made or seen: one mkdir per folder, not per file
+
+
+def _temporary_beside(target: Path) -> str:
+    """A new empty temporary file in the target's folder (made if missing)."""
+    folder = target.parent
+    if folder not in _FOLDERS:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(_FOLDERS) > 10000:
+            _FOLDERS.clear()
+        _FOLDERS.add(folder)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
+    except FileNotFoundError:  # removed since we made it
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
+    return temporary
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    temporary = _temporary_beside(target)
     try:
         write(Path(temporary))
         os.replace(temporary, target)
@@ -78,9 +96,7 @@ def _write_new(target: Path, write: Callable[[Path], None]) -> None:
     """Like _atomic_write, but never replaces a different file: two inputs with one SOP Instance
     UID (the same image in two transfer syntaxes, or a clash) must not overwrite each other.
     Writing the same bytes again (a re-run) is fine."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
+    temporary = _temporary_beside(target)
     try:
         write(Path(temporary))
         try:
@@ -273,8 +289,16 @@ def _files(root: Path, out: Path, skip: list[Path]) -> list[tuple[Path, str]]:
     return found
 
 
-def _work(args):
-    return process_file(*args)
+_CONTEXT: tuple = ()  # a worker process's (out, policy, keys, held, in_place): sent once, not per file
+
+
+def _start_worker(context: tuple) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def _work_in_worker(file: tuple[Path, str]) -> FileResult:
+    return process_file(*file, *_CONTEXT)
 
 
 def shard_of(files: list[tuple[Path, str]], index: int, count: int) -> list[tuple[Path, str]]:
@@ -306,9 +330,8 @@ def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, worke
     if shard is not None:
         files = shard_of(files, *shard)
     cohort_state = CohortState(state, policy) if cohort else None
-    jobs = [(path, relative, out, policy, keys, cohort_state.held_folder if cohort_state else None, in_place)
-            for path, relative in files]
-    results = _run_jobs(jobs, workers, progress)
+    context = (out, policy, keys, cohort_state.held_folder if cohort_state else None, in_place)
+    results = _run_jobs(files, context, workers, progress)
     summary = _settle_cohort(cohort_state, results, out, policy) if cohort_state else None
     statuses = Counter(r.status for r in results)
     report = {
@@ -325,17 +348,20 @@ def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, worke
     return report
 
 
-def _run_jobs(jobs: list[tuple], workers: int, progress) -> list[FileResult]:
+def _run_jobs(files: list[tuple[Path, str]], context: tuple, workers: int, progress) -> list[FileResult]:
+    """Each worker process gets the policy and keys once (its Deidentifier is compiled once) and
+    the files in chunks large enough that handing them over costs little."""
     results: list[FileResult] = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_work, jobs, chunksize=8):
+    if workers > 1 and len(files) > 1:
+        chunk = max(1, min(64, len(files) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(context,)) as pool:
+            for result in pool.map(_work_in_worker, files, chunksize=chunk):
                 results.append(result)
                 if progress:
                     progress(result)
     else:
-        for job in jobs:
-            result = _work(job)
+        for path, relative in files:
+            result = process_file(path, relative, *context)
             results.append(result)
             if progress:
                 progress(result)
