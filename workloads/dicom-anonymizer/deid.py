@@ -156,6 +156,10 @@ class Deidentifier:
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
         self.allow = freetext.AllowList.of(policy.free_text.allow_values, policy.free_text.allow_words)
+        # No private attribute can be kept (no Retain Safe Private list, no override of one): each
+        # goes without asking per element, its creator with it (its block would be dropped anyway).
+        self.private_all_removed = not (self.keep_private and "retain-safe-private" in self.options) and \
+            not any(int(tag[:4], 16) & 1 for tag in policy.overrides)
         self._actions: dict[tuple, str] = {}
         self._listed: dict[int, bool] = {}
         self.types: dict[str, dict[int, str]] | None = None
@@ -249,6 +253,13 @@ class Deidentifier:
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 outcome.identifying.update(_strings(dataset[tag].value))
                 continue
+            if private and self.private_all_removed:
+                if vr == "SQ":
+                    for item in dataset[tag].value or []:
+                        self._collect(item, outcome)
+                elif vr in ("PN", "DA", "DT"):  # is_identifying for a tag without a keyword
+                    outcome.identifying.update(_strings(dataset[tag].value))
+                continue
             action = self.action(tag, private, dataset, nested, vr)
             if vr == "SQ":
                 for item in dataset[tag].value or []:
@@ -268,6 +279,10 @@ class Deidentifier:
         `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
         any_private = False
         for tag, vr, private in _entries(dataset):
+            if private and self.private_all_removed:
+                del dataset[tag]
+                outcome.actions["X"] += 1
+                continue
             any_private |= private
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 dataset[tag].value = self.patient_pseudonym
