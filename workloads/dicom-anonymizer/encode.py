@@ -33,7 +33,8 @@ def encode(ds: Dataset) -> list[bytes]:
     """The Part 10 file of `ds` (as `ds.save_as(..., enforce_file_format=True)` writes it), as chunks."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None or syntax.is_private or not syntax.is_transfer_syntax or \
-            syntax == DeflatedExplicitVRLittleEndian or _pixel_length_disagrees(ds, syntax):
+            syntax == DeflatedExplicitVRLittleEndian or _pixel_length_disagrees(ds, syntax) or \
+            any(tag < 0x00030000 for tag in ds.keys()):  # command or meta elements in the dataset: pydicom refuses
         return _by_pydicom(ds)
     try:
         return _encode(ds, syntax)
@@ -48,6 +49,8 @@ def _by_pydicom(ds: Dataset) -> list[bytes]:
 
 
 def _encode(ds: Dataset, syntax) -> list[bytes]:
+    if PIXEL_DATA in ds and not getattr(ds.get_item(PIXEL_DATA), "is_raw", False):
+        ds[PIXEL_DATA].is_undefined_length = syntax.is_compressed  # as dcmwrite sets it (PS3.5 A.4)
     body = DicomBytesIO()
     body.is_implicit_VR, body.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
     _meta(body, ds)
@@ -136,7 +139,6 @@ def _sequence(fp: DicomBytesIO, elem, chunks: list[bytes], encodings, endian: st
     """A decoded sequence: header and items as pydicom writes them, item contents copied where raw."""
     items = DicomBytesIO()
     items.is_implicit_VR, items.is_little_endian = fp.is_implicit_VR, fp.is_little_endian
-    item_chunks: list[bytes] = []
     for item in elem.value:
         items.write(struct.pack(endian + "HHL", 0xFFFE, 0xE000, _UNDEFINED))
         start = items.tell()
@@ -153,8 +155,7 @@ def _sequence(fp: DicomBytesIO, elem, chunks: list[bytes], encodings, endian: st
             items.seek(start - 4)
             items.write(struct.pack(endian + "L", len(data)))
             items.write(data)
-    _flush(items, item_chunks)
-    value = b"".join(item_chunks)
+    value = items.getvalue()
     undefined = elem.is_undefined_length
     length = _UNDEFINED if undefined else len(value)
     if fp.is_implicit_VR:
