@@ -101,17 +101,31 @@ def _repeating_group(tag: int) -> bool:
 
 def _entries(dataset: Dataset):
     """(tag, VR, is private) of each element without converting its value: most elements are
-    kept untouched, and pydicom writes raw elements back as they were read. An element that
+    kept untouched, and raw elements are written back as they were read. An element that
     arrived as UN (implicit VR from elsewhere) but is in the dictionary is decoded with the
-    dictionary VR first, sequences included, so it is de-identified like any other."""
-    for tag in list(dataset.keys()):
-        item = dataset.get_item(tag)
+    dictionary VR first, sequences included, so it is de-identified like any other. In an
+    implicit VR file the dictionary gives the VR (only an ambiguous one, e.g. 'US or SS', is
+    settled by decoding the element as pydicom does; so is every element of a file whose
+    elements are implicit VR but whose transfer syntax says explicit)."""
+    implicit = dataset.original_encoding[0] is True
+    for tag, item in list(dataset.items()):
         vr = item.VR
-        if vr in (None, "UN") and dictionary_has_tag(tag):
-            vr = dataset[tag].VR  # pydicom converts UN with the dictionary VR (replace_un_with_known_vr)
+        if (vr is None or vr == "UN") and dictionary_has_tag(tag):
+            known = dictionary_VR(tag)
+            vr = known if vr is None and implicit and " or " not in known else dataset[tag].VR  # decoded by pydicom
             if vr == "UN":
-                vr = dictionary_VR(tag)
-        yield int(tag), vr or "UN", tag.is_private
+                vr = known
+        yield int(tag), vr or "UN", bool(tag >> 16 & 1)
+
+
+def _raw_text(dataset: Dataset, tag: int, encoding: str | None) -> str | None:
+    """The text of an element still in its raw bytes, when the character set decodes byte for
+    byte (an item with its own Specific Character Set is decoded by pydicom instead)."""
+    raw = dataset.get_item(tag)
+    if encoding is None or not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes) or \
+            0x00080005 in dataset:
+        return None
+    return raw.value.decode(encoding, "replace")
 
 
 def _as_list(value) -> list:
@@ -142,8 +156,21 @@ class Deidentifier:
         self.classified_kept = {int(tag.replace(",", ""), 16) for tag, kind in policy.classification.items()
                                 if kind != "identifying"}
         self.allow = freetext.AllowList.of(policy.free_text.allow_values, policy.free_text.allow_words)
+        # No private attribute can be kept (no Retain Safe Private list, no override of one): each
+        # goes without asking per element, its creator with it (its block would be dropped anyway).
+        self.private_all_removed = not (self.keep_private and "retain-safe-private" in self.options) and \
+            not any(int(tag[:4], 16) & 1 for tag in policy.overrides)
         self._actions: dict[tuple, str] = {}
+        self._listed: dict[int, bool] = {}
         self.types: dict[str, dict[int, str]] | None = None
+        self.encoding: str | None = None  # the current file's single-byte character set, if it has one
+
+    def listed(self, tag: int) -> bool:
+        """Whether Table E.1-1 lists the attribute (cached: the table is searched by pattern too)."""
+        found = self._listed.get(tag)
+        if found is None:
+            found = self._listed[tag] = self.profile.rule(tag) is not None
+        return found
 
     def action(self, tag: int, private: bool, dataset: Dataset, nested: bool = False, vr: str = "") -> str:
         if private:
@@ -163,7 +190,7 @@ class Deidentifier:
         override = self.policy.overrides.get(f"{tag:08x}")
         if override:
             action = "D" if override == "X" and type_class(kind) == "1" and self.types is not None else override
-        elif self.profile.rule(tag) is not None:
+        elif self.listed(tag):
             action = self.profile.action(tag, self.options, kind, self.types is not None)[0]
             if action == "C" and _repeating_group(tag) and (tag & 0xFFFF) == 0x3000:
                 # Clean Graphics: nothing here reads an overlay or curve bitmap (burned-in text
@@ -213,6 +240,7 @@ class Deidentifier:
             "retain-longitudinal-modified-dates" in self.options else None
         self.patient_pseudonym = pseudonym(self.keys.patient, patient_id or "<no patient id>")
         self.types = load_iod_types().for_sop_class(str(ds.get("SOPClassUID", "") or ""))
+        self.encoding = RAW_TEXT_ENCODINGS.get(str(ds.get("SpecificCharacterSet", "") or ""))
         self._survey(ds, outcome)  # first every identifying value, so cleaning can scrub them all
         self._walk(ds, outcome)
         self._mark(ds)
@@ -225,6 +253,13 @@ class Deidentifier:
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 outcome.identifying.update(_strings(dataset[tag].value))
                 continue
+            if private and self.private_all_removed:
+                if vr == "SQ":
+                    for item in dataset[tag].value or []:
+                        self._collect(item, outcome)
+                elif vr in ("PN", "DA", "DT"):  # is_identifying for a tag without a keyword
+                    outcome.identifying.update(_strings(dataset[tag].value))
+                continue
             action = self.action(tag, private, dataset, nested, vr)
             if vr == "SQ":
                 for item in dataset[tag].value or []:
@@ -232,7 +267,7 @@ class Deidentifier:
             elif action == "K":
                 # Kept on purpose: by the table or an option, classified by the policy, or a
                 # standard coded/short attribute the table does not list (free text stays scanned).
-                if vr in TEXT_VRS and (self.profile.rule(tag) is not None or tag in self.classified_kept or
+                if vr in TEXT_VRS and (self.listed(tag) or tag in self.classified_kept or
                                        (not private and vr not in LONG_TEXT)):
                     outcome.retained.add(tag)
             elif action in ("X", "Z", "D", "C") and is_identifying(vr, tag):
@@ -244,6 +279,10 @@ class Deidentifier:
         `private_kept`: inside a private sequence the policy keeps, its private content is kept."""
         any_private = False
         for tag, vr, private in _entries(dataset):
+            if private and self.private_all_removed:
+                del dataset[tag]
+                outcome.actions["X"] += 1
+                continue
             any_private |= private
             if tag in (PATIENT_ID, PATIENT_NAME) and f"{tag:08x}" not in self.policy.overrides:
                 dataset[tag].value = self.patient_pseudonym
@@ -260,7 +299,10 @@ class Deidentifier:
                 action = "C"  # prose the table does not list: a descriptor like any other
             if action == "K":
                 if vr in DESCRIPTIVE and tag not in CODE_ATTRIBUTES:
-                    if private or self.profile.rule(tag) is not None or tag in self.classified_kept:
+                    on_purpose = private or self.listed(tag) or tag in self.classified_kept
+                    if not self._may_hold_identifiers(dataset, tag, outcome, on_purpose):
+                        continue  # nothing to scrub: left undecoded, written back as it was read
+                    if on_purpose:
                         self._pattern_pass(dataset[tag])  # kept on purpose: identifiers no dictionary knows
                     else:  # kept only because the table does not list it: the file's own values go too
                         self._scrub_values(dataset[tag], outcome)
@@ -295,9 +337,23 @@ class Deidentifier:
         for item in elem.value or []:
             self._walk(item, outcome, cleaning or action == "C", private_kept, nested=True)
 
+    def _may_hold_identifiers(self, dataset: Dataset, tag: int, outcome: Outcome, patterns_only: bool) -> bool:
+        """False only when the raw text provably holds nothing to scrub: no identifier pattern
+        and (unless `patterns_only`) none of the file's identifying values. The whole raw value
+        holds every single value, so a value that would match matches here too."""
+        text = _raw_text(dataset, tag, self.encoding)
+        if text is None:
+            return True
+        if freetext.matches(text):
+            return True
+        if patterns_only:
+            return False
+        lowered = text.lower()
+        return any(len(value) >= 3 and value.lower() in lowered for value in outcome.identifying)
+
     def _unlisted_prose(self, tag: int) -> bool:
         """Long text that Table E.1-1, the policy's classification and overrides all leave unsaid."""
-        return ("clean-descriptors" in self.options and self.profile.rule(tag) is None and
+        return ("clean-descriptors" in self.options and not self.listed(tag) and
                 tag not in self.classified_kept and f"{tag:08x}" not in self.policy.overrides)
 
     def _descriptor_allowed(self, elem: DataElement) -> bool:
@@ -307,7 +363,7 @@ class Deidentifier:
         """A descriptor that is not allow-listed goes, as its Type in the IOD permits."""
         if self.types is None:
             return "Z"
-        if self.profile.rule(tag) is None:
+        if not self.listed(tag):
             return "E"  # its Type is not in the table (only Table E.1-1 attributes are): a neutral dummy
         return {"1": "E", "2": "Z", "3": "X"}[type_class(self._type_of(tag, nested))]
 
@@ -420,6 +476,15 @@ def leaks(ds: Dataset, outcome: Outcome) -> list[str]:
                 text = raw.value.decode(encoding, "replace")
                 if vr in DESCRIPTIVE and tag not in (PATIENT_ID, PATIENT_NAME):
                     hits.extend(f"{path}{Tag(tag)} holds a {kind}" for kind, _found in freetext.find(text))
+                text = text.lower()
+                hits.extend(f"{path}{Tag(tag)} contains {needle!r}" for needle in needles if needle in text)
+                continue
+            if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and \
+                    (raw.VR == "CS" or raw.VR is None and vr == "CS" or raw.VR in ("OB", "UN") and len(raw.value) < 65536):
+                # Codes and undecoded bytes read as pydicom would give them (CS is ASCII).
+                text = raw.value.decode("latin-1", "ignore")
+                if vr == "CS":
+                    text = " ".join(part.strip() for part in text.split("\\") if part.strip())
                 text = text.lower()
                 hits.extend(f"{path}{Tag(tag)} contains {needle!r}" for needle in needles if needle in text)
                 continue

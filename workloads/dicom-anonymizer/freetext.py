@@ -41,6 +41,11 @@ def find(text: str) -> list[tuple[str, str]]:
     return [(kind, match.group(0)) for kind, pattern in PATTERNS.items() for match in pattern.finditer(text)]
 
 
+def matches(text: str) -> bool:
+    """Whether any identifier pattern occurs in `text` (what scrub would replace)."""
+    return any(pattern.search(text) for pattern in PATTERNS.values())
+
+
 def scrub(text: str) -> str:
     for pattern in PATTERNS.values():
         text = pattern.sub("***", text)

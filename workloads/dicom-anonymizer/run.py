@@ -37,6 +37,7 @@ from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEnd
 
 from medplat.workloads.dicom_anonymizer.cohort import Candidate, CohortState, generalized
 from medplat.workloads.dicom_anonymizer.deid import Deidentifier, Keys, leaks
+from medplat.workloads.dicom_anonymizer.encode import encode
 from medplat.workloads.dicom_anonymizer.pixels import clean_pixels, header_snapshot
 from medplat.workloads.dicom_anonymizer.policy import Policy
 from medplat.workloads.dicom_anonymizer.profile import load_profile
@@ -57,10 +58,28 @@ class FileResult:
     pixels: str = ""  # untouched | cleaned (pixel stage)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+_FOLDERS: set[Path] = set()  # folders this process has made or seen: one mkdir per folder, not per file
+
+
+def _temporary_beside(target: Path) -> str:
+    """A new empty temporary file in the target's folder (made if missing)."""
+    folder = target.parent
+    if folder not in _FOLDERS:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(_FOLDERS) > 10000:
+            _FOLDERS.clear()
+        _FOLDERS.add(folder)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
+    except FileNotFoundError:  # removed since we made it
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
+    return temporary
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    temporary = _temporary_beside(target)
     try:
         write(Path(temporary))
         os.replace(temporary, target)
@@ -77,9 +96,7 @@ def _write_new(target: Path, write: Callable[[Path], None]) -> None:
     """Like _atomic_write, but never replaces a different file: two inputs with one SOP Instance
     UID (the same image in two transfer syntaxes, or a clash) must not overwrite each other.
     Writing the same bytes again (a re-run) is fine."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
+    temporary = _temporary_beside(target)
     try:
         write(Path(temporary))
         try:
@@ -113,8 +130,7 @@ def _check_complete(dataset, size: int) -> None:
     meta = getattr(dataset, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return
-    for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+    for tag, raw in dataset.items():  # raw elements as read, none decoded
         length, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
         if length is not None and start is not None and length != 0xFFFFFFFF and start + length > size:
             raise InvalidDicomError(f"truncated: {tag} declares {length} bytes at offset {start}, the file has {size}")
@@ -206,13 +222,19 @@ def process_file(source: Path, relative: str, out: Path, policy: Policy, keys: K
             target = held / result.patient / released_path(ds, keys, relative)
         else:
             target = out / RELEASED / released_path(ds, keys, relative)
-        (_atomic_write if in_place else _write_new)(target, lambda path: ds.save_as(path, enforce_file_format=True))
+        chunks = encode(ds)
+        (_atomic_write if in_place else _write_new)(target, lambda path: _write_chunks(path, chunks))
     except DuplicateInstance as exc:
         return _quarantine(source, relative, out, keys, str(exc))
     except Exception as exc:
         return _quarantine(source, relative, out, keys, f"de-identification failed: {type(exc).__name__}: {exc}")
     result.output = str(target)
     return result
+
+
+def _write_chunks(path: Path, chunks: list[bytes]) -> None:
+    with open(path, "wb") as file:
+        file.writelines(chunks)
 
 
 _DEIDENTIFIERS: dict[tuple, Deidentifier] = {}
@@ -222,11 +244,25 @@ def _deidentifier(policy: Policy, keys: Keys) -> Deidentifier:
     """One per policy, keys and thread: its per-tag action cache then serves every file. Per
     thread because a Deidentifier holds the current file's patient state while it works (the
     service runs requests in parallel threads)."""
-    key = (policy.model_dump_json(), keys, threading.get_ident())
+    key = (_policy_key(policy), keys, threading.get_ident())
     found = _DEIDENTIFIERS.get(key)
     if found is None:
         found = _DEIDENTIFIERS[key] = Deidentifier(load_profile(), policy, keys)
     return found
+
+
+_POLICY_KEYS: dict[int, tuple[Policy, str]] = {}
+
+
+def _policy_key(policy: Policy) -> str:
+    """The policy's JSON, computed once per policy object (a policy is not changed once loaded):
+    equal policies share one Deidentifier, and a run does not serialize its policy per file."""
+    seen = _POLICY_KEYS.get(id(policy))
+    if seen is None or seen[0] is not policy:
+        if len(_POLICY_KEYS) > 64:
+            _POLICY_KEYS.clear()  # services load a policy per request: keep only recent ones
+        seen = _POLICY_KEYS[id(policy)] = (policy, policy.model_dump_json())
+    return seen[1]
 
 
 def _cohort_values(ds, policy: Policy) -> dict[str, str]:
@@ -253,8 +289,16 @@ def _files(root: Path, out: Path, skip: list[Path]) -> list[tuple[Path, str]]:
     return found
 
 
-def _work(args):
-    return process_file(*args)
+_CONTEXT: tuple = ()  # a worker process's (out, policy, keys, held, in_place): sent once, not per file
+
+
+def _start_worker(context: tuple) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def _work_in_worker(file: tuple[Path, str]) -> FileResult:
+    return process_file(*file, *_CONTEXT)
 
 
 def shard_of(files: list[tuple[Path, str]], index: int, count: int) -> list[tuple[Path, str]]:
@@ -286,9 +330,8 @@ def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, worke
     if shard is not None:
         files = shard_of(files, *shard)
     cohort_state = CohortState(state, policy) if cohort else None
-    jobs = [(path, relative, out, policy, keys, cohort_state.held_folder if cohort_state else None, in_place)
-            for path, relative in files]
-    results = _run_jobs(jobs, workers, progress)
+    context = (out, policy, keys, cohort_state.held_folder if cohort_state else None, in_place)
+    results = _run_jobs(files, context, workers, progress)
     summary = _settle_cohort(cohort_state, results, out, policy) if cohort_state else None
     statuses = Counter(r.status for r in results)
     report = {
@@ -305,17 +348,20 @@ def anonymize_tree(source: Path, out: Path, policy: Policy, keys: Keys, *, worke
     return report
 
 
-def _run_jobs(jobs: list[tuple], workers: int, progress) -> list[FileResult]:
+def _run_jobs(files: list[tuple[Path, str]], context: tuple, workers: int, progress) -> list[FileResult]:
+    """Each worker process gets the policy and keys once (its Deidentifier is compiled once) and
+    the files in chunks large enough that handing them over costs little."""
     results: list[FileResult] = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_work, jobs, chunksize=8):
+    if workers > 1 and len(files) > 1:
+        chunk = max(1, min(64, len(files) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(context,)) as pool:
+            for result in pool.map(_work_in_worker, files, chunksize=chunk):
                 results.append(result)
                 if progress:
                     progress(result)
     else:
-        for job in jobs:
-            result = _work(job)
+        for path, relative in files:
+            result = process_file(path, relative, *context)
             results.append(result)
             if progress:
                 progress(result)
