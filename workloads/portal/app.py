@@ -9,7 +9,9 @@ Strict CSP (no inline scripts or styles), CSRF token on every state change, opaq
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
+import os
 import io
 import json
 import random
@@ -28,12 +30,14 @@ from fastapi.templating import Jinja2Templates
 from medplat.service.access import public
 from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
+from medplat.service.clients import ServiceClient
+from medplat.service.db import make_engine
 from medplat.service.fhir import FhirError
-from medplat.service.settings import ServiceSettings, service_config
+from medplat.service.settings import ServiceSettings, private_dir, service_config
 from medplat.service.tls import serve
 from medplat.workloads.portal import sources
 from medplat.workloads.portal.identity import (DEMO_USERS, RelyingParty, Session, Sessions, demo_password,
-                                               local_issuer, session_from_claims)
+                                               local_issuer, mint_access_token, session_from_claims, session_key)
 
 NAME = "portal"
 HERE = Path(__file__).parent
@@ -55,13 +59,28 @@ class Settings(ServiceSettings):
     sites: dict[str, dict[str, str]] = {}  # site -> {"forwarder_metrics": url, "certificate": path}
     demo_patients_per_ward: int = 8
     demo_feed: bool = True  # made-up vitals when no broker is configured
+    # The clinical-workflow service (NEWS2, FHIR Tasks) and the sdc-bridge (device alarms); unset: demo
+    # values, labelled as such. Reads use the portal's service token (`*_TOKEN_FILE`, rotated in place;
+    # on the local issuer the portal mints its own); claims and acknowledgements use the signed-in
+    # person's access token, so the services record who did it.
+    workflow_url: str | None = None
+    workflow_token_file: Path | None = None
+    alarms_url: str | None = None
+    alarms_token_file: Path | None = None
+    api_audiences: list[str] = ["clinical-workflow", "sdc-bridge"]  # the local issuer's access tokens
+    api_scopes: str = "task.read task.write observation.read alarms.read alarms.acknowledge"  # asked at sign-in
+    feed_period_s: float = 5.0
+    # Sessions live in the database (`DATABASE_URL`; SQLite in the data folder by default) sealed with
+    # this AES-256 key (default: generated into <data_dir>/auth/session.key); replicas share both.
+    session_key_file: Path | None = None
 
 
 def build(settings: Settings | None = None, *, census: sources.Census | None = None, issuer_transport=None):
     settings = settings or Settings()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     secure = settings.base_url.startswith("https://")
-    sessions = Sessions(secure)
+    sessions = Sessions(secure, make_engine(settings.resolved_database_url(NAME)),
+                        session_key(settings.session_key_file or settings.data_dir / "auth" / "session.key"))
     census = census or sources.demo_census(settings.demo_patients_per_ward)
     vitals = sources.Vitals(census)
     audit = AuditClient.for_service(settings)
@@ -69,6 +88,14 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     redirect_uri = settings.base_url.rstrip("/") + "/auth/callback"
     secret = settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
     issuer = settings.oidc_issuer or settings.base_url.rstrip("/") + "/local-issuer"
+    feeds = _feeds(settings, census, issuer)
+    http = httpx.Client(timeout=10)
+
+    def as_person(session: Session, url: str, name: str) -> ServiceClient:
+        """A client that calls `name` with the signed-in person's own access token."""
+        if not session.access_token:
+            raise FhirError(403, f"your sign-in carries no access token for {name}", code="forbidden")
+        return ServiceClient(url, token=session.access_token, client=http, name=name)
 
     def record(session: Session, interaction: str, patients: list[sources.Patient], what: str) -> None:
         """One AuditEvent per page of patient data: who, which patients, which view."""
@@ -107,8 +134,8 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     @router.get("/auth/callback", dependencies=[public("OpenID Connect redirect; the code is bound to the "
                                                        "browser's login state and PKCE verifier")])
     async def callback(request: Request, code: str, state: str) -> Response:
-        claims = await relying_party.finish(code, state, request.cookies.get("portal_login"))
-        session = session_from_claims(claims)
+        claims, access_token = await relying_party.finish(code, state, request.cookies.get("portal_login"))
+        session = session_from_claims(claims, access_token)
         response = RedirectResponse("/", 303)
         sessions.set_cookie(response, sessions.create(session))
         response.delete_cookie("portal_login", path="/auth/callback")
@@ -140,7 +167,7 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         patient = patient_for(session, pid)
         record(session, "read", [patient], "portal patient page")
         return page(request, "patient.html", session, patient=patient, latest=vitals.latest(pid),
-                    alarms=census.active_alarms(pid), labels=sources.LABELS)
+                    alarms=census.open_items(pid), labels=sources.LABELS)
 
     @router.get("/patient/{pid}/series")
     def patient_series(pid: str, session: Session = Depends(sessions.require("ward"))) -> JSONResponse:
@@ -176,7 +203,17 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         if alarm is None:
             raise FhirError(404, "no such alarm", code="not-found")
         patient = patient_for(session, alarm.patient)
-        if alarm.state == "active":
+        if alarm.source == "clinical-workflow":  # the Task API records the claim under the person's fhirUser
+            task = as_person(session, settings.workflow_url, alarm.source).post(f"/Task/{aid}/$claim", {})
+            alarm = dataclasses.replace(alarm, state="claimed", by=(task.get("owner") or {}).get("reference"))
+            census.replace(alarm.source, [alarm if a.id == aid else a for a in census.alarms.values()
+                                          if a.source == alarm.source])
+        elif alarm.source == "sdc-bridge":  # the bridge stops escalating and records who acknowledged
+            as_person(session, settings.alarms_url, alarm.source).post(f"/alarms/{aid}/acknowledge", {})
+            alarm = dataclasses.replace(alarm, state="acknowledged", by=session.subject)
+            census.replace(alarm.source, [alarm if a.id == aid else a for a in census.alarms.values()
+                                          if a.source == alarm.source])
+        elif alarm.state == "active":
             alarm.state, alarm.by = ("acknowledged" if alarm.kind == "alarm" else "claimed"), session.subject
         record(session, "update", [patient], f"portal {alarm.kind} {alarm.state}")
         return page(request, "alarm.html", session, alarm=alarm)
@@ -245,21 +282,56 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
                           "forwarder": sources.forwarder_metrics(config["forwarder_metrics"])
                           if config.get("forwarder_metrics") else None,
                           "certificate_expiry": expiry.date().isoformat() if expiry else None})
-        return page(request, "ops.html", session, sites=sites, devices=devices)
+        return page(request, "ops.html", session, sites=sites, devices=devices, feeds=feeds.status)
 
-    relying_party = RelyingParty(issuer, settings.oidc_client_id, secret, redirect_uri, issuer_transport)
+    relying_party = RelyingParty(issuer, settings.oidc_client_id, secret, redirect_uri, issuer_transport,
+                                 api_scopes=settings.api_scopes)
     app = create_app(NAME, "Web views for clinicians, site operators and compliance officers", router,
                      lambda: {"patients": len(census.patients)}, settings=settings)
     if not settings.oidc_issuer:
-        app.include_router(local_issuer(settings.base_url, settings.data_dir, settings.oidc_client_id, templates))
+        app.include_router(local_issuer(settings.base_url, settings.data_dir, settings.oidc_client_id, templates,
+                                        settings.api_audiences))
         if relying_party.transport is None:  # the portal talks to its own issuer in-process
             relying_party.transport = httpx.ASGITransport(app=app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _html_errors(app, templates)
     _security_headers(app)
     app.state.settings, app.state.audit, app.state.vitals, app.state.census = settings, audit, vitals, census
-    app.state.sessions = sessions
+    app.state.sessions, app.state.feeds = sessions, feeds
+    feeds.start()
     return app, settings
+
+
+def _feeds(settings: Settings, census: sources.Census, issuer: str) -> sources.Feeds:
+    """The clinical services the deployment configured, each read with the portal's service token."""
+    minted = settings.data_dir / "auth" / "service-token"
+
+    def token_file(configured: Path | None) -> Path | None:
+        if configured or settings.oidc_issuer:
+            return configured
+        return minted  # local issuer: the portal's own token, renewed before each round
+
+    def renew_minted() -> None:
+        if not settings.oidc_issuer and (not minted.exists() or time.time() - minted.stat().st_mtime > 1800):
+            token = mint_access_token(settings.data_dir, issuer, settings.api_audiences, NAME,
+                                      ["task.read", "observation.read", "alarms.read"])
+            temporary = minted.with_suffix(".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token)
+            os.replace(temporary, minted)
+
+    feeds = []
+    if settings.workflow_url:
+        feeds.append(sources.Workflow(census, ServiceClient(settings.workflow_url, name="clinical-workflow",
+                                                            token_file=token_file(settings.workflow_token_file))))
+    if settings.alarms_url:
+        feeds.append(sources.DeviceAlarms(census, ServiceClient(settings.alarms_url, name="sdc-bridge",
+                                                                token_file=token_file(settings.alarms_token_file))))
+    if feeds:
+        private_dir(minted.parent)
+        renew_minted()
+    return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
 
 
 def _html_errors(app, templates) -> None:

@@ -48,8 +48,9 @@ class Alarm:
     text: str
     priority: str
     kind: str = "alarm"  # "alarm" (acknowledge) or "task" (claim)
-    state: str = "active"
+    state: str = "active"  # active | acknowledged | claimed
     by: str | None = None
+    source: str = "demo"  # demo | clinical-workflow (a FHIR Task) | sdc-bridge (a device alarm)
 
 
 @dataclass
@@ -62,12 +63,37 @@ class Patient:
     devices: list[str]
     news2: int | None = None
     news2_trend: str | None = None
+    news2_source: str = "demo"
 
 
 @dataclass
 class Census:
     patients: dict[str, Patient] = field(default_factory=dict)
     alarms: dict[str, Alarm] = field(default_factory=dict)
+    # Alarms and Tasks by patient, rebuilt whenever a source replaces its items: a ward page looks
+    # each bed up once instead of scanning every alarm per bed.
+    _by_patient: dict[str, list[Alarm]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index()
+
+    def _index(self) -> None:
+        index: dict[str, list[Alarm]] = {}
+        for alarm in self.alarms.values():
+            index.setdefault(alarm.patient, []).append(alarm)
+        self._by_patient = index
+
+    def replace(self, source: str, items: list[Alarm]) -> None:
+        """A source's current alarms/Tasks replace its previous ones (readers see the old or the new set)."""
+        kept = {k: a for k, a in self.alarms.items() if a.source != source}
+        kept.update((a.id, a) for a in items)
+        index: dict[str, list[Alarm]] = {}
+        for alarm in kept.values():
+            index.setdefault(alarm.patient, []).append(alarm)
+        self.alarms, self._by_patient = kept, index
+
+    def by_reference(self) -> dict[str, Patient]:
+        return {p.reference: p for p in self.patients.values()}
 
     def of_wards(self, wards) -> list[Patient]:
         return sorted((p for p in self.patients.values() if p.ward in wards), key=lambda p: (p.ward, p.bed))
@@ -76,7 +102,12 @@ class Census:
         return {device: p.id for p in self.patients.values() for device in p.devices}
 
     def active_alarms(self, patient: str) -> list[Alarm]:
-        return [a for a in self.alarms.values() if a.patient == patient and a.state == "active"]
+        """What still needs someone: unacknowledged alarms and unclaimed Tasks."""
+        return [a for a in self._by_patient.get(patient, ()) if a.state == "active"]
+
+    def open_items(self, patient: str) -> list[Alarm]:
+        """The patient page's list: active ones and Tasks someone has claimed but not finished."""
+        return [a for a in self._by_patient.get(patient, ()) if a.state in ("active", "claimed")]
 
 
 FIRST = ["Anna", "Ben", "Clara", "David", "Eva", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Karla", "Lukas"]
@@ -99,6 +130,7 @@ def demo_census(patients_per_ward: int = 8, wards: tuple[str, ...] = ("ward-a", 
             if bed % 4 == 2:
                 tid = secrets.token_urlsafe(12)
                 census.alarms[tid] = Alarm(tid, pid, "NEWS2 review due", "medium", kind="task")
+    census._index()
     return census
 
 
@@ -192,6 +224,119 @@ def subscribe(vitals: Vitals, url: str, client_id: str, ca: Path | None, passwor
     client.connect_async(host, port)
     client.loop_start()
     return client
+
+
+# ---- clinical-workflow and sdc-bridge (their HTTP APIs, the portal's service token) ---------------------
+
+TREND = {1: "rising", 0: "stable", -1: "falling"}
+OPEN_TASKS = "requested,accepted,in-progress,on-hold"
+
+
+class Workflow:
+    """NEWS2 scores and open FHIR Tasks from the clinical-workflow service. Scores arrive incrementally
+    (`GET /Observation?_lastUpdated=gt<last seen>`, one call per round for the whole census) and the
+    trend is the latest score against the one before it; Tasks are the open ones (`GET /Task`)."""
+
+    source = "clinical-workflow"
+
+    def __init__(self, census: Census, client) -> None:
+        self.census, self.client = census, client
+        self.patients = census.by_reference()
+        self.since: datetime.datetime | None = None
+        self.seen: set[str] = set()
+        for patient in census.patients.values():  # the service's scores replace made-up ones
+            patient.news2, patient.news2_trend, patient.news2_source = None, None, self.source
+        census.replace("demo", [a for a in census.alarms.values() if a.kind != "task" and a.source == "demo"])
+
+    def refresh(self, max_pages: int = 20) -> None:
+        for _ in range(max_pages):
+            params = {"_count": "1000"}
+            if self.since:
+                params["_lastUpdated"] = "gt" + self.since.isoformat()
+            entries = self.client.get("/Observation", params).get("entry") or []
+            for entry in entries:
+                self._score(entry["resource"])
+            if len(entries) < 1000:
+                break
+        found = self.client.get("/Task", {"status": OPEN_TASKS, "_count": "500"}).get("entry") or []
+        self.census.replace(self.source, [t for t in (self._task(e["resource"]) for e in found) if t])
+
+    def _score(self, observation: dict[str, Any]) -> None:
+        issued = datetime.datetime.fromisoformat(observation["issued"])
+        self.since = max(self.since, issued) if self.since else issued
+        patient = self.patients.get((observation.get("subject") or {}).get("reference"))
+        total = observation.get("valueInteger")
+        if patient is None or observation["id"] in self.seen or not isinstance(total, int):
+            return
+        self.seen.add(observation["id"])
+        if patient.news2 is not None:
+            patient.news2_trend = TREND[(total > patient.news2) - (total < patient.news2)]
+        patient.news2 = total
+
+    def _task(self, task: dict[str, Any]) -> Alarm | None:
+        patient = self.patients.get((task.get("for") or {}).get("reference"))
+        if patient is None:
+            return None
+        owner = (task.get("owner") or {}).get("reference")
+        text = (task.get("code") or {}).get("text") or task.get("description") or "Task"
+        return Alarm(task["id"], patient.id, text, task.get("priority", "routine"), kind="task",
+                     state="claimed" if owner else "active", by=owner, source=self.source)
+
+
+class DeviceAlarms:
+    """Active device alarms from the sdc-bridge (`GET /alarms`), placed at the bed of their device."""
+
+    source = "sdc-bridge"
+
+    def __init__(self, census: Census, client) -> None:
+        self.census, self.client = census, client
+        self.devices = census.by_device()
+        census.replace("demo", [a for a in census.alarms.values() if a.kind != "alarm" and a.source == "demo"])
+
+    def refresh(self) -> None:
+        items = []
+        for alarm in self.client.get("/alarms").get("active") or []:
+            patient = self.devices.get(alarm.get("device"))
+            if patient:
+                items.append(Alarm(str(alarm["id"]), patient, str(alarm.get("condition")), str(alarm.get("priority")),
+                                   state="acknowledged" if alarm.get("acknowledged") else "active",
+                                   source=self.source))
+        self.census.replace(self.source, items)
+
+
+class Feeds:
+    """Polls the configured services in the background, so a page never waits on them; the status of
+    each (last success, last error) shows on the operations view."""
+
+    def __init__(self, feeds: list, period_s: float, before_round=None) -> None:
+        self.feeds, self.period_s, self.before_round = feeds, period_s, before_round
+        self.status: dict[str, dict[str, Any]] = {f.source: {"ok": None, "at": None, "error": None} for f in feeds}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        if self.before_round:
+            self.before_round()
+        for feed in self.feeds:
+            try:
+                feed.refresh()
+                self.status[feed.source] = {"ok": True, "at": time.time(), "error": None}
+            except Exception as exc:  # one service down must not stop the others or the pages
+                self.status[feed.source] = {**self.status[feed.source], "ok": False, "error": str(exc)[:300]}
+                log.warning("%s feed: %s", feed.source, exc)
+
+    def start(self) -> None:
+        if self.feeds and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="portal-feeds", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh()
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 # ---- evidence bundles -----------------------------------------------------------------------------
