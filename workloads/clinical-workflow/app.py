@@ -303,7 +303,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         worker.wake()
 
     @router.get("/Task", tags=["tasks"])
-    def search_tasks(status: str | None = Query(None, max_length=32), owner: str | None = Query(None, max_length=200),
+    def search_tasks(status: str | None = Query(None, max_length=120), owner: str | None = Query(None, max_length=200),
                      patient: str | None = Query(None, max_length=200), count: int = Query(100, alias="_count",
                                                                                           ge=1, le=500),
                      principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:

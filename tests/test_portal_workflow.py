@@ -1,0 +1,123 @@
+"""portal + the real clinical-workflow service (`medplat serve clinical-workflow` on loopback, real
+Mosquitto): the ward shows NEWS2 and its trend from the workflow's scores and the open FHIR Tasks; a
+clinician claims a Task from the page and the workflow records the claim under the clinician's
+fhirUser (their own access token, not the portal's); the portal's reads use its service token; a
+workflow outage shows on the operations view and does not take the ward down."""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from joserfc import jwt
+
+from medplat.workloads.portal.app import Settings, build
+from medplat.workloads.portal.identity import ALGORITHMS, _issuer_key, mint_access_token
+from portal_helpers import csrf_of, publish_vitals, record_staff_observations, sign_in, start_workflow
+from services import Mosquitto
+
+pytestmark = pytest.mark.slow
+ISSUER = "http://testserver/local-issuer"
+
+
+def wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def site(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    from medplat.workloads.portal.sources import demo_census
+    census = demo_census(4)
+    portal_data = tmp_path / "portal"
+    mint_access_token(portal_data, ISSUER, ["x"], "setup", [])  # the portal's issuer key, before the workflow
+    workflow = start_workflow(tmp_path / "workflow", portal_data, ISSUER, broker, census)
+    base = f"http://127.0.0.1:{workflow.port}"
+    app, settings = build(Settings(data_dir=portal_data, base_url="http://testserver", workflow_url=base,
+                                   feed_period_s=3600), census=census)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-{uuid.uuid4().hex[:6]}")
+    Mosquitto.login(publisher, "sdc-bridge")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    yield {"app": app, "settings": settings, "census": census, "workflow": workflow, "base": base,
+           "publisher": publisher}
+    publisher.loop_stop()
+    app.state.feeds.stop()
+    app.state.audit.close()
+    workflow.stop()
+    broker.stop()
+
+
+def test_ward_news2_trend_and_claiming_a_task_through_the_workflow(site):
+    app, census, base = site["app"], site["census"], site["base"]
+    patient = next(p for p in census.patients.values() if p.ward == "ward-a")
+    device = patient.devices[0]
+    assert not any(a.kind == "task" for a in census.alarms.values())  # demo Tasks gone: the workflow owns Tasks
+    record_staff_observations(base, site["settings"].data_dir, ISSUER, patient.reference)
+    publish_vitals(site["publisher"], device, respiration_rate=16, spo2=97, systolic_bp=122, pulse=72, temperature=36.9)
+
+    def refreshed(total):
+        app.state.feeds.refresh()
+        return patient.news2 == total
+    wait(lambda: refreshed(0))
+    assert app.state.feeds.status["clinical-workflow"]["ok"] is True
+    publish_vitals(site["publisher"], device, respiration_rate=26, spo2=93, pulse=115)  # NEWS2 3 + 2 + 2 = 7
+    wait(lambda: refreshed(7))
+    assert patient.news2_trend == "rising"
+    task = wait(lambda: app.state.feeds.refresh() or next(
+        (a for a in census.open_items(patient.id) if a.source == "clinical-workflow"), None))
+
+    clinician = TestClient(app)
+    sign_in(clinician, "dr-ward-a", site["settings"].data_dir)
+    ward = clinician.get("/ward").text
+    row = re.search(rf'href="/patient/{patient.id}".*?</tr>', ward, re.S).group(0)
+    assert ">7</span> rising" in row and "(demo)" not in row
+    page = clinician.get(f"/patient/{patient.id}").text
+    assert f'hx-post="/alarms/{task.id}/ack"' in page and "Claim" in page
+    # Another ward's clinician may not claim it; without the CSRF token nobody may.
+    other = TestClient(app)
+    sign_in(other, "dr-ward-b", site["settings"].data_dir)
+    other_page = other.get("/ward").text
+    assert other.post(f"/alarms/{task.id}/ack", headers={"X-CSRF-Token": csrf_of(other_page)}).status_code == 404
+    assert clinician.post(f"/alarms/{task.id}/ack").status_code == 403
+    done = clinician.post(f"/alarms/{task.id}/ack", headers={"X-CSRF-Token": csrf_of(page)})
+    assert done.status_code == 200 and "claimed by Practitioner/dr-ward-a" in done.text
+    # The workflow itself holds the claim, under the clinician's identity (read with another token).
+    reader = mint_access_token(site["settings"].data_dir, ISSUER, ["clinical-workflow"], "Practitioner/auditor",
+                               ["task.read"])
+    stored = httpx.get(f"{base}/Task/{task.id}", headers={"authorization": f"Bearer {reader}"}).json()
+    assert stored["owner"] == {"reference": "Practitioner/dr-ward-a"}
+    provenance = httpx.get(f"{base}/Provenance", params={"target": f"Task/{task.id}"},
+                           headers={"authorization": f"Bearer {reader}"}).json()
+    assert any(e["resource"]["agent"][0]["who"] == {"reference": "Practitioner/dr-ward-a"}
+               for e in provenance["entry"])
+    app.state.feeds.refresh()
+    assert next(a for a in census.open_items(patient.id) if a.id == task.id).by == "Practitioner/dr-ward-a"
+
+
+def test_the_portal_reads_with_its_own_token_and_survives_a_workflow_outage(site):
+    app, census, settings = site["app"], site["census"], site["settings"]
+    token = (settings.data_dir / "auth" / "service-token").read_text()
+    claims = jwt.decode(token, _issuer_key(settings.data_dir), algorithms=ALGORITHMS).claims
+    assert claims["sub"] == "portal" and "task.write" not in claims["scope"].split()  # reads only
+    assert (settings.data_dir / "auth" / "service-token").stat().st_mode & 0o077 == 0
+    site["workflow"].stop()
+    app.state.feeds.refresh()
+    assert app.state.feeds.status["clinical-workflow"]["ok"] is False
+    operator = TestClient(app)
+    sign_in(operator, "site-operator", settings.data_dir)
+    ops = operator.get("/ops").text
+    assert "clinical-workflow" in ops and "unreachable" in ops
+    clinician = TestClient(app)
+    sign_in(clinician, "dr-ward-a", settings.data_dir)
+    assert clinician.get("/ward").status_code == 200
