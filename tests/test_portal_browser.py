@@ -22,7 +22,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from medplat.workloads.portal import sources
 from medplat.workloads.portal.app import Settings, build
-from medplat.workloads.portal.identity import demo_password
+from medplat.workloads.portal.identity import demo_password, mint_access_token
+from portal_helpers import publish_vitals, record_staff_observations, start_workflow
 from services import Mosquitto, free_port, wait_for_port
 from test_portal import evidence, observation  # noqa: F401  (module fixture: a real signed bundle)
 
@@ -38,7 +39,12 @@ def stack(tmp_path_factory, evidence):  # noqa: F811
     broker = Mosquitto(folder / "broker")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app, settings = build(Settings(data_dir=folder / "data", base_url=base, evidence_dir=folder / "build"))
+    census = sources.demo_census(8)
+    mint_access_token(folder / "data", base + "/local-issuer", ["x"], "setup", [])  # the issuer key, first
+    workflow = start_workflow(folder / "workflow", folder / "data", base + "/local-issuer", broker, census)
+    app, settings = build(Settings(data_dir=folder / "data", base_url=base, evidence_dir=folder / "build",
+                                   workflow_url=f"http://127.0.0.1:{workflow.port}", feed_period_s=1.0),
+                          census=census)
     subscriber = sources.subscribe(app.state.vitals, broker.url_for("portal"), "portal-browser", None, None)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -51,8 +57,11 @@ def stack(tmp_path_factory, evidence):  # noqa: F811
         options.add_argument(flag)
     driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(30)
-    yield {"app": app, "settings": settings, "base": base, "broker": broker, "driver": driver, "folder": folder}
+    yield {"app": app, "settings": settings, "base": base, "broker": broker, "driver": driver, "folder": folder,
+           "workflow": workflow}
     driver.quit()
+    app.state.feeds.stop()
+    workflow.stop()
     subscriber.loop_stop()
     server.should_exit = True
     thread.join(timeout=10)
@@ -142,3 +151,34 @@ def test_a_compliance_officer_drills_down_to_a_control(stack):
     link.click()
     assert driver.find_element(By.ID, "control-id").text.startswith(control)
     check_accessibility(stack, "control drill-down")
+
+
+def test_a_clinician_claims_a_clinical_workflow_task_from_the_patient_page(stack):
+    driver, app = stack["driver"], stack["app"]
+    census = app.state.census
+    patient = [p for p in census.patients.values() if p.ward == "ward-a"][-1]
+    record_staff_observations(f"http://127.0.0.1:{stack['workflow'].port}", stack["settings"].data_dir,
+                              stack["base"] + "/local-issuer", patient.reference)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-{uuid.uuid4().hex[:6]}")
+    Mosquitto.login(publisher, "sdc-bridge")
+    publisher.connect("127.0.0.1", stack["broker"].port)
+    publisher.loop_start()
+    try:  # NEWS2 7 (RR 3, SpO2 2, pulse 2): the workflow opens an emergency response Task
+        publish_vitals(publisher, patient.devices[0], respiration_rate=26, spo2=93, systolic_bp=122, pulse=115,
+                       temperature=36.9)
+    finally:
+        publisher.loop_stop()
+    deadline = time.monotonic() + 30
+    while not any(a.source == "clinical-workflow" for a in census.open_items(patient.id)):
+        assert time.monotonic() < deadline, app.state.feeds.status
+        time.sleep(0.2)
+    task = next(a for a in census.open_items(patient.id) if a.source == "clinical-workflow")
+    sign_in(stack, "dr-ward-a")
+    driver.get(f"{stack['base']}/patient/{patient.id}")
+    assert "NEWS2: 7" in driver.find_element(By.ID, "alarms-h").find_element(By.XPATH, "..").text
+    check_accessibility(stack, "patient page with workflow task")
+    driver.find_element(By.CSS_SELECTOR, f'[id="alarm-{task.id}"] button').click()
+    WebDriverWait(driver, 10).until(
+        lambda d: "claimed by Practitioner/dr-ward-a" in d.find_element(By.ID, "alarms").text)
+    driver.save_screenshot(str(stack["folder"] / "task-claimed.png"))
+    check_accessibility(stack, "task claimed")
