@@ -121,3 +121,59 @@ def test_the_portal_reads_with_its_own_token_and_survives_a_workflow_outage(site
     clinician = TestClient(app)
     sign_in(clinician, "dr-ward-a", settings.data_dir)
     assert clinician.get("/ward").status_code == 200
+
+
+def test_acknowledging_a_device_alarm_reaches_the_sdc_bridge_as_the_clinician(tmp_path):
+    """A real sdc11073 monitor raises SpO2-low; the sdc-bridge (its app served over HTTP, trusting the
+    portal's issuer) owns the alarm; the portal lists it at the bed and the acknowledgement lands in the
+    bridge's decision log under the clinician's name."""
+    import json
+    import threading
+
+    import uvicorn
+    from joserfc.jwk import KeySet
+
+    from medplat.workloads.portal.sources import demo_census
+    from services import free_port, wait_for_port
+    from test_sdc_bridge import Monitor, bridge_for
+
+    broker, monitor = Mosquitto(tmp_path / "broker"), Monitor()
+    portal_data = tmp_path / "portal"
+    jwks = tmp_path / "portal-issuer.jwks.json"
+    jwks.write_text(json.dumps(KeySet([_issuer_key(portal_data)]).as_dict(private=False)))
+    bridge, _ = bridge_for(tmp_path / "sdc", broker.url_for("sdc-bridge"), providers=[monitor.xaddr],
+                           auth_issuer=ISSUER, auth_jwks=str(jwks))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(bridge, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    app = None
+    try:
+        monitor.alert(True)
+        (alarm,) = wait(lambda: list(bridge.state.router.active.values()))
+        census = demo_census(2)
+        patient = next(p for p in census.patients.values() if p.ward == "ward-a")
+        patient.devices.append(alarm.device)  # the monitor is at this bed
+        app, settings = build(Settings(data_dir=portal_data, base_url="http://testserver",
+                                       alarms_url=f"http://127.0.0.1:{port}", feed_period_s=3600), census=census)
+        app.state.feeds.refresh()
+        assert app.state.feeds.status["sdc-bridge"]["ok"] is True, app.state.feeds.status
+        assert {a.source for a in census.alarms.values() if a.kind == "alarm"} == {"sdc-bridge"}  # no demo alarms
+        (shown,) = [a for a in census.active_alarms(patient.id) if a.kind == "alarm"]
+        assert shown.id == alarm.id
+        clinician = TestClient(app)
+        sign_in(clinician, "dr-ward-a", settings.data_dir)
+        page = clinician.get(f"/patient/{patient.id}").text
+        done = clinician.post(f"/alarms/{alarm.id}/ack", headers={"X-CSRF-Token": csrf_of(page)})
+        assert done.status_code == 200 and "acknowledged by dr-ward-a" in done.text
+        (decision,) = [d for d in bridge.state.router.decisions if d["decision"] == "acknowledged"]
+        assert decision["by"] == "dr-ward-a" and alarm.acknowledged
+    finally:
+        if app is not None:
+            app.state.audit.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        bridge.state.bridge.stop()
+        monitor.stop()
+        broker.stop()
