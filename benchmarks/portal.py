@@ -54,7 +54,7 @@ def ward_render(folder: Path) -> None:
         assert response.status_code == 200 and response.text.count('href="/patient/') == 500
     from fastapi.templating import Jinja2Templates
     templates = Jinja2Templates(directory=str(Path(sources.__file__).parent / "templates"))
-    rows = [{"patient": p, "latest": app.state.vitals.latest(p.id), "alarms": census.active_alarms(p.id)}
+    rows = [sources.ward_row(p, app.state.vitals.latest(p.id), len(census.active_alarms(p.id)))
             for p in census.of_wards({"ward-a"})]
     bare = []
     for _ in range(100):

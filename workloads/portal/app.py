@@ -150,16 +150,19 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
 
     # ---- clinician view --------------------------------------------------------------------------
 
-    def ward_rows(session: Session) -> list[dict[str, Any]]:
-        return [{"patient": p, "latest": vitals.latest(p.id), "alarms": census.active_alarms(p.id)}
-                for p in census.of_wards(session.wards)]
+    def ward_patients(session: Session) -> list[sources.Patient]:
+        return census.of_wards(session.wards)
+
+    def ward_rows(patients: list[sources.Patient]) -> list[sources.WardRow]:
+        latest = vitals.latest_of([p.id for p in patients])  # one lock for the ward, not one per bed
+        return [sources.ward_row(p, latest[p.id], len(census.active_alarms(p.id))) for p in patients]
 
     @router.get("/ward")
     def ward(request: Request, session: Session = Depends(sessions.require("ward"))) -> HTMLResponse:
-        rows = ward_rows(session)
-        record(session, "search-type", [r["patient"] for r in rows], "portal ward list")
+        patients = ward_patients(session)
+        record(session, "search-type", patients, "portal ward list")
         partial = request.headers.get("hx-request") == "true"
-        return page(request, "ward_rows.html" if partial else "ward.html", session, rows=rows,
+        return page(request, "ward_rows.html" if partial else "ward.html", session, rows=ward_rows(patients),
                     labels=sources.LABELS)
 
     @router.get("/patient/{pid}")
