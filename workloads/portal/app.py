@@ -57,7 +57,9 @@ class Settings(ServiceSettings):
     broker_url: str | None = None  # site broker, e.g. mqtt://portal@127.0.0.1:1883; unset: demo feed
     evidence_dir: Path = Path("build")
     evidence_public_key: Path | None = None  # default: <evidence_dir>/demo-evidence.pub
-    sites: dict[str, dict[str, str]] = {}  # site -> {"forwarder_metrics": url, "certificate": path}
+    # site -> {"forwarder_metrics": url, "certificate": path | "endpoint": https url (its TLS certificate),
+    #          "fleet": url (TUF metadata), "audit_log": url (/checkpoint), "witness": the EU witness's key name}
+    sites: dict[str, dict[str, str]] = {}
     demo_patients_per_ward: int = 8
     demo_feed: bool = True  # made-up vitals when no broker is configured
     # The clinical-workflow service (NEWS2, FHIR Tasks) and the sdc-bridge (device alarms); unset: demo
@@ -90,6 +92,7 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     secret = settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
     issuer = settings.oidc_issuer or settings.base_url.rstrip("/") + "/local-issuer"
     feeds = _feeds(settings, census, issuer)
+    site_checks = {f.name: f for f in feeds.feeds if isinstance(f, sources.SiteChecks)}
     http = httpx.Client(timeout=10)
 
     def as_person(session: Session, url: str, name: str) -> ServiceClient:
@@ -282,10 +285,12 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         sites = []
         for site, config in sorted(settings.sites.items()):
             expiry = sources.certificate_expiry(Path(config["certificate"])) if config.get("certificate") else None
+            checked = site_checks[site].view if site in site_checks else {}
             sites.append({"name": site,
                           "forwarder": sources.forwarder_metrics(config["forwarder_metrics"])
                           if config.get("forwarder_metrics") else None,
-                          "certificate_expiry": expiry.date().isoformat() if expiry else None})
+                          "certificate_expiry": checked.get("certificate_expiry", "")[:10] or (
+                              expiry.date().isoformat() if expiry else None), "checked": checked})
         return page(request, "ops.html", session, sites=sites, devices=devices, feeds=feeds.status)
 
     relying_party = RelyingParty(issuer, settings.oidc_client_id, secret, redirect_uri, issuer_transport,
@@ -335,6 +340,8 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str) -> sources.F
     if feeds:
         private_dir(minted.parent)
         renew_minted()
+    feeds += [sources.SiteChecks(site, config) for site, config in sorted(settings.sites.items())
+              if config.keys() & {"endpoint", "fleet", "audit_log"}]
     return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
 
 

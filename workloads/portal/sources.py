@@ -434,6 +434,96 @@ def forwarder_metrics(url: str, timeout: float = 3.0) -> dict[str, Any]:
     return values
 
 
+def tls_certificate_expiry(url: str, timeout: float = 5.0) -> datetime.datetime:
+    """When the certificate a site's service presents on its TLS endpoint expires (read from the
+    handshake; trust is not the question here, expiry is)."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    parts = urlsplit(url)
+    pem = ssl.get_server_certificate((parts.hostname, parts.port or 443), timeout=timeout)
+    return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+
+
+def tuf_expiry(client: httpx.Client, base: str, max_root_versions: int = 1000) -> dict[str, str]:
+    """Expiry of the fleet's TUF roles, found as a TUF client walks them (python-tuf parses each):
+    timestamp -> the snapshot version it names -> the targets version that names; root by version."""
+    from tuf.api.metadata import Metadata
+
+    def fetch(name: str):
+        response = client.get(f"{base}/tuf/metadata/{name}")
+        response.raise_for_status()
+        return Metadata.from_bytes(response.content).signed
+
+    timestamp = fetch("timestamp.json")
+    snapshot = fetch(f"{timestamp.snapshot_meta.version}.snapshot.json")
+    targets = fetch(f"{snapshot.meta['targets.json'].version}.targets.json")
+    root, version = fetch("1.root.json"), 1
+    while version < max_root_versions:  # the newest root: versions count up from 1 without gaps
+        response = client.get(f"{base}/tuf/metadata/{version + 1}.root.json")
+        if response.status_code == 404:
+            break
+        response.raise_for_status()
+        root, version = Metadata.from_bytes(response.content).signed, version + 1
+    return {role: signed.expires.isoformat() for role, signed in
+            (("root", root), ("targets", targets), ("snapshot", snapshot), ("timestamp", timestamp))}
+
+
+def note_signers(note: str) -> list[str]:
+    """Names on a C2SP signed note's signature lines ("— <name> <base64>")."""
+    return [line[2:].split(" ", 1)[0] for line in note.split("\n\n", 1)[-1].splitlines() if line.startswith("\u2014 ")]
+
+
+class SiteChecks:
+    """One edge site's health from its services' APIs: the TLS certificate its endpoint presents, the
+    fleet's TUF metadata expiry, and the audit log's checkpoints - the recent ones the portal has seen
+    and whether the EU witness (`witness`: its key name) cosigned each (the log records a cosignature
+    only after verifying it; the portal shows whose signatures the note carries)."""
+
+    def __init__(self, name: str, config: dict[str, str], keep: int = 10) -> None:
+        self.source, self.name, self.config, self.keep = f"site {name}", name, config, keep
+        self.http = httpx.Client(timeout=5)
+        self.view: dict[str, Any] = {"checkpoints": []}
+        self.checkpoints: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+
+    def refresh(self) -> None:
+        errors = []
+        for key, check in (("endpoint", self._certificate), ("fleet", self._tuf), ("audit_log", self._checkpoint)):
+            if self.config.get(key):
+                try:
+                    check(self.config[key])
+                except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+                    errors.append(f"{key}: {type(exc).__name__}: {str(exc)[:150]}")
+                    self.view[key + "_error"] = errors[-1]
+                else:
+                    self.view.pop(key + "_error", None)
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def _certificate(self, url: str) -> None:
+        self.view["certificate_expiry"] = tls_certificate_expiry(url).isoformat()
+
+    def _tuf(self, url: str) -> None:
+        self.view["tuf"] = tuf_expiry(self.http, url.rstrip("/"))
+
+    def _checkpoint(self, url: str) -> None:
+        latest = self.http.get(f"{url.rstrip('/')}/checkpoint")
+        latest.raise_for_status()
+        body = latest.json()
+        size, note, cosigned = int(body["size"]), body["note"], body.get("cosigned")
+        witness = self.config.get("witness")
+        signers = note_signers(cosigned or note)
+        self.checkpoints[size] = {"size": size, "root": note.split("\n")[2] if note.count("\n") >= 2 else "",
+                                  "signers": signers, "seen": time.time(),
+                                  "witnessed": bool(cosigned) and (witness in signers if witness else True)}
+        self.checkpoints.move_to_end(size)
+        while len(self.checkpoints) > self.keep:
+            self.checkpoints.popitem(last=False)
+        self.view["checkpoints"] = list(reversed(self.checkpoints.values()))
+
+
 def certificate_expiry(path: Path) -> datetime.datetime | None:
     from cryptography import x509
 
