@@ -3,6 +3,7 @@ audit of every view of patient data, live vitals from the real site broker, the 
 real signed evidence bundle."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -304,3 +305,26 @@ def test_an_observation_published_on_the_site_broker_reaches_the_patient_stream(
         server.thread.join(timeout=10)
         broker.stop()
         app.state.audit.close()
+
+
+def test_compliance_portal_shows_drift_between_runs_as_medplat_compliance_drift_does(tmp_path):
+    """Two real `medplat compliance run`s (the small stack export, then the same stack drifted as
+    tests/test_compliance_run.py drifts it): the portal lists the second run's drift, line for line what
+    `medplat compliance drift` prints for the same two records."""
+    from test_compliance_run import EXPORT, drifted_export, run
+
+    out = tmp_path / "compliance"
+    assert run(out, EXPORT).exit_code == 1  # the gate fails on its unlabelled parameter; the run is recorded
+    assert run(out, drifted_export(tmp_path / "later.json")).exit_code == 1
+    first, second = sorted((out / "runs").glob("*.json"))
+    expected = CliRunner().invoke(cli, ["compliance", "drift", str(first), str(second)]).stdout.splitlines()
+    assert "control NIS2-21.2.h: pass -> fail" in expected
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver",
+                                   evidence_dir=tmp_path / "build", compliance_runs_dir=out))
+    client = client_for(app, "compliance-officer", settings.data_dir)
+    page = client.get("/compliance").text
+    rows = re.findall(r'<tr data-run="([^"]+)">\s*<td>[^<]*</td><td>([^<]*)</td>\s*<td>(.*?)</td>\s*</tr>', page, re.S)
+    assert [(r[0], r[1]) for r in rows] == [(second.stem, first.stem), (first.stem, "first run")]
+    shown = [html.unescape(line) for line in re.findall(r"<li>(.*?)</li>", rows[0][2])]
+    assert shown == expected
+    app.state.audit.close()

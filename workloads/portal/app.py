@@ -57,6 +57,7 @@ class Settings(ServiceSettings):
     broker_url: str | None = None  # site broker, e.g. mqtt://portal@127.0.0.1:1883; unset: demo feed
     evidence_dir: Path = Path("build")
     evidence_public_key: Path | None = None  # default: <evidence_dir>/demo-evidence.pub
+    compliance_runs_dir: Path = Path("build/compliance")  # `medplat compliance run --out` (its runs/*.json)
     # site -> {"forwarder_metrics": url, "certificate": path | "endpoint": https url (its TLS certificate),
     #          "fleet": url (TUF metadata), "audit_log": url (/checkpoint), "witness": the EU witness's key name}
     sites: dict[str, dict[str, str]] = {}
@@ -246,7 +247,8 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def compliance(request: Request, session: Session = Depends(sessions.require("compliance"))) -> HTMLResponse:
         bundles = sources.evidence_bundles(settings.evidence_dir)
         return page(request, "compliance.html", session, bundles=bundles,
-                    verdicts={b.id: sources.verdicts(b.controls) for b in bundles})
+                    verdicts={b.id: sources.verdicts(b.controls) for b in bundles},
+                    runs=sources.compliance_drift(settings.compliance_runs_dir))
 
     @router.get("/compliance/{bid}")
     def bundle_page(request: Request, bid: str,

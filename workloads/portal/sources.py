@@ -409,6 +409,25 @@ def verdicts(controls: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return table
 
 
+def compliance_drift(runs_dir: Path, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest `medplat compliance run` records (newest first), each with its drift from the run
+    before it, computed by the same code as `medplat compliance drift` (medplat.evidence.continuous)."""
+    from medplat.evidence import continuous
+
+    runs = sorted((runs_dir / "runs").glob("*.json")) if (runs_dir / "runs").is_dir() else []
+    shown = []
+    for before, after in list(zip([None, *runs], runs))[-limit:]:
+        try:
+            record = continuous.load_side(after)
+            changes = continuous.drift(continuous.load_side(before), record) if before else None
+            error = None
+        except continuous.ComplianceError as exc:
+            record, changes, error = {}, None, str(exc)
+        shown.append({"run": after.stem, "previous": before.stem if before else None, "changes": changes,
+                      "error": error, "controls": record.get("controls") or {}})
+    return list(reversed(shown))
+
+
 # ---- site operations ------------------------------------------------------------------------------
 
 # The edge forwarder's metric names (workloads/edge-forwarder/app.py, _Metrics).
