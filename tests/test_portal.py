@@ -328,3 +328,38 @@ def test_compliance_portal_shows_drift_between_runs_as_medplat_compliance_drift_
     shown = [html.unescape(line) for line in re.findall(r"<li>(.*?)</li>", rows[0][2])]
     assert shown == expected
     app.state.audit.close()
+
+
+def test_sessions_survive_a_restart_and_reach_a_second_replica_sealed_at_rest(tmp_path):
+    """One data folder (or database URL and session key) shared: a new process, or a second replica,
+    knows the signed-in person; the store holds neither cookie values nor tokens in the clear (0600);
+    an altered record is no session; signing out on one replica signs out on the other."""
+    import sqlite3
+
+    settings = Settings(data_dir=tmp_path / "data", base_url="http://testserver")
+    first, _ = build(settings)
+    browser = TestClient(first)
+    sign_in(browser, "dr-ward-a", settings.data_dir)
+    cookie = browser.cookies.get("portal")
+    assert browser.get("/ward").status_code == 200
+    first.state.audit.close()
+    replica, _ = build(settings)  # a restart, or the second replica on the same store
+    other = TestClient(replica, cookies={"portal": cookie})
+    page = other.get("/ward")
+    assert page.status_code == 200 and "Ward ward-a" in page.text
+    store, key = settings.data_dir / "portal.sqlite", settings.data_dir / "auth" / "session.key"
+    assert store.stat().st_mode & 0o077 == 0 and key.stat().st_mode & 0o077 == 0
+    raw = store.read_bytes() + b"".join(p.read_bytes() for p in store.parent.glob("portal.sqlite-*"))
+    session = replica.state.sessions.current(type("R", (), {"cookies": {"portal": cookie}})())
+    assert session.access_token and session.access_token.encode() not in raw and cookie.encode() not in raw
+    assert b"dr-ward-a" not in raw and session.csrf.encode() not in raw
+    with sqlite3.connect(store) as db:  # flip one byte of the sealed session
+        (sealed,) = db.execute("SELECT sealed FROM portal_sessions").fetchone()
+        db.execute("UPDATE portal_sessions SET sealed = ?", (sealed[:-1] + bytes([sealed[-1] ^ 1]),))
+    assert other.get("/ward").status_code == 401
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE portal_sessions SET sealed = ?", (sealed,))
+    assert other.get("/ward").status_code == 200
+    assert browser.post("/logout", headers={"X-CSRF-Token": csrf_of(page.text)}).status_code == 204
+    assert other.get("/ward").status_code == 401
+    replica.state.audit.close()
