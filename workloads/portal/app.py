@@ -74,6 +74,10 @@ class Settings(ServiceSettings):
     api_audiences: list[str] = ["clinical-workflow", "sdc-bridge"]  # the local issuer's access tokens
     api_scopes: str = "task.read task.write observation.read alarms.read alarms.acknowledge"  # asked at sign-in
     feed_period_s: float = 5.0
+    # TLS to those services (https URLs): the platform CA, and the portal's client certificate for mTLS.
+    services_ca: Path | None = None
+    services_client_cert: Path | None = None
+    services_client_key: Path | None = None
     # Sessions live in the database (`DATABASE_URL`; SQLite in the data folder by default) sealed with
     # this AES-256 key (default: generated into <data_dir>/auth/session.key); replicas share both.
     session_key_file: Path | None = None
@@ -92,9 +96,9 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     redirect_uri = settings.base_url.rstrip("/") + "/auth/callback"
     secret = settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
     issuer = settings.oidc_issuer or settings.base_url.rstrip("/") + "/local-issuer"
-    feeds = _feeds(settings, census, issuer)
+    http = _services_http(settings)
+    feeds = _feeds(settings, census, issuer, http)
     site_checks = {f.name: f for f in feeds.feeds if isinstance(f, sources.SiteChecks)}
-    http = httpx.Client(timeout=10)
 
     def as_person(session: Session, url: str, name: str) -> ServiceClient:
         """A client that calls `name` with the signed-in person's own access token."""
@@ -313,7 +317,17 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     return app, settings
 
 
-def _feeds(settings: Settings, census: sources.Census, issuer: str) -> sources.Feeds:
+def _services_http(settings: Settings) -> httpx.Client:
+    """One client for the platform's services: the platform CA and the portal's client certificate."""
+    verify: Any = True
+    if settings.services_ca or settings.services_client_cert:
+        from medplat.service.tls import client_context
+
+        verify = client_context(settings.services_ca, settings.services_client_cert, settings.services_client_key)
+    return httpx.Client(timeout=10, verify=verify)
+
+
+def _feeds(settings: Settings, census: sources.Census, issuer: str, http: httpx.Client) -> sources.Feeds:
     """The clinical services the deployment configured, each read with the portal's service token."""
     minted = settings.data_dir / "auth" / "service-token"
 
@@ -334,15 +348,15 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str) -> sources.F
 
     feeds = []
     if settings.workflow_url:
-        feeds.append(sources.Workflow(census, ServiceClient(settings.workflow_url, name="clinical-workflow",
+        feeds.append(sources.Workflow(census, ServiceClient(settings.workflow_url, name="clinical-workflow", client=http,
                                                             token_file=token_file(settings.workflow_token_file))))
     if settings.alarms_url:
-        feeds.append(sources.DeviceAlarms(census, ServiceClient(settings.alarms_url, name="sdc-bridge",
+        feeds.append(sources.DeviceAlarms(census, ServiceClient(settings.alarms_url, name="sdc-bridge", client=http,
                                                                 token_file=token_file(settings.alarms_token_file))))
     if feeds:
         private_dir(minted.parent)
         renew_minted()
-    feeds += [sources.SiteChecks(site, config) for site, config in sorted(settings.sites.items())
+    feeds += [sources.SiteChecks(site, config, http) for site, config in sorted(settings.sites.items())
               if config.keys() & {"endpoint", "fleet", "audit_log"}]
     return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
 

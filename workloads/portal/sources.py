@@ -501,9 +501,9 @@ class SiteChecks:
     and whether the EU witness (`witness`: its key name) cosigned each (the log records a cosignature
     only after verifying it; the portal shows whose signatures the note carries)."""
 
-    def __init__(self, name: str, config: dict[str, str], keep: int = 10) -> None:
+    def __init__(self, name: str, config: dict[str, str], http: httpx.Client | None = None, keep: int = 10) -> None:
         self.source, self.name, self.config, self.keep = f"site {name}", name, config, keep
-        self.http = httpx.Client(timeout=5)
+        self.http = http or httpx.Client(timeout=5)
         self.view: dict[str, Any] = {"checkpoints": []}
         self.checkpoints: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
 
