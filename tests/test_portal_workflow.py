@@ -105,6 +105,29 @@ def test_ward_news2_trend_and_claiming_a_task_through_the_workflow(site):
     assert next(a for a in census.open_items(patient.id) if a.id == task.id).by == "Practitioner/dr-ward-a"
 
 
+def test_a_task_someone_else_claimed_first_is_refused_by_the_workflow_and_the_page_says_so(site):
+    app, census, base = site["app"], site["census"], site["base"]
+    patient = [p for p in census.patients.values() if p.ward == "ward-a"][1]
+    record_staff_observations(base, site["settings"].data_dir, ISSUER, patient.reference)
+    publish_vitals(site["publisher"], patient.devices[0], respiration_rate=26, spo2=93, systolic_bp=122, pulse=115,
+                   temperature=36.9)
+    task = wait(lambda: app.state.feeds.refresh() or next(
+        (a for a in census.open_items(patient.id) if a.source == "clinical-workflow"), None))
+    nurse = mint_access_token(site["settings"].data_dir, ISSUER, ["clinical-workflow"], "Practitioner/nurse-1",
+                              ["task.write"])
+    httpx.post(f"{base}/Task/{task.id}/$claim", headers={"authorization": f"Bearer {nurse}"}).raise_for_status()
+    clinician = TestClient(app)
+    sign_in(clinician, "dr-ward-a", site["settings"].data_dir)
+    page = clinician.get(f"/patient/{patient.id}").text  # the portal has not polled since: still unclaimed
+    assert f'hx-post="/alarms/{task.id}/ack"' in page
+    refused = clinician.post(f"/alarms/{task.id}/ack", headers={"X-CSRF-Token": csrf_of(page)})
+    assert refused.status_code == 200 and 'role="alert"' in refused.text
+    assert "owned by Practitioner/nurse-1" in refused.text and "claimed by Practitioner/nurse-1" in refused.text
+    app.state.audit.flush()
+    spool = (site["settings"].data_dir / "audit-spool.jsonl").read_text()
+    assert "portal task refused by clinical-workflow" in spool
+
+
 def test_the_portal_reads_with_its_own_token_and_survives_a_workflow_outage(site):
     app, census, settings = site["app"], site["census"], site["settings"]
     token = (settings.data_dir / "auth" / "service-token").read_text()

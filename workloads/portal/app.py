@@ -106,9 +106,10 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
             raise FhirError(403, f"your sign-in carries no access token for {name}", code="forbidden")
         return ServiceClient(url, token=session.access_token, client=http, name=name)
 
-    def record(session: Session, interaction: str, patients: list[sources.Patient], what: str) -> None:
+    def record(session: Session, interaction: str, patients: list[sources.Patient], what: str,
+               outcome: str = "0") -> None:
         """One AuditEvent per page of patient data: who, which patients, which view."""
-        audit.record(balp_event(interaction, source=NAME, agent=session.subject,
+        audit.record(balp_event(interaction, source=NAME, agent=session.subject, outcome=outcome,
                                 patient=patients[0].reference if len(patients) == 1 else None,
                                 entities=[p.reference for p in patients] if len(patients) > 1 else [],
                                 purpose="TREAT", description=what))
@@ -215,20 +216,33 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         if alarm is None:
             raise FhirError(404, "no such alarm", code="not-found")
         patient = patient_for(session, alarm.patient)
-        if alarm.source == "clinical-workflow":  # the Task API records the claim under the person's fhirUser
-            task = as_person(session, settings.workflow_url, alarm.source).post(f"/Task/{aid}/$claim", {})
-            alarm = dataclasses.replace(alarm, state="claimed", by=(task.get("owner") or {}).get("reference"))
-            census.replace(alarm.source, [alarm if a.id == aid else a for a in census.alarms.values()
-                                          if a.source == alarm.source])
-        elif alarm.source == "sdc-bridge":  # the bridge stops escalating and records who acknowledged
-            as_person(session, settings.alarms_url, alarm.source).post(f"/alarms/{aid}/acknowledge", {})
-            alarm = dataclasses.replace(alarm, state="acknowledged", by=session.subject)
-            census.replace(alarm.source, [alarm if a.id == aid else a for a in census.alarms.values()
-                                          if a.source == alarm.source])
-        elif alarm.state == "active":
-            alarm.state, alarm.by = ("acknowledged" if alarm.kind == "alarm" else "claimed"), session.subject
+        try:
+            alarm = act_on(session, alarm)
+        except FhirError as exc:
+            if exc.status_code not in (502, 503):  # not the service's answer: e.g. no access token
+                raise
+            record(session, "update", [patient], f"portal {alarm.kind} refused by {alarm.source}", outcome="4")
+            feeds.refresh()  # whatever changed there (someone else claimed it) shows with the answer
+            return page(request, "alarm.html", session, alarm=census.alarms.get(aid, alarm),
+                        error=_refusal(alarm.source, str(exc.detail)))
         record(session, "update", [patient], f"portal {alarm.kind} {alarm.state}")
         return page(request, "alarm.html", session, alarm=alarm)
+
+    def act_on(session: Session, alarm: sources.Alarm) -> sources.Alarm:
+        """Claim a Task / acknowledge an alarm where it lives; demo items change only here."""
+        if alarm.source == "clinical-workflow":  # the Task API records the claim under the person's fhirUser
+            task = as_person(session, settings.workflow_url, alarm.source).post(f"/Task/{alarm.id}/$claim", {})
+            done = dataclasses.replace(alarm, state="claimed", by=(task.get("owner") or {}).get("reference"))
+        elif alarm.source == "sdc-bridge":  # the bridge stops escalating and records who acknowledged
+            as_person(session, settings.alarms_url, alarm.source).post(f"/alarms/{alarm.id}/acknowledge", {})
+            done = dataclasses.replace(alarm, state="acknowledged", by=session.subject)
+        else:
+            if alarm.state == "active":
+                alarm.state, alarm.by = ("acknowledged" if alarm.kind == "alarm" else "claimed"), session.subject
+            return alarm
+        census.replace(alarm.source, [done if a.id == alarm.id else a for a in census.alarms.values()
+                                      if a.source == alarm.source])
+        return done
 
     # ---- compliance portal -----------------------------------------------------------------------
 
@@ -359,6 +373,15 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str, http: httpx.
     feeds += [sources.SiteChecks(site, config, http) for site, config in sorted(settings.sites.items())
               if config.keys() & {"endpoint", "fleet", "audit_log"}]
     return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
+
+
+def _refusal(service: str, detail: str) -> str:
+    """A service's refusal in one line: its OperationOutcome's diagnostics when it sent one."""
+    _, _, body = detail.partition(": ")
+    try:
+        return f"{service}: {json.loads(body)['issue'][0]['diagnostics']}"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"{service} could not be reached or refused ({detail[:120]})"
 
 
 def _html_errors(app, templates) -> None:
