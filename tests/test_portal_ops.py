@@ -81,13 +81,17 @@ def test_ops_shows_tuf_expiry_certificate_expiry_and_witnessed_checkpoints(tmp_p
             app, settings = build(Settings(
                 data_dir=tmp_path / "portal", base_url="http://testserver", feed_period_s=3600, sites={"site-a": {
                     "audit_log": f"http://127.0.0.1:{log_server.port}", "witness": witness_key.split("+")[0],
-                    "fleet": f"http://127.0.0.1:{fleet_server.port}", "endpoint": f"https://127.0.0.1:{tls_server.port}"}}))
+                    "fleet": f"http://127.0.0.1:{fleet_server.port}", "endpoint": f"https://127.0.0.1:{tls_server.port}",
+                    "workloads": f"audit-log=http://127.0.0.1:{log_server.port},fleet=http://127.0.0.1:{fleet_server.port},"
+                                 f"sdc-bridge=http://127.0.0.1:{free_port()}"}}))
             operator = TestClient(app)
             sign_in(operator, "site-operator", settings.data_dir)
             app.state.feeds.refresh()
             assert app.state.feeds.status["site site-a"]["ok"] is True, app.state.feeds.status
             page = operator.get("/ops").text
             assert "Site certificate expires: 2027-03-01" in page
+            health = dict(re.findall(r"<tr><td>([a-z-]+)</td><td>(ready|not ready[^<]*|unreachable[^<]*)</td></tr>", page))
+            assert health == {"audit-log": "ready", "fleet": "ready", "sdc-bridge": "unreachable (ConnectError)"}
             for role in ("root", "targets", "snapshot", "timestamp"):
                 name = "timestamp.json" if role == "timestamp" else f"1.{role}.json"
                 expires = Metadata.from_file(str(repository / "metadata" / name)).signed.expires.isoformat()

@@ -59,7 +59,8 @@ class Settings(ServiceSettings):
     evidence_public_key: Path | None = None  # default: <evidence_dir>/demo-evidence.pub
     compliance_runs_dir: Path = Path("build/compliance")  # `medplat compliance run --out` (its runs/*.json)
     # site -> {"forwarder_metrics": url, "certificate": path | "endpoint": https url (its TLS certificate),
-    #          "fleet": url (TUF metadata), "audit_log": url (/checkpoint), "witness": the EU witness's key name}
+    #          "fleet": url (TUF metadata), "audit_log": url (/checkpoint), "witness": the EU witness's key name,
+    #          "workloads": "name=url,name=url" (their /readyz)}
     sites: dict[str, dict[str, str]] = {}
     demo_patients_per_ward: int = 8
     demo_feed: bool = True  # made-up vitals when no broker is configured
@@ -371,7 +372,7 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str, http: httpx.
         private_dir(minted.parent)
         renew_minted()
     feeds += [sources.SiteChecks(site, config, http) for site, config in sorted(settings.sites.items())
-              if config.keys() & {"endpoint", "fleet", "audit_log"}]
+              if config.keys() & {"endpoint", "fleet", "audit_log", "workloads"}]
     return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
 
 

@@ -509,7 +509,8 @@ class SiteChecks:
 
     def refresh(self) -> None:
         errors = []
-        for key, check in (("endpoint", self._certificate), ("fleet", self._tuf), ("audit_log", self._checkpoint)):
+        for key, check in (("endpoint", self._certificate), ("fleet", self._tuf), ("audit_log", self._checkpoint),
+                           ("workloads", self._health)):
             if self.config.get(key):
                 try:
                     check(self.config[key])
@@ -520,6 +521,20 @@ class SiteChecks:
                     self.view.pop(key + "_error", None)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+    def _health(self, listing: str) -> None:
+        """Each workload's /readyz ("name=url,name=url"): ready, not ready (its own words) or unreachable."""
+        health = {}
+        for item in listing.split(","):
+            name, _, url = item.strip().partition("=")
+            try:
+                response = self.http.get(f"{url.rstrip('/')}/readyz")
+                body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+                health[name] = "ready" if response.status_code == 200 else f"not ready ({response.status_code}: " \
+                    f"{str(body.get('status') or body.get('detail') or '')[:80]})"
+            except httpx.HTTPError as exc:
+                health[name] = f"unreachable ({type(exc).__name__})"
+        self.view["workloads"] = health
 
     def _certificate(self, url: str) -> None:
         self.view["certificate_expiry"] = tls_certificate_expiry(url).isoformat()
