@@ -363,3 +363,30 @@ def test_sessions_survive_a_restart_and_reach_a_second_replica_sealed_at_rest(tm
     assert browser.post("/logout", headers={"X-CSRF-Token": csrf_of(page.text)}).status_code == 204
     assert other.get("/ward").status_code == 401
     replica.state.audit.close()
+
+
+def test_news2_scores_count_once_across_rounds_and_the_trend_follows_the_last_two():
+    """The workflow feed's cursor logic (the service itself is exercised in test_portal_workflow.py):
+    a score repeated at the cursor instant is not counted twice, and only the ids at the cursor are kept."""
+    census = sources.demo_census(1, wards=("ward-a",))
+    patient = next(iter(census.patients.values()))
+
+    def score(sid: str, total: int, second: int) -> dict:
+        return {"resource": {"resourceType": "Observation", "id": sid, "subject": {"reference": patient.reference},
+                             "issued": f"2026-11-30T05:00:0{second}+00:00", "valueInteger": total}}
+    rounds = [[score("a", 1, 1), score("b", 3, 2)], [score("b", 3, 2)], [score("c", 3, 3)], [score("d", 2, 4)]]
+    asked = []
+
+    class Answers:
+        def get(self, path, params=None):
+            asked.append((path, dict(params or {})))
+            return {"entry": rounds.pop(0)} if path == "/Observation" else {"entry": []}
+    feed = sources.Workflow(census, Answers())
+    trends = []
+    for _ in range(4):
+        feed.refresh()
+        trends.append((patient.news2, patient.news2_trend))
+    assert trends == [(3, "rising"), (3, "rising"), (3, "stable"), (2, "falling")]
+    assert [p.get("_lastUpdated") for path, p in asked if path == "/Observation"] == [
+        None, "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:03+00:00"]
+    assert feed.at_since == {"d"}

@@ -275,7 +275,7 @@ class Workflow:
         self.census, self.client = census, client
         self.patients = census.by_reference()
         self.since: datetime.datetime | None = None
-        self.seen: set[str] = set()
+        self.at_since: set[str] = set()  # ids issued exactly at `since`: the only ones a round can repeat
         for patient in census.patients.values():  # the service's scores replace made-up ones
             patient.news2, patient.news2_trend, patient.news2_source = None, None, self.source
         census.replace("demo", [a for a in census.alarms.values() if a.kind != "task" and a.source == "demo"])
@@ -295,12 +295,15 @@ class Workflow:
 
     def _score(self, observation: dict[str, Any]) -> None:
         issued = datetime.datetime.fromisoformat(observation["issued"])
-        self.since = max(self.since, issued) if self.since else issued
+        if self.since is not None and issued < self.since or observation["id"] in self.at_since:
+            return  # already counted (bounded memory: only the ids at the cursor are kept)
+        if self.since is None or issued > self.since:
+            self.since, self.at_since = issued, set()
+        self.at_since.add(observation["id"])
         patient = self.patients.get((observation.get("subject") or {}).get("reference"))
         total = observation.get("valueInteger")
-        if patient is None or observation["id"] in self.seen or not isinstance(total, int):
+        if patient is None or not isinstance(total, int):
             return
-        self.seen.add(observation["id"])
         if patient.news2 is not None:
             patient.news2_trend = TREND[(total > patient.news2) - (total < patient.news2)]
         patient.news2 = total
