@@ -133,6 +133,8 @@ class Sessions:
             return Session.from_json(self.key.decrypt(found.sealed[:12], found.sealed[12:], row.encode()))
         except InvalidTag:  # altered in the store, or sealed under another key: not a session
             return None
+        except (TypeError, ValueError, KeyError):  # written by an incompatible portal version: sign in again
+            return None
 
     def end(self, request: Request) -> None:
         sid = request.cookies.get(self.cookie, "")
