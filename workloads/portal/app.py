@@ -312,7 +312,10 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
                           if config.get("forwarder_metrics") else None,
                           "certificate_expiry": checked.get("certificate_expiry", "")[:10] or (
                               expiry.date().isoformat() if expiry else None), "checked": checked})
-        return page(request, "ops.html", session, sites=sites, devices=devices, feeds=feeds.status)
+        feed_states = {name: {**state, "at": datetime.datetime.fromtimestamp(state["at"], datetime.timezone.utc)
+                              .isoformat(timespec="seconds") if state["at"] else None}
+                       for name, state in feeds.status.items()}
+        return page(request, "ops.html", session, sites=sites, devices=devices, feeds=feed_states)
 
     relying_party = RelyingParty(issuer, settings.oidc_client_id, secret, redirect_uri, issuer_transport,
                                  api_scopes=settings.api_scopes)
