@@ -200,3 +200,55 @@ def test_acknowledging_a_device_alarm_reaches_the_sdc_bridge_as_the_clinician(tm
         bridge.state.bridge.stop()
         monitor.stop()
         broker.stop()
+
+
+def test_a_patients_consent_denying_the_clinician_closes_their_pages(tmp_path):
+    """The real consent service (served over HTTP, trusting the portal's issuer) holds a Consent shaped
+    like FHIR's consent-example-pkb: treatment permitted, with a deny exception for one practitioner -
+    here dr-ward-a. That clinician is refused the patient's page, history and stream (audited); another
+    patient of the ward, with no Consent recorded, stays open; the consent service down closes pages."""
+    import json
+    import threading
+
+    import uvicorn
+    from joserfc.jwk import KeySet
+
+    from medplat.workloads.consent.app import Settings as ConsentSettings, build as build_consent
+    from medplat.workloads.portal.sources import demo_census
+    from services import free_port, wait_for_port
+    from test_consent import actor, consent, purpose
+
+    portal_data = tmp_path / "portal"
+    jwks = tmp_path / "portal-issuer.jwks.json"
+    jwks.write_text(json.dumps(KeySet([_issuer_key(portal_data)]).as_dict(private=False)))
+    service, _ = build_consent(ConsentSettings(data_dir=tmp_path / "consent", auth_issuer=ISSUER, auth_jwks=str(jwks),
+                                               when_nothing_applies={"TREAT": "not-applicable"}))
+    census = demo_census(3)
+    denied, open_ = [p for p in census.patients.values() if p.ward == "ward-a"][:2]
+    writer = mint_access_token(portal_data, ISSUER, ["consent"], "registrar", ["consent.write"])
+    with TestClient(service, headers={"authorization": f"Bearer {writer}"}) as registry:
+        assert registry.post("/Consent", json=consent("c1", denied.reference, {
+            "type": "permit", "purpose": [purpose("TREAT")],
+            "provision": [{"type": "deny", "actor": [actor("Practitioner/dr-ward-a")]}]})).status_code == 201
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(service, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    app, settings = build(Settings(data_dir=portal_data, base_url="http://testserver",
+                                   consent_url=f"http://127.0.0.1:{port}", feed_period_s=3600), census=census)
+    try:
+        clinician = TestClient(app)
+        sign_in(clinician, "dr-ward-a", settings.data_dir)
+        for path in (f"/patient/{denied.id}", f"/patient/{denied.id}/series", f"/patient/{denied.id}/events"):
+            assert clinician.get(path).status_code == 403, path
+        assert clinician.get(f"/patient/{open_.id}").status_code == 200
+        app.state.audit.flush()
+        assert "portal access refused by the patient's consent" in (settings.data_dir / "audit-spool.jsonl").read_text()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    other = [p for p in census.patients.values() if p.ward == "ward-a"][2]  # service gone, nothing cached: closed
+    assert clinician.get(f"/patient/{other.id}").status_code == 503
+    app.state.feeds.stop()
+    app.state.audit.close()

@@ -72,9 +72,13 @@ class Settings(ServiceSettings):
     workflow_token_file: Path | None = None
     alarms_url: str | None = None
     alarms_token_file: Path | None = None
-    api_audiences: list[str] = ["clinical-workflow", "sdc-bridge"]  # the local issuer's access tokens
+    api_audiences: list[str] = ["clinical-workflow", "sdc-bridge", "consent"]  # the local issuer's access tokens
     api_scopes: str = "task.read task.write observation.read alarms.read alarms.acknowledge"  # asked at sign-in
     feed_period_s: float = 5.0
+    # The consent service: a patient's page, history, live stream and actions are refused to a clinician
+    # the patient's consent denies (TREAT, access). Read with the portal's service token.
+    consent_url: str | None = None
+    consent_token_file: Path | None = None
     # TLS to those services (https URLs): the platform CA, and the portal's client certificate for mTLS.
     services_ca: Path | None = None
     services_client_cert: Path | None = None
@@ -98,6 +102,9 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     secret = settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
     issuer = settings.oidc_issuer or settings.base_url.rstrip("/") + "/local-issuer"
     http = _services_http(settings)
+    consent = sources.ConsentGate(ServiceClient(settings.consent_url, name="consent", client=http, token_file=(
+        settings.consent_token_file or (None if settings.oidc_issuer else settings.data_dir / "auth" / "service-token"))
+    )) if settings.consent_url else None
     feeds = _feeds(settings, census, issuer, http)
     site_checks = {f.name: f for f in feeds.feeds if isinstance(f, sources.SiteChecks)}
 
@@ -122,6 +129,17 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         patient = census.patients.get(pid)
         if patient is None or patient.ward not in session.wards:  # same answer: do not reveal who exists
             raise FhirError(404, "no such patient on your wards", code="not-found")
+        if consent is not None:
+            actor = session.fhir_user or f"Practitioner/{session.subject}"
+            try:
+                decision = consent.decision(patient.reference, actor)
+            except FhirError:
+                raise FhirError(503, "the consent service cannot be asked; patient data stays closed",
+                                code="transient") from None
+            if decision == "deny":
+                record(session, "read", [patient], "portal access refused by the patient's consent", outcome="4")
+                raise FhirError(403, "the patient's consent does not permit you to access their data",
+                                code="forbidden")
         return patient
 
     # ---- sign-in ---------------------------------------------------------------------------------
@@ -357,7 +375,7 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str, http: httpx.
     def renew_minted() -> None:
         if not settings.oidc_issuer and (not minted.exists() or time.time() - minted.stat().st_mtime > 1800):
             token = mint_access_token(settings.data_dir, issuer, settings.api_audiences, NAME,
-                                      ["task.read", "observation.read", "alarms.read"])
+                                      ["task.read", "observation.read", "alarms.read", "consent.decide"])
             temporary = minted.with_suffix(".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -371,12 +389,13 @@ def _feeds(settings: Settings, census: sources.Census, issuer: str, http: httpx.
     if settings.alarms_url:
         feeds.append(sources.DeviceAlarms(census, ServiceClient(settings.alarms_url, name="sdc-bridge", client=http,
                                                                 token_file=token_file(settings.alarms_token_file))))
-    if feeds:
+    if feeds or settings.consent_url:
         private_dir(minted.parent)
         renew_minted()
     feeds += [sources.SiteChecks(site, config, http) for site, config in sorted(settings.sites.items())
               if config.keys() & {"endpoint", "fleet", "audit_log", "workloads"}]
-    return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted)
+    keeps_token = bool(feeds or settings.consent_url)
+    return sources.Feeds(feeds, settings.feed_period_s, before_round=renew_minted if keeps_token else None)
 
 
 def _refusal(service: str, detail: str) -> str:

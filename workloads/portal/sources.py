@@ -339,6 +339,28 @@ class DeviceAlarms:
         self.census.replace(self.source, items)
 
 
+class ConsentGate:
+    """Asks the consent service (`POST /decide`) whether this clinician may access this patient's data
+    for treatment. Only an explicit deny refuses (treatment needs no consent where none is recorded);
+    no answer refuses too (fail closed). Decisions are cached briefly per (patient, clinician)."""
+
+    def __init__(self, client, ttl_s: float = 60.0) -> None:
+        self.client, self.ttl_s = client, ttl_s
+        self.cache: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def decision(self, patient: str, actor: str) -> str:
+        cached = self.cache.get((patient, actor))
+        if cached and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        answer = self.client.post("/decide", {"patient": patient, "actors": [actor], "purpose": "TREAT",
+                                              "action": "access", "resourceType": "Observation", "dataClass": "phi"})
+        decision = str(answer.get("decision"))
+        if len(self.cache) > 10_000:
+            self.cache.clear()
+        self.cache[(patient, actor)] = (time.monotonic(), decision)
+        return decision
+
+
 class Feeds:
     """Polls the configured services in the background, so a page never waits on them; the status of
     each (last success, last error) shows on the operations view."""
@@ -361,7 +383,7 @@ class Feeds:
                 log.warning("%s feed: %s", feed.source, exc)
 
     def start(self) -> None:
-        if self.feeds and self._thread is None:
+        if (self.feeds or self.before_round) and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="portal-feeds", daemon=True)
             self._thread.start()
 
