@@ -243,12 +243,16 @@ def test_a_patients_consent_denying_the_clinician_closes_their_pages(tmp_path):
         for path in (f"/patient/{denied.id}", f"/patient/{denied.id}/series", f"/patient/{denied.id}/events"):
             assert clinician.get(path).status_code == 403, path
         assert clinician.get(f"/patient/{open_.id}").status_code == 200
+        ward = clinician.get("/ward").text  # the bed stays listed, without the patient's name or values
+        assert denied.name not in ward and f"/patient/{denied.id}" not in ward and f"/patient/{open_.id}" in ward
+        assert f"<td>{denied.ward} / {denied.bed}</td><td>restricted by the patient&#39;s consent</td>" in ward
         app.state.audit.flush()
         assert "portal access refused by the patient's consent" in (settings.data_dir / "audit-spool.jsonl").read_text()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    other = [p for p in census.patients.values() if p.ward == "ward-a"][2]  # service gone, nothing cached: closed
-    assert clinician.get(f"/patient/{other.id}").status_code == 503
+    app.state.consent.cache.clear()  # the decisions' 60 s are over, and the consent service is gone: closed
+    assert clinician.get(f"/patient/{open_.id}").status_code == 503
+    assert clinician.get("/ward").status_code == 503
     app.state.feeds.stop()
     app.state.audit.close()

@@ -125,14 +125,16 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def page(request: Request, template: str, session: Session | None, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {"session": session, **context})
 
+    def clinician(session: Session) -> str:
+        return session.fhir_user or f"Practitioner/{session.subject}"
+
     def patient_for(session: Session, pid: str) -> sources.Patient:
         patient = census.patients.get(pid)
         if patient is None or patient.ward not in session.wards:  # same answer: do not reveal who exists
             raise FhirError(404, "no such patient on your wards", code="not-found")
         if consent is not None:
-            actor = session.fhir_user or f"Practitioner/{session.subject}"
             try:
-                decision = consent.decision(patient.reference, actor)
+                decision = consent.decision(patient.reference, clinician(session))
             except FhirError:
                 raise FhirError(503, "the consent service cannot be asked; patient data stays closed",
                                 code="transient") from None
@@ -179,19 +181,30 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
 
     # ---- clinician view --------------------------------------------------------------------------
 
-    def ward_patients(session: Session) -> list[sources.Patient]:
-        return census.of_wards(session.wards)
+    def ward_patients(session: Session) -> tuple[list[sources.Patient], list[sources.Patient]]:
+        """The ward's patients this clinician may see, and those whose consent refuses them."""
+        patients = census.of_wards(session.wards)
+        if consent is None:
+            return patients, []
+        try:
+            decisions = consent.decisions([p.reference for p in patients], clinician(session))
+        except FhirError:
+            raise FhirError(503, "the consent service cannot be asked; patient data stays closed",
+                            code="transient") from None
+        return ([p for p in patients if decisions[p.reference] != "deny"],
+                [p for p in patients if decisions[p.reference] == "deny"])
 
-    def ward_rows(patients: list[sources.Patient]) -> list[sources.WardRow]:
+    def ward_rows(patients: list[sources.Patient], refused: list[sources.Patient]) -> list[sources.WardRow]:
         latest = vitals.latest_of([p.id for p in patients])  # one lock for the ward, not one per bed
-        return [sources.ward_row(p, latest[p.id], len(census.active_alarms(p.id))) for p in patients]
+        rows = [sources.ward_row(p, latest[p.id], len(census.active_alarms(p.id))) for p in patients]
+        return sorted(rows + [sources.restricted_row(p) for p in refused], key=lambda r: r.place)
 
     @router.get("/ward")
     def ward(request: Request, session: Session = Depends(sessions.require("ward"))) -> HTMLResponse:
-        patients = ward_patients(session)
+        patients, refused = ward_patients(session)
         record(session, "search-type", patients, "portal ward list")
         partial = request.headers.get("hx-request") == "true"
-        return page(request, "ward_rows.html" if partial else "ward.html", session, rows=ward_rows(patients),
+        return page(request, "ward_rows.html" if partial else "ward.html", session, rows=ward_rows(patients, refused),
                     labels=sources.LABELS)
 
     @router.get("/patient/{pid}")
@@ -348,7 +361,7 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     _html_errors(app, templates)
     _security_headers(app)
     app.state.settings, app.state.audit, app.state.vitals, app.state.census = settings, audit, vitals, census
-    app.state.sessions, app.state.feeds = sessions, feeds
+    app.state.sessions, app.state.feeds, app.state.consent = sessions, feeds, consent
     feeds.start()
     return app, settings
 

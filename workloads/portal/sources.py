@@ -161,6 +161,12 @@ def ward_row(patient: Patient, latest: dict[str, float], alarms: int) -> WardRow
     return WardRow(patient.id, patient.name, f"{patient.ward} / {patient.bed}", Markup(cells), Markup(news2), alarms)
 
 
+def restricted_row(patient: Patient) -> WardRow:
+    """A bed whose patient's consent refuses this clinician: no name, no values, no link."""
+    return WardRow("", "restricted by the patient's consent", f"{patient.ward} / {patient.bed}",
+                   Markup("<td>—</td>" * len(LABELS)), Markup("—"), 0)
+
+
 def observation_point(resource: dict[str, Any]) -> tuple[str, float, float] | None:
     """(label, value, epoch seconds) of a numeric Observation the ward shows, else None."""
     if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
@@ -359,6 +365,17 @@ class ConsentGate:
             self.cache.clear()
         self.cache[(patient, actor)] = (time.monotonic(), decision)
         return decision
+
+    def decisions(self, patients: list[str], actor: str) -> dict[str, str]:
+        """A ward's decisions: cached ones as they are, the rest asked 8 at a time; the first failure
+        cancels the questions not yet asked (the page fails closed without waiting for them all)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=8)
+        try:
+            return dict(zip(patients, pool.map(lambda patient: self.decision(patient, actor), patients)))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Feeds:
