@@ -83,6 +83,7 @@ def stack(tmp_path_factory, evidence):  # noqa: F811
     workflow.stop()
     for served in services:
         served.stop()
+    fleet.state.audit.close()
     subscriber.loop_stop()
     server.should_exit = True
     thread.join(timeout=10)

@@ -115,3 +115,4 @@ def test_ops_shows_tuf_expiry_certificate_expiry_and_witnessed_checkpoints(tmp_p
     finally:
         for server in servers:
             server.stop()
+        fleet_app.state.audit.close()

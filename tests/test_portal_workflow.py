@@ -198,6 +198,7 @@ def test_acknowledging_a_device_alarm_reaches_the_sdc_bridge_as_the_clinician(tm
         server.should_exit = True
         thread.join(timeout=10)
         bridge.state.bridge.stop()
+        bridge.state.audit.close()
         monitor.stop()
         broker.stop()
 
@@ -256,3 +257,4 @@ def test_a_patients_consent_denying_the_clinician_closes_their_pages(tmp_path):
     assert clinician.get("/ward").status_code == 503
     app.state.feeds.stop()
     app.state.audit.close()
+    service.state.audit.close()
