@@ -638,3 +638,37 @@ def test_cds_hook_audit_names_the_ehr_user_and_the_cds_client(site, ehr_key):
     AuditEvent.model_validate(event)
     assert [(a.get("who"), a["requestor"]) for a in event["agent"]] == [
         ({"identifier": {"value": EHR}}, False), ({"reference": "Practitioner/abc"}, True)]
+
+
+def test_news2_search_since_an_instant_and_tasks_owned_by_the_tokens_fhir_user(site):
+    """GET /Observation?_lastUpdated=gt… returns the scores issued after the instant, oldest first (the
+    portal's one call per round); a token carrying SMART's fhirUser (a person signed in elsewhere, e.g.
+    the portal) claims as that Practitioner; a fhirUser that is no Practitioner(Role) may not own Tasks."""
+    import time as clock
+
+    from joserfc import jwt
+
+    from medplat.service.auth import ALGORITHMS, LOCAL_ISSUER, _local_key
+
+    app, client, token = site
+    before = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    deteriorate(app, client, token)
+    found = client.get("/Observation", params={"_lastUpdated": f"gt{before}"}, headers=token()).json()
+    issued = [e["resource"]["issued"] for e in found["entry"]]
+    assert issued and issued == sorted(issued) and found["entry"][-1]["resource"]["valueInteger"] == 7
+    later = client.get("/Observation", params={"_lastUpdated": f"gt{issued[-1]}"}, headers=token()).json()
+    assert later["total"] == 0
+    for bad in ("2026-11-30T00:00:00+00:00", "gt2026-11-30T00:00:00", "gtyesterday"):
+        assert client.get("/Observation", params={"_lastUpdated": bad}, headers=token()).status_code in (400, 422)
+
+    def person(fhir_user: str) -> dict:
+        key, now = _local_key(app.state.settings.data_dir), int(clock.time())
+        claims = {"iss": LOCAL_ISSUER, "aud": "clinical-workflow", "sub": "dr-ward-a", "scope": "task.write",
+                  "iat": now, "exp": now + 300, "fhirUser": fhir_user,
+                  "medplat_practitioner_roles": ["PractitionerRole/medical-team"]}  # the Task's recipient
+        return {"authorization": "Bearer " + jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key,
+                                                        algorithms=ALGORITHMS)}
+    task = client.get("/Task", params={"patient": PATIENT}, headers=token()).json()["entry"][0]["resource"]
+    assert client.post(f"/Task/{task['id']}/$claim", headers=person("Patient/1288992")).status_code == 403
+    claimed = client.post(f"/Task/{task['id']}/$claim", headers=person("Practitioner/dr-ward-a"))
+    assert claimed.status_code == 200 and claimed.json()["owner"] == {"reference": "Practitioner/dr-ward-a"}

@@ -3,6 +3,7 @@ audit of every view of patient data, live vitals from the real site broker, the 
 real signed evidence bundle."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -304,3 +305,88 @@ def test_an_observation_published_on_the_site_broker_reaches_the_patient_stream(
         server.thread.join(timeout=10)
         broker.stop()
         app.state.audit.close()
+
+
+def test_compliance_portal_shows_drift_between_runs_as_medplat_compliance_drift_does(tmp_path):
+    """Two real `medplat compliance run`s (the small stack export, then the same stack drifted as
+    tests/test_compliance_run.py drifts it): the portal lists the second run's drift, line for line what
+    `medplat compliance drift` prints for the same two records."""
+    from test_compliance_run import EXPORT, drifted_export, run
+
+    out = tmp_path / "compliance"
+    assert run(out, EXPORT).exit_code == 1  # the gate fails on its unlabelled parameter; the run is recorded
+    assert run(out, drifted_export(tmp_path / "later.json")).exit_code == 1
+    first, second = sorted((out / "runs").glob("*.json"))
+    expected = CliRunner().invoke(cli, ["compliance", "drift", str(first), str(second)]).stdout.splitlines()
+    assert "control NIS2-21.2.h: pass -> fail" in expected
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver",
+                                   evidence_dir=tmp_path / "build", compliance_runs_dir=out))
+    client = client_for(app, "compliance-officer", settings.data_dir)
+    page = client.get("/compliance").text
+    rows = re.findall(r'<tr data-run="([^"]+)">\s*<td>[^<]*</td><td>([^<]*)</td>\s*<td>(.*?)</td>\s*</tr>', page, re.S)
+    assert [(r[0], r[1]) for r in rows] == [(second.stem, first.stem), (first.stem, "first run")]
+    shown = [html.unescape(line) for line in re.findall(r"<li>(.*?)</li>", rows[0][2])]
+    assert shown == expected
+    app.state.audit.close()
+
+
+def test_sessions_survive_a_restart_and_reach_a_second_replica_sealed_at_rest(tmp_path):
+    """One data folder (or database URL and session key) shared: a new process, or a second replica,
+    knows the signed-in person; the store holds neither cookie values nor tokens in the clear (0600);
+    an altered record is no session; signing out on one replica signs out on the other."""
+    import sqlite3
+
+    settings = Settings(data_dir=tmp_path / "data", base_url="http://testserver")
+    first, _ = build(settings)
+    browser = TestClient(first)
+    sign_in(browser, "dr-ward-a", settings.data_dir)
+    cookie = browser.cookies.get("portal")
+    assert browser.get("/ward").status_code == 200
+    first.state.audit.close()
+    replica, _ = build(settings)  # a restart, or the second replica on the same store
+    other = TestClient(replica, cookies={"portal": cookie})
+    page = other.get("/ward")
+    assert page.status_code == 200 and "Ward ward-a" in page.text
+    store, key = settings.data_dir / "portal.sqlite", settings.data_dir / "auth" / "session.key"
+    assert store.stat().st_mode & 0o077 == 0 and key.stat().st_mode & 0o077 == 0
+    raw = store.read_bytes() + b"".join(p.read_bytes() for p in store.parent.glob("portal.sqlite-*"))
+    session = replica.state.sessions.current(type("R", (), {"cookies": {"portal": cookie}})())
+    assert session.access_token and session.access_token.encode() not in raw and cookie.encode() not in raw
+    assert b"dr-ward-a" not in raw and session.csrf.encode() not in raw
+    with sqlite3.connect(store) as db:  # flip one byte of the sealed session
+        (sealed,) = db.execute("SELECT sealed FROM portal_sessions").fetchone()
+        db.execute("UPDATE portal_sessions SET sealed = ?", (sealed[:-1] + bytes([sealed[-1] ^ 1]),))
+    assert other.get("/ward").status_code == 401
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE portal_sessions SET sealed = ?", (sealed,))
+    assert other.get("/ward").status_code == 200
+    assert browser.post("/logout", headers={"X-CSRF-Token": csrf_of(page.text)}).status_code == 204
+    assert other.get("/ward").status_code == 401
+    replica.state.audit.close()
+
+
+def test_news2_scores_count_once_across_rounds_and_the_trend_follows_the_last_two():
+    """The workflow feed's cursor logic (the service itself is exercised in test_portal_workflow.py):
+    a score repeated at the cursor instant is not counted twice, and only the ids at the cursor are kept."""
+    census = sources.demo_census(1, wards=("ward-a",))
+    patient = next(iter(census.patients.values()))
+
+    def score(sid: str, total: int, second: int) -> dict:
+        return {"resource": {"resourceType": "Observation", "id": sid, "subject": {"reference": patient.reference},
+                             "issued": f"2026-11-30T05:00:0{second}+00:00", "valueInteger": total}}
+    rounds = [[score("a", 1, 1), score("b", 3, 2)], [score("b", 3, 2)], [score("c", 3, 3)], [score("d", 2, 4)]]
+    asked = []
+
+    class Answers:
+        def get(self, path, params=None):
+            asked.append((path, dict(params or {})))
+            return {"entry": rounds.pop(0)} if path == "/Observation" else {"entry": []}
+    feed = sources.Workflow(census, Answers())
+    trends = []
+    for _ in range(4):
+        feed.refresh()
+        trends.append((patient.news2, patient.news2_trend))
+    assert trends == [(3, "rising"), (3, "rising"), (3, "stable"), (2, "falling")]
+    assert [p.get("_lastUpdated") for path, p in asked if path == "/Observation"] == [
+        None, "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:03+00:00"]
+    assert feed.at_since == {"d"}

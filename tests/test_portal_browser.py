@@ -22,7 +22,15 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from medplat.workloads.portal import sources
 from medplat.workloads.portal.app import Settings, build
-from medplat.workloads.portal.identity import demo_password
+from medplat.workloads.portal.identity import demo_password, mint_access_token
+from portal_helpers import publish_vitals, record_staff_observations, start_workflow
+from medplat.cli import app as cli
+from medplat.service.audit import balp_event
+from medplat.workloads.audit_log.app import Settings as AuditSettings, build as build_audit
+from medplat.workloads.fleet.app import Settings as FleetSettings, build as build_fleet
+from test_compliance_run import EXPORT, drifted_export, run as run_compliance
+from test_portal_ops import Served
+from typer.testing import CliRunner
 from services import Mosquitto, free_port, wait_for_port
 from test_portal import evidence, observation  # noqa: F401  (module fixture: a real signed bundle)
 
@@ -38,7 +46,24 @@ def stack(tmp_path_factory, evidence):  # noqa: F811
     broker = Mosquitto(folder / "broker")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app, settings = build(Settings(data_dir=folder / "data", base_url=base, evidence_dir=folder / "build"))
+    census = sources.demo_census(8)
+    mint_access_token(folder / "data", base + "/local-issuer", ["x"], "setup", [])  # the issuer key, first
+    workflow = start_workflow(folder / "workflow", folder / "data", base + "/local-issuer", broker, census)
+    # Site operations: a real edge audit log and a real fleet service with a TUF repository.
+    edge_log, _ = build_audit(AuditSettings(data_dir=folder / "edge-log", origin="site-a.medplat/audit"))
+    edge_log.state.audit.append([balp_event("read", source="test", agent="x", patient="Patient/1")])
+    assert CliRunner().invoke(cli, ["fleet", "init", str(folder / "tuf"), "--keys", str(folder / "keys")]).exit_code == 0
+    fleet, _ = build_fleet(FleetSettings(data_dir=folder / "fleet", tuf_repository=folder / "tuf"))
+    services = [Served(edge_log), Served(fleet)]
+    # Compliance: two real compliance runs, the second drifted.
+    assert run_compliance(folder / "compliance", EXPORT).exit_code == 1
+    assert run_compliance(folder / "compliance", drifted_export(folder / "later.json")).exit_code == 1
+    app, settings = build(Settings(data_dir=folder / "data", base_url=base, evidence_dir=folder / "build",
+                                   workflow_url=f"http://127.0.0.1:{workflow.port}", feed_period_s=1.0,
+                                   compliance_runs_dir=folder / "compliance",
+                                   sites={"site-a": {"audit_log": f"http://127.0.0.1:{services[0].port}",
+                                                     "fleet": f"http://127.0.0.1:{services[1].port}"}}),
+                          census=census)
     subscriber = sources.subscribe(app.state.vitals, broker.url_for("portal"), "portal-browser", None, None)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -51,8 +76,14 @@ def stack(tmp_path_factory, evidence):  # noqa: F811
         options.add_argument(flag)
     driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(30)
-    yield {"app": app, "settings": settings, "base": base, "broker": broker, "driver": driver, "folder": folder}
+    yield {"app": app, "settings": settings, "base": base, "broker": broker, "driver": driver, "folder": folder,
+           "workflow": workflow}
     driver.quit()
+    app.state.feeds.stop()
+    workflow.stop()
+    for served in services:
+        served.stop()
+    fleet.state.audit.close()
     subscriber.loop_stop()
     server.should_exit = True
     thread.join(timeout=10)
@@ -142,3 +173,47 @@ def test_a_compliance_officer_drills_down_to_a_control(stack):
     link.click()
     assert driver.find_element(By.ID, "control-id").text.startswith(control)
     check_accessibility(stack, "control drill-down")
+
+
+def test_a_clinician_claims_a_clinical_workflow_task_from_the_patient_page(stack):
+    driver, app = stack["driver"], stack["app"]
+    census = app.state.census
+    patient = [p for p in census.patients.values() if p.ward == "ward-a"][-1]
+    record_staff_observations(f"http://127.0.0.1:{stack['workflow'].port}", stack["settings"].data_dir,
+                              stack["base"] + "/local-issuer", patient.reference)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-{uuid.uuid4().hex[:6]}")
+    Mosquitto.login(publisher, "sdc-bridge")
+    publisher.connect("127.0.0.1", stack["broker"].port)
+    publisher.loop_start()
+    try:  # NEWS2 7 (RR 3, SpO2 2, pulse 2): the workflow opens an emergency response Task
+        publish_vitals(publisher, patient.devices[0], respiration_rate=26, spo2=93, systolic_bp=122, pulse=115,
+                       temperature=36.9)
+    finally:
+        publisher.loop_stop()
+    deadline = time.monotonic() + 30
+    while not any(a.source == "clinical-workflow" for a in census.open_items(patient.id)):
+        assert time.monotonic() < deadline, app.state.feeds.status
+        time.sleep(0.2)
+    task = next(a for a in census.open_items(patient.id) if a.source == "clinical-workflow")
+    sign_in(stack, "dr-ward-a")
+    driver.get(f"{stack['base']}/patient/{patient.id}")
+    assert "NEWS2: 7" in driver.find_element(By.ID, "alarms-h").find_element(By.XPATH, "..").text
+    check_accessibility(stack, "patient page with workflow task")
+    driver.find_element(By.CSS_SELECTOR, f'[id="alarm-{task.id}"] button').click()
+    WebDriverWait(driver, 10).until(
+        lambda d: "claimed by Practitioner/dr-ward-a" in d.find_element(By.ID, "alarms").text)
+    driver.save_screenshot(str(stack["folder"] / "task-claimed.png"))
+    check_accessibility(stack, "task claimed")
+
+
+def test_site_operations_and_compliance_drift_pages(stack):
+    driver = stack["driver"]
+    sign_in(stack, "site-operator")
+    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.checkpoints") or d.refresh())
+    assert [row.find_elements(By.TAG_NAME, "td")[0].text for row in
+            driver.find_elements(By.CSS_SELECTOR, "table.tuf tbody tr")] == ["root", "targets", "snapshot", "timestamp"]
+    check_accessibility(stack, "site operations with checks")
+    sign_in(stack, "compliance-officer")
+    drift = driver.find_element(By.ID, "drift")
+    assert "control NIS2-21.2.h: pass -> fail" in drift.text
+    check_accessibility(stack, "compliance drift")

@@ -102,10 +102,13 @@ class Handover(BaseModel):
 
 
 def actor(principal: Principal) -> str:
-    if not ACTOR.match(principal.subject):
-        raise FhirError(403, "the token's subject must be a Practitioner or PractitionerRole reference to own Tasks",
-                        code="forbidden")
-    return principal.subject
+    """Who owns Tasks: the token's SMART `fhirUser` claim (a person signed in through an OpenID provider,
+    e.g. a clinician in the portal), else its subject; either way a Practitioner(Role) reference."""
+    who = principal.claims.get("fhirUser") or principal.subject
+    if not isinstance(who, str) or not ACTOR.match(who):
+        raise FhirError(403, "the token's fhirUser or subject must be a Practitioner or PractitionerRole reference "
+                             "to own Tasks", code="forbidden")
+    return who
 
 
 # The PractitionerRoles a person holds, as the identity provider states them in the token (e.g.
@@ -324,7 +327,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         worker.wake()
 
     @router.get("/Task", tags=["tasks"])
-    def search_tasks(status: str | None = Query(None, max_length=32), owner: str | None = Query(None, max_length=200),
+    def search_tasks(status: str | None = Query(None, max_length=120), owner: str | None = Query(None, max_length=200),
                      patient: str | None = Query(None, max_length=200), count: int = Query(100, alias="_count",
                                                                                           ge=1, le=500),
                      principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:
@@ -439,6 +442,28 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         outcome = clinical.record_observation(resource)
         audited("create", principal, resource["subject"]["reference"], [f"Observation/{resource['id']}"])
         return {"id": resource["id"], "outcome": outcome}
+
+    @router.get("/Observation", tags=["news2"])
+    def search_scores(last_updated: str | None = Query(None, alias="_lastUpdated", max_length=40,
+                                                       pattern=r"^gt\d{4}-\d{2}-\d{2}T[0-9:.+\-Z]+$"),
+                      count: int = Query(500, alias="_count", ge=1, le=1000),
+                      principal: Principal = Depends(auth.require("observation.read"))) -> dict[str, Any]:
+        """NEWS2 scores issued after `_lastUpdated=gt<instant>`, oldest first: one call keeps a ward's
+        scores and trends current (a per-patient /news2 read per bed would be N calls)."""
+        query = select(store.scores.c.resource).order_by(store.scores.c.issued).limit(count)
+        if last_updated:
+            try:
+                since = datetime.datetime.fromisoformat(last_updated[2:].replace("Z", "+00:00"))
+            except ValueError:
+                raise FhirError(400, "_lastUpdated must be gt<ISO 8601 instant>", code="invalid") from None
+            if since.tzinfo is None:
+                raise FhirError(400, "_lastUpdated needs a time zone", code="invalid")
+            query = query.where(store.scores.c.issued > since.timestamp())
+        with db.connect() as conn:
+            found = [r.resource for r in conn.execute(query)]
+        audited("search-type", principal, None, [f"Observation/{o['id']}" for o in found][:50])
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                "entry": [{"fullUrl": f"Observation/{o['id']}", "resource": o} for o in found]}
 
     @router.get("/news2", tags=["news2"])
     def latest_news2(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),

@@ -14,17 +14,20 @@ import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
+from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, delete, insert, select
 
 from medplat.service.access import mark, public
 from medplat.service.fhir import FhirError
@@ -49,34 +52,94 @@ class Session:
     wards: frozenset[str]
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     expires: float = field(default_factory=lambda: time.time() + SESSION_TTL_S)
+    # The person's own access token for the platform's APIs (claim a Task, acknowledge an alarm as
+    # themselves); it stays on the server, encrypted at rest in the session store.
+    access_token: str | None = None
+    fhir_user: str | None = None  # SMART `fhirUser` (e.g. Practitioner/123), how services name the person
 
     def may(self, view: str) -> bool:
         return bool(self.roles & VIEWS[view])
 
+    def to_json(self) -> bytes:
+        return json.dumps({**asdict(self), "roles": sorted(self.roles), "wards": sorted(self.wards)}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Session:
+        fields = json.loads(data)
+        return cls(**{**fields, "roles": frozenset(fields["roles"]), "wards": frozenset(fields["wards"])})
+
+
+sessions_table = Table("portal_sessions", MetaData(),
+                       Column("id", String(64), primary_key=True),  # SHA-256 of the cookie value, never the value
+                       Column("expires", Float, nullable=False, index=True),
+                       Column("sealed", LargeBinary, nullable=False))  # AES-256-GCM(session), bound to the id
+
+
+def session_key(path: Path) -> AESGCM:
+    """The session store's AES-256-GCM key (0600 in a private folder); replicas share it by file."""
+    if not path.exists():
+        private_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another replica made it first
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(AESGCM.generate_key(bit_length=256))
+                handle.flush()
+                os.fsync(handle.fileno())
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise ValueError(f"{path}: the session key must be 32 bytes")
+    return AESGCM(key)
+
 
 class Sessions:
-    """Server-side sessions keyed by an unguessable cookie value."""
+    """Sessions in a database (SQLite in the data folder by default, PostgreSQL by URL for replicas), so
+    a restart or another replica keeps people signed in. The browser holds only a random id; the store
+    holds its SHA-256 and the session sealed with AES-256-GCM (the id hash as associated data): a stolen
+    database file gives neither cookies nor tokens."""
 
-    def __init__(self, secure: bool) -> None:
+    def __init__(self, secure: bool, engine, key: AESGCM) -> None:
         self.secure = secure
         self.cookie = "__Host-portal" if secure else "portal"
-        self._by_id: dict[str, Session] = {}
+        self.engine, self.key = engine, key
+        sessions_table.metadata.create_all(engine)
+
+    @staticmethod
+    def _row_id(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
 
     def create(self, session: Session) -> str:
-        sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = session
+        sid, nonce = secrets.token_urlsafe(32), os.urandom(12)
+        row = self._row_id(sid)
+        sealed = nonce + self.key.encrypt(nonce, session.to_json(), row.encode())
+        with self.engine.begin() as conn:
+            conn.execute(delete(sessions_table).where(sessions_table.c.expires < time.time()))
+            conn.execute(insert(sessions_table).values(id=row, expires=session.expires, sealed=sealed))
         return sid
 
     def current(self, request: Request) -> Session | None:
         sid = request.cookies.get(self.cookie)
-        session = self._by_id.get(sid) if sid else None
-        if session and session.expires < time.time():
-            self._by_id.pop(sid, None)
+        if not sid or len(sid) > 100:
             return None
-        return session
+        row = self._row_id(sid)
+        with self.engine.connect() as conn:
+            found = conn.execute(select(sessions_table.c.expires, sessions_table.c.sealed)
+                                 .where(sessions_table.c.id == row)).first()
+        if found is None or found.expires < time.time():
+            return None
+        try:
+            return Session.from_json(self.key.decrypt(found.sealed[:12], found.sealed[12:], row.encode()))
+        except InvalidTag:  # altered in the store, or sealed under another key: not a session
+            return None
+        except (TypeError, ValueError, KeyError):  # written by an incompatible portal version: sign in again
+            return None
 
     def end(self, request: Request) -> None:
-        self._by_id.pop(request.cookies.get(self.cookie, ""), None)
+        sid = request.cookies.get(self.cookie, "")
+        with self.engine.begin() as conn:
+            conn.execute(delete(sessions_table).where(sessions_table.c.id == self._row_id(sid)))
 
     def set_cookie(self, response, sid: str) -> None:
         response.set_cookie(self.cookie, sid, max_age=SESSION_TTL_S, httponly=True, samesite="lax",
@@ -114,8 +177,9 @@ class RelyingParty:
     """The portal as an OpenID Connect client of `issuer` (discovery, code flow with PKCE, ID token check)."""
 
     def __init__(self, issuer: str, client_id: str, client_secret: str | None, redirect_uri: str,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, api_scopes: str = "") -> None:
         self.issuer, self.client_id, self.client_secret = issuer.rstrip("/"), client_id, client_secret
+        self.scope = " ".join(["openid", "profile", *api_scopes.split()])
         self.redirect_uri, self.transport = redirect_uri, transport
         self.metadata: dict[str, Any] | None = None
         self.keys: KeySet | None = None
@@ -124,7 +188,7 @@ class RelyingParty:
     def _client(self) -> AsyncOAuth2Client:
         kwargs = {"transport": self.transport} if self.transport else {}
         return AsyncOAuth2Client(client_id=self.client_id, client_secret=self.client_secret,
-                                 redirect_uri=self.redirect_uri, scope="openid profile",
+                                 redirect_uri=self.redirect_uri, scope=self.scope,
                                  code_challenge_method="S256",
                                  token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
                                  **kwargs)
@@ -163,8 +227,8 @@ class RelyingParty:
                 break
             del self.pending[state]
 
-    async def finish(self, code: str, state: str, browser_state: str | None) -> dict[str, Any]:
-        """Exchange the code and return the verified ID token claims."""
+    async def finish(self, code: str, state: str, browser_state: str | None) -> tuple[dict[str, Any], str | None]:
+        """Exchange the code; the verified ID token claims and the person's access token for the APIs."""
         login = self.pending.pop(state, None)
         if login is None or not browser_state or not secrets.compare_digest(state, browser_state):
             raise FhirError(400, "login expired or started in another browser; sign in again", code="login")
@@ -179,23 +243,30 @@ class RelyingParty:
                                   exp={"essential": True}, sub={"essential": True}).validate(decoded.claims)
         except (JoseError, KeyError, ValueError) as exc:
             raise FhirError(401, f"ID token rejected: {exc}", code="login") from None
-        return decoded.claims
+        return decoded.claims, token.get("access_token")
 
 
-def session_from_claims(claims: dict[str, Any]) -> Session:
+def session_from_claims(claims: dict[str, Any], access_token: str | None = None) -> Session:
     roles = claims.get("roles") or []
     wards = claims.get("medplat_wards") or []
     if not isinstance(roles, list) or not isinstance(wards, list):
         raise FhirError(401, "ID token roles/medplat_wards are not lists", code="login")
+    fhir_user = claims.get("fhirUser")
     return Session(subject=str(claims["sub"]), name=str(claims.get("name") or claims["sub"]),
-                   roles=frozenset(r for r in roles if r in ROLES), wards=frozenset(str(w) for w in wards))
+                   roles=frozenset(r for r in roles if r in ROLES), wards=frozenset(str(w) for w in wards),
+                   access_token=access_token, fhir_user=fhir_user if isinstance(fhir_user, str) else None)
 
 
 # ---- local demo issuer (embedded defaults only) -------------------------------------------------
 
+# The PractitionerRoles the demo clinicians hold: the clinical workflow lets only a Task's
+# restriction.recipient (a person or one of these roles) claim or move it.
+DEMO_CLINICIAN_ROLES = ["PractitionerRole/medical-team", "PractitionerRole/ward-nurse"]
 DEMO_USERS = {
-    "dr-ward-a": {"name": "Dr. A (ward A)", "roles": ["clinician"], "medplat_wards": ["ward-a"]},
-    "dr-ward-b": {"name": "Dr. B (ward B)", "roles": ["clinician"], "medplat_wards": ["ward-b"]},
+    "dr-ward-a": {"name": "Dr. A (ward A)", "roles": ["clinician"], "medplat_wards": ["ward-a"],
+                  "fhirUser": "Practitioner/dr-ward-a", "medplat_practitioner_roles": DEMO_CLINICIAN_ROLES},
+    "dr-ward-b": {"name": "Dr. B (ward B)", "roles": ["clinician"], "medplat_wards": ["ward-b"],
+                  "fhirUser": "Practitioner/dr-ward-b", "medplat_practitioner_roles": DEMO_CLINICIAN_ROLES},
     "site-operator": {"name": "Site operator", "roles": ["site-operator"], "medplat_wards": []},
     "compliance-officer": {"name": "Compliance officer", "roles": ["compliance-officer"], "medplat_wards": []},
     "admin": {"name": "Platform admin", "roles": ["admin"], "medplat_wards": []},
@@ -223,8 +294,24 @@ def demo_password(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def local_issuer(base_url: str, data_dir: Path, client_id: str, templates) -> APIRouter:
-    """A minimal OpenID provider for the demo users (authorization code + PKCE, Ed25519 ID tokens)."""
+# What the local issuer's access tokens let a demo clinician do in the platform's APIs, as themselves.
+CLINICIAN_API_SCOPES = ("task.read", "task.write", "observation.read", "alarms.read", "alarms.acknowledge")
+
+
+def mint_access_token(data_dir: Path, issuer: str, audiences: list[str], subject: str, scopes: list[str],
+                      ttl_s: int = 3600, **claims: Any) -> str:
+    """An access token (JWT) from the local issuer: the services trust it when configured with the
+    issuer and its JWKS (`AUTH_ISSUER`, `AUTH_JWKS`), as they would trust the site's OpenID provider."""
+    key, now = _issuer_key(data_dir), int(time.time())
+    body = {"iss": issuer, "aud": audiences, "sub": subject, "scope": " ".join(scopes), "iat": now, "nbf": now,
+            "exp": now + ttl_s, "jti": uuid.uuid4().hex, **claims}
+    return jwt.encode({"alg": "Ed25519", "kid": key.kid}, body, key, algorithms=ALGORITHMS)
+
+
+def local_issuer(base_url: str, data_dir: Path, client_id: str, templates,
+                 api_audiences: list[str] = ()) -> APIRouter:
+    """A minimal OpenID provider for the demo users (authorization code + PKCE, Ed25519 ID tokens; access
+    tokens are JWTs for `api_audiences`, carrying the clinician's fhirUser)."""
     issuer = base_url.rstrip("/") + "/local-issuer"
     key, password = _issuer_key(data_dir), demo_password(data_dir)
     codes: dict[str, dict[str, Any]] = {}
@@ -280,7 +367,12 @@ def local_issuer(base_url: str, data_dir: Path, client_id: str, templates) -> AP
         claims = {"iss": issuer, "aud": clientid, "sub": user, "nonce": grant["nonce"], "iat": now, "exp": now + 300,
                   **DEMO_USERS[user]}
         id_token = jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=ALGORITHMS)
-        return JSONResponse({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 300,
+        profile = DEMO_USERS[user]
+        scopes = list(CLINICIAN_API_SCOPES) if "clinician" in profile["roles"] else []
+        extra = {claim: profile[claim] for claim in ("fhirUser", "medplat_practitioner_roles") if claim in profile}
+        access = mint_access_token(data_dir, issuer, list(api_audiences) or [clientid], user, scopes,
+                                   ttl_s=8 * 3600, **extra)
+        return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": 8 * 3600,
                              "id_token": id_token})
 
     return router

@@ -22,8 +22,14 @@ class ServiceClient:
         return {"authorization": f"Bearer {token}"} if token else {}
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", path, json=body)
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._call("GET", path, params=params)
+
+    def _call(self, method: str, path: str, **options: Any) -> dict[str, Any]:
         try:
-            response = self.client.post(f"{self.base_url}{path}", json=body, headers=self._headers())
+            response = self.client.request(method, f"{self.base_url}{path}", headers=self._headers(), **options)
         except httpx.HTTPError as exc:
             raise FhirError(503, f"{self.name} unreachable: {exc}", code="transient") from None
         if response.status_code != 200:
