@@ -30,8 +30,7 @@ PLANNED_ACCOUNT = "000000000000"
 SECRET_PLACEHOLDER = "[secret: not decrypted offline]"
 
 
-class SynthError(Exception):
-    """One-line synthesis failure."""
+from medplat.errors import SynthError  # noqa: E402,F401  (defined without Pulumi for the CLI)
 
 
 def _placeholder_ip(seed: str) -> str:
