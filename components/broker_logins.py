@@ -55,7 +55,8 @@ class BrokerLogins(LabelledComponent):
     def __init__(self, name: str, args: BrokerLoginsArgs, labels: Labels,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("medplat:components:BrokerLogins", name, labels, opts)
-        self.login_secrets: dict[str, pulumi.Output[str]] = {}
+        self.login_secrets: dict[str, pulumi.Output[str]] = {}  # workload -> its login Secret's name
+        self.logins: dict[str, k8s.core.v1.Secret] = {}
         entries: list[pulumi.Output[str]] = []
         for user in args.users:
             password = self.child(random.RandomPassword, f"{user}-password", data_class="key-material",
@@ -67,6 +68,7 @@ class BrokerLogins(LabelledComponent):
                 type="Opaque",
                 string_data={LOGIN_KEY: pulumi.Output.secret(password.result)},
             )
+            self.logins[user] = login
             self.login_secrets[user] = login.metadata.name
             entries.append(pulumi.Output.all(password.result, salt.base64).apply(
                 lambda values, user=user: password_file_line(user, values[0], base64.b64decode(values[1]))))
