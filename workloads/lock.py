@@ -63,9 +63,16 @@ def inputs_digest(root: Path, name: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+DISTRIBUTION_HEADER = ("# The whole medplat distribution: pyproject dependencies and the runtime extras {extras}.\n"
+                       "# Every image lock is resolved under it. Regenerate: python -m medplat.workloads.lock\n"
+                       "# inputs: {digest}\n")
+
+
 def header(root: Path, name: str) -> str:
-    return HEADER.format(name=name if name != "distribution" else "whole medplat distribution (constraint for every)",
-                         digest=inputs_digest(root, name))
+    """The first lines of a lock: what it is, how to regenerate it, and the digest of its inputs."""
+    if name == "distribution":
+        return DISTRIBUTION_HEADER.format(extras=", ".join(RUNTIME_EXTRAS), digest=inputs_digest(root, name))
+    return HEADER.format(name=name, digest=inputs_digest(root, name))
 
 
 def _dependency_tables(pyproject: str) -> str:
