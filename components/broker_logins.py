@@ -80,4 +80,9 @@ class BrokerLogins(LabelledComponent):
             string_data={PASSWORD_FILE_KEY: pulumi.Output.secret(password_file)},
         )
         self.passwords_secret_name = self.passwords.metadata.name
+        # Mosquitto reads password_file only at start: the broker's pods carry this digest, so a
+        # changed file (a workload added or a password replaced) rolls them. A SHA-256 over salted
+        # PBKDF2 hashes reveals nothing, so it need not be secret.
+        self.passwords_digest = pulumi.Output.unsecret(
+            password_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest()))
         self.finish({"users": list(args.users), "passwordsSecret": self.passwords_secret_name})

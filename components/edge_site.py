@@ -27,6 +27,7 @@ PSA_RESTRICTED = {
 
 BROKER_PASSWORDS_SECRET = "mqtt-broker-passwords"
 BROKER = "mqtt-broker"
+PASSWORDS_DIGEST_ANNOTATION = "medplat.io/broker-passwords-sha256"
 
 
 @dataclass
@@ -135,6 +136,8 @@ class EdgeSite(LabelledComponent):
                     secret_names={"mtls-client": enrollment.apply(lambda e: e["secretName"]),
                                   BROKER_PASSWORDS_SECRET: passwords_secret},
                     broker_login_secret=logins.get(spec.name),
+                    pod_annotations={PASSWORDS_DIGEST_ANNOTATION: self.broker_logins.passwords_digest}
+                    if spec.name == BROKER and self.broker_logins else {},
                     config_map_names={"site-policy": policy_map.metadata.name},
                     storage_class=args.storage_class, volume_sizes=volume_sizes,
                 ),

@@ -45,6 +45,9 @@ class WorkloadArgs:
     # The site broker login (components/broker_logins.py): the Secret holding this workload's
     # password. The pod mounts it and the foundation's MQTT settings point at it.
     broker_login_secret: pulumi.Input[str] | None = None
+    # Pod-template annotations, e.g. a digest of mounted config the process reads only at start:
+    # a change rolls the pods (the broker reads its password file only when it starts).
+    pod_annotations: dict[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 BROKER_LOGIN_DIR = "/etc/medplat/broker-login"
@@ -133,7 +136,8 @@ class Workload(LabelledComponent):
                 "strategy": {"type": "Recreate" if claims else "RollingUpdate"},
                 "selector": {"matchLabels": selector_labels(spec.name)},
                 "template": {
-                    "metadata": {"labels": pod_labels},
+                    "metadata": {"labels": pod_labels,
+                                 **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {})},
                     "spec": self._pod_spec(args, claims),
                 },
             },

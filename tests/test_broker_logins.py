@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
+import re
 import secrets
 import string
 import time
@@ -171,6 +172,8 @@ def test_edge_sites_mount_each_workload_login_where_its_settings_look(inventorie
                 for r in inv["resources"] if r["type"] in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")
                 and "medplat.io/workload" in (r["inputs"]["metadata"].get("annotations") or {})]
         deployed = {workload for workload, _ in pods}
+        broker_template = next(r["inputs"]["spec"]["template"] for r in inv["resources"]
+                               if r["type"] == "kubernetes:apps/v1:Deployment" and r["name"].endswith("mqtt-broker-deployment"))
         users = [u for u in acl_users(ACL) if u in deployed]
         assert "edge-forwarder" in users and "sdc-bridge" in users
         for workload, pod in pods:
@@ -179,6 +182,9 @@ def test_edge_sites_mount_each_workload_login_where_its_settings_look(inventorie
             if workload == "mqtt-broker":
                 volume = next(v for v in pod["volumes"] if v["name"] == "mqtt-broker-passwords")
                 assert volume["secret"]["secretName"] == "mqtt-broker-passwords"
+                # A changed password file rolls the broker (it reads the file only at start).
+                assert re.fullmatch(r"[0-9a-f]{64}", broker_template["metadata"]["annotations"][
+                    "medplat.io/broker-passwords-sha256"])
                 continue
             if workload not in users:
                 assert not any(v["name"] == "broker-login" for v in pod["volumes"])
