@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from medplat.components.base import LabelledComponent
+from medplat.components.broker_logins import BrokerLogins, BrokerLoginsArgs, acl_users
 from medplat.components.labels import Labels
 from medplat.components.workload import PeerContext, Workload, WorkloadArgs
 from medplat.components.workload_spec import WorkloadSpec
@@ -25,6 +26,8 @@ PSA_RESTRICTED = {
 
 
 BROKER_PASSWORDS_SECRET = "mqtt-broker-passwords"
+BROKER = "mqtt-broker"
+PASSWORDS_DIGEST_ANNOTATION = "medplat.io/broker-passwords-sha256"
 
 
 @dataclass
@@ -111,6 +114,18 @@ class EdgeSite(LabelledComponent):
             workload_ports={s.name: [p.port for p in s.ports] for s in specs},
             zones={"@cloud": "eu-phi", "@devices": "edge"},
         )
+        # Broker logins for every ACL user deployed here: generated passwords, the broker's hashed
+        # password file; no credential passes through stack config.
+        broker = next((s for s in specs if s.name == BROKER), None)
+        self.broker_logins = None if broker is None else BrokerLogins(
+            f"{name}-broker-logins",
+            BrokerLoginsArgs(namespace=ns, users=[u for u in acl_users(broker.config_files.get("acl", ""))
+                                                   if u in {s.name for s in specs}],
+                             passwords_secret_name=BROKER_PASSWORDS_SECRET),
+            labels=self.labels, opts=pulumi.ResourceOptions(parent=self),
+        )
+        logins = self.broker_logins.login_secrets if self.broker_logins else {}
+        passwords_secret = self.broker_logins.passwords_secret_name if self.broker_logins else BROKER_PASSWORDS_SECRET
         self.workloads: dict[str, Workload] = {}
         for spec in specs:
             volume_sizes = {v.name: args.buffer_size for v in spec.volumes} if "store-and-forward" in spec.roles else {}
@@ -118,10 +133,11 @@ class EdgeSite(LabelledComponent):
                 f"{name}-{spec.name}",
                 WorkloadArgs(
                     spec=spec, image=args.images[spec.name], namespace=ns, peers=peers,
-                    # The broker's per-workload passwords: an operator-provisioned Secret
-                    # (mosquitto_passwd format); pods fail closed until it exists.
                     secret_names={"mtls-client": enrollment.apply(lambda e: e["secretName"]),
-                                  "mqtt-broker-passwords": BROKER_PASSWORDS_SECRET},
+                                  BROKER_PASSWORDS_SECRET: passwords_secret},
+                    broker_login_secret=logins.get(spec.name),
+                    pod_annotations={PASSWORDS_DIGEST_ANNOTATION: self.broker_logins.passwords_digest}
+                    if spec.name == BROKER and self.broker_logins else {},
                     config_map_names={"site-policy": policy_map.metadata.name},
                     storage_class=args.storage_class, volume_sizes=volume_sizes,
                 ),

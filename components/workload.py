@@ -42,6 +42,26 @@ class WorkloadArgs:
     config_map_names: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     storage_class: str | None = None
     volume_sizes: dict[str, str] = field(default_factory=dict)
+    # The site broker login (components/broker_logins.py): the Secret holding this workload's
+    # password. The pod mounts it and the foundation's MQTT settings point at it.
+    broker_login_secret: pulumi.Input[str] | None = None
+    # Pod-template annotations, e.g. a digest of mounted config the process reads only at start:
+    # a change rolls the pods (the broker reads its password file only when it starts).
+    pod_annotations: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+BROKER_LOGIN_DIR = "/etc/medplat/broker-login"
+
+
+def broker_env(spec: WorkloadSpec) -> dict[str, str]:
+    """The foundation's MQTT settings for a workload with a broker login: the password file, and the
+    broker URL with the workload's user (the ACL user is the workload's name)."""
+    env = {f"{spec.env_prefix}BROKER_PASSWORD_FILE": f"{BROKER_LOGIN_DIR}/password"}
+    url = spec.env.get(f"{spec.env_prefix}BROKER_URL")
+    if url:
+        scheme, rest = url.split("://", 1)
+        env[f"{spec.env_prefix}BROKER_URL"] = f"{scheme}://{spec.name}@{rest.rsplit('@', 1)[-1]}"
+    return env
 
 
 # Annotations that let policies (and auditors) follow data through a deployment without
@@ -116,7 +136,8 @@ class Workload(LabelledComponent):
                 "strategy": {"type": "Recreate" if claims else "RollingUpdate"},
                 "selector": {"matchLabels": selector_labels(spec.name)},
                 "template": {
-                    "metadata": {"labels": pod_labels},
+                    "metadata": {"labels": pod_labels,
+                                 **({"annotations": dict(args.pod_annotations)} if args.pod_annotations else {})},
                     "spec": self._pod_spec(args, claims),
                 },
             },
@@ -211,6 +232,14 @@ class Workload(LabelledComponent):
             volumes.append({"name": secret.name, "secret": {
                 "secretName": args.secret_names[secret.name], "defaultMode": 0o440,
             }})
+        env = dict(spec.env)
+        if args.broker_login_secret is not None:
+            mounts.append({"name": "broker-login", "mountPath": BROKER_LOGIN_DIR, "readOnly": True})
+            volumes.append({"name": "broker-login", "secret": {
+                "secretName": args.broker_login_secret, "defaultMode": 0o440,
+                "items": [{"key": "password", "path": "password"}],
+            }})
+            env.update(broker_env(spec))
         for config_map in spec.config_maps:
             mounts.append({"name": config_map, "mountPath": f"/etc/medplat/{config_map}", "readOnly": True})
             volumes.append({"name": config_map, "configMap": {"name": args.config_map_names[config_map]}})
@@ -246,7 +275,7 @@ class Workload(LabelledComponent):
                 "imagePullPolicy": "Always",
                 **({"args": list(spec.args)} if spec.args else {}),
                 "ports": [{"name": p.name, "containerPort": p.port, "protocol": p.protocol} for p in spec.ports],
-                "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+                "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
                 "resources": {
                     "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
                     "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},

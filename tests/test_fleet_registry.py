@@ -155,3 +155,80 @@ def test_forwarded_certificates_count_only_from_the_trusted_ingress(tmp_path):
         response = client.post(f"/devices/{device_id}/heartbeat", json={"status": "ok"}, headers=forged)
         assert response.status_code == 401 and "ingress" in response.json()["issue"][0]["diagnostics"]
     app.state.audit.close()
+
+
+def replica(tmp_path, ca, database_url=None):
+    """One fleet service process over the shared data folder (issuer key) and database."""
+    app, _ = build(Settings(data_dir=tmp_path / "fleet", device_ca=ca.cert_path, trusted_proxies=INGRESS,
+                            database_url=database_url))
+    client = TestClient(app, headers=bearer(tmp_path / "fleet", "fleet", "fleet.admin", "fleet.read",
+                                            "fleet.onboard"))
+    return app, client
+
+
+def answer(challenge: dict, cert_pem: str, key_path) -> dict:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    signature = key.sign(challenge["sign"].encode(), ec.ECDSA(hashes.SHA256()))
+    return {"certificate": cert_pem, "challenge": challenge["challenge"],
+            "signature": base64.b64encode(signature).decode()}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_challenge_survives_a_restart_and_is_redeemed_once_across_replicas(tmp_path, database):
+    from conftest import fresh_database
+    import contextlib
+
+    ca = Ca(tmp_path, "platform")
+    with (fresh_database("medplat_fleet") if database == "postgresql" else contextlib.nullcontext()) as url:
+        first, client = replica(tmp_path, ca, url)
+        with client:
+            device_id = register(client).json()["id"]
+            challenge = client.post(f"/devices/{device_id}/challenge").json()
+        first.state.audit.close()  # the process that issued the challenge is gone
+        cert, key, _ = ca.issue(device_id)
+        body = answer(challenge, cert.read_text(), key)
+        restarted, client_b = replica(tmp_path, ca, url)
+        other, client_c = replica(tmp_path, ca, url)  # a second live replica on the same database
+        try:
+            with client_b, client_c:
+                assert client_b.post(f"/devices/{device_id}/onboard", json=body).status_code == 200
+                # Single use: the same answer replayed to the other replica is refused.
+                replayed = client_c.post(f"/devices/{device_id}/onboard", json={**body, "reprovision": True},
+                                         headers={"authorization": bearer(
+                                             tmp_path / "fleet", "fleet", "fleet.onboard",
+                                             "fleet.reprovision")["authorization"]})
+                assert replayed.status_code == 403 and "challenge" in replayed.json()["issue"][0]["diagnostics"]
+        finally:
+            restarted.state.audit.close()
+            other.state.audit.close()
+
+
+def test_challenges_expire_are_used_up_by_any_attempt_and_are_stored_only_as_digests(fleet, monkeypatch):
+    import time as clock
+
+    from sqlalchemy import create_engine, text
+
+    client, ca, tmp_path = fleet
+    device_id = register(client).json()["id"]
+    cert, key, _ = ca.issue(device_id)
+    challenge = client.post(f"/devices/{device_id}/challenge").json()
+    engine = create_engine(f"sqlite:///{tmp_path / 'fleet' / 'fleet.sqlite'}")
+    with engine.connect() as connection:
+        stored = [tuple(row) for row in connection.execute(text("SELECT * FROM onboarding_challenges"))]
+    engine.dispose()
+    assert len(stored) == 1 and challenge["challenge"] not in repr(stored)
+    # Expired: the wall clock moved past the TTL (as it would for every replica).
+    later = clock.time() + challenge["expiresInSeconds"] + 1
+    monkeypatch.setattr("medplat.workloads.fleet.app.time.time", lambda: later)
+    expired = client.post(f"/devices/{device_id}/onboard", json=answer(challenge, cert.read_text(), key))
+    assert expired.status_code == 403 and "expired" in expired.json()["issue"][0]["diagnostics"]
+    monkeypatch.undo()
+    # A wrong answer uses the challenge up: the right answer to the same challenge no longer works.
+    challenge = client.post(f"/devices/{device_id}/challenge").json()
+    _other, other_key, _ = ca.issue("attacker")
+    assert client.post(f"/devices/{device_id}/onboard",
+                       json=answer(challenge, cert.read_text(), other_key)).status_code == 403
+    assert client.post(f"/devices/{device_id}/onboard",
+                       json=answer(challenge, cert.read_text(), key)).status_code == 403
+    assert client.get(f"/devices/{device_id}").json()["status"] == "registered"
+    assert onboard(client, device_id, cert.read_text(), key).status_code == 200

@@ -21,6 +21,7 @@ from medplat.workloads.clinical_workflow import store as workflow_store
 from medplat.workloads.consent import app as consent_app
 from medplat.workloads.fleet import registry as fleet_registry
 from medplat.workloads.ingest import app as ingest_app
+from medplat.workloads.portal import identity as portal_identity
 from medplat.workloads.pseudonymizer import service as pseudonymizer_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ WORKLOADS = {
     "fleet": (fleet_registry.metadata, REPO / "workloads/fleet/migrations"),
     "pseudonymizer": (pseudonymizer_service.metadata, REPO / "workloads/pseudonymizer/migrations"),
     "clinical-workflow": (workflow_store.metadata, workflow_store.MIGRATIONS),
+    "portal": (portal_identity.sessions_table.metadata, portal_identity.MIGRATIONS),
 }
 
 

@@ -13,7 +13,7 @@ from medplat import __version__
 from medplat.config import ConfigError
 from medplat.inventory import InventoryError, from_stack_export
 from medplat.paths import StackNotFound, default_stacks_dir, project_root
-from medplat.synth import SynthError
+from medplat.errors import SynthError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="medplat: compliant hybrid edge + cloud platform for connected medical devices.")

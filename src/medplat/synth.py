@@ -8,6 +8,7 @@ StackReferences are answered with the referenced stack's synthesized outputs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import hashlib
 import json
@@ -30,8 +31,7 @@ PLANNED_ACCOUNT = "000000000000"
 SECRET_PLACEHOLDER = "[secret: not decrypted offline]"
 
 
-class SynthError(Exception):
-    """One-line synthesis failure."""
+from medplat.errors import SynthError  # noqa: E402,F401  (defined without Pulumi for the CLI)
 
 
 def _placeholder_ip(seed: str) -> str:
@@ -78,6 +78,13 @@ class PlannedMocks(Mocks):
             state.setdefault("privateKeyPem", f"planned private key of {args.name}")
             state.setdefault("certPem", f"planned certificate of {args.name}")
             state.setdefault("certRequestPem", f"planned CSR of {args.name}")
+        elif token == "random:index/randomPassword:RandomPassword":
+            # What the provider generates; a fixed planned value offline (its uses are secrets, masked).
+            state.setdefault("result", f"planned-password-{hashlib.sha256(args.name.encode()).hexdigest()[:24]}")
+        elif token == "random:index/randomBytes:RandomBytes":
+            planned = hashlib.sha256(args.name.encode()).digest()[:int(state.get("length", 16))]
+            state.setdefault("base64", base64.b64encode(planned).decode())
+            state.setdefault("hex", planned.hex())
         elif token.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
             state["metadata"] = {**state["metadata"], "name": state["metadata"].get("name", args.name)}
         return resource_id, state

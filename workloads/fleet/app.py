@@ -18,7 +18,6 @@ import base64
 import datetime
 import hashlib
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from medplat.service.migrations import migrate
 from medplat.service.fhir import FhirError
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
-from medplat.workloads.fleet.registry import devices, metadata, software
+from medplat.workloads.fleet.registry import challenges, devices, metadata, software
 from medplat.workloads.fleet.udi import UdiError, parse_udi
 
 NAME = "fleet"
@@ -155,6 +154,32 @@ def _public(row) -> dict[str, Any]:
     }
 
 
+def _nonce_digest(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def issue_challenge(engine, device_id: str, nonce: str, expires_at: float) -> None:
+    """Store the device's new challenge (replacing an older one) and drop expired ones."""
+    with engine.begin() as connection:
+        connection.execute(delete(challenges).where(
+            (challenges.c.device == device_id) | (challenges.c.expires_at < time.time())))
+        connection.execute(insert(challenges).values(device=device_id, nonce_sha256=_nonce_digest(nonce),
+                                                     expires_at=expires_at))
+
+
+def redeem_challenge(engine, device_id: str, nonce: str) -> bool:
+    """Consume the device's challenge (any attempt uses it up); true if it was this nonce and unexpired.
+
+    DELETE ... RETURNING takes the row in one statement, so of two replicas redeeming the same
+    challenge at once only one gets it.
+    """
+    with engine.begin() as connection:
+        issued = connection.execute(delete(challenges).where(challenges.c.device == device_id)
+                                    .returning(challenges.c.nonce_sha256, challenges.c.expires_at)).first()
+    return (issued is not None and issued.expires_at >= time.time()
+            and secrets.compare_digest(issued.nonce_sha256, _nonce_digest(nonce)))
+
+
 def build(settings: Settings | None = None):
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url(NAME))
@@ -162,8 +187,6 @@ def build(settings: Settings | None = None):
     ca = x509.load_pem_x509_certificate(settings.device_ca.read_bytes()) if settings.device_ca else None
     repository = settings.tuf_repository or settings.data_dir / "tuf"
     peers, auth, audit = Peers(settings), Authenticator(NAME, settings), AuditClient.for_service(settings)
-    challenges: dict[str, tuple[str, float]] = {}  # device -> (nonce, expiry); one use each
-    challenges_lock = threading.Lock()
     signed_metadata = public("TUF metadata and targets are signed; devices verify them before use")
     router = APIRouter()
 
@@ -224,8 +247,7 @@ def build(settings: Settings | None = None):
         """A one-time nonce the device signs with its key to prove possession at onboarding."""
         load(device_id)
         nonce = secrets.token_urlsafe(32)
-        with challenges_lock:
-            challenges[device_id] = (nonce, time.monotonic() + settings.challenge_ttl_s)
+        issue_challenge(engine, device_id, nonce, time.time() + settings.challenge_ttl_s)
         return {"challenge": nonce, "sign": challenge_message(device_id, nonce).decode(),
                 "expiresInSeconds": settings.challenge_ttl_s}
 
@@ -245,9 +267,7 @@ def build(settings: Settings | None = None):
             if "fleet.reprovision" not in principal.scopes:
                 raise refuse(principal, device_id, FhirError(403, "re-provisioning needs scope fleet.reprovision",
                                                              code="forbidden"))
-        with challenges_lock:
-            issued = challenges.pop(device_id, None)
-        if issued is None or issued[1] < time.monotonic() or not secrets.compare_digest(issued[0], body.challenge):
+        if not redeem_challenge(engine, device_id, body.challenge):
             raise refuse(principal, device_id, FhirError(403, "challenge: unknown, used or expired; request a new one",
                                                          code="security", expression=["challenge"]))
         try:

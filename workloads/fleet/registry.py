@@ -1,7 +1,8 @@
-"""Device registry tables: one row per device instance (UDI-DI + serial), its software."""
+"""Device registry tables: one row per device instance (UDI-DI + serial), its software, and the
+onboarding challenge it was last issued."""
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Date, DateTime, ForeignKey, Integer, MetaData, String, Table
+from sqlalchemy import JSON, Column, Date, DateTime, Float, ForeignKey, Integer, MetaData, String, Table
 
 metadata = MetaData()
 devices = Table(
@@ -30,4 +31,13 @@ software = Table(
     Column("component", String(120), primary_key=True),
     Column("version", String(64), nullable=False),
     Column("sbom", String(500)),  # reference to the component's CycloneDX SBOM
+)
+# Onboarding challenges live in the database, not in one process: a challenge issued by one replica
+# is honoured by another and survives a restart. One row per device (a new challenge replaces the
+# last); only the nonce's SHA-256 is stored, so a database reader cannot answer a challenge.
+challenges = Table(
+    "onboarding_challenges", metadata,
+    Column("device", String(120), ForeignKey("devices.id"), primary_key=True),
+    Column("nonce_sha256", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),  # Unix seconds (wall clock, shared by replicas)
 )

@@ -29,6 +29,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OKPKey
 from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, delete, insert, select
 
+from medplat.service.migrations import migrate
 from medplat.service.access import mark, public
 from medplat.service.fhir import FhirError
 from medplat.service.settings import private_dir
@@ -69,6 +70,7 @@ class Session:
         return cls(**{**fields, "roles": frozenset(fields["roles"]), "wards": frozenset(fields["wards"])})
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"  # Alembic revisions of the session store
 sessions_table = Table("portal_sessions", MetaData(),
                        Column("id", String(64), primary_key=True),  # SHA-256 of the cookie value, never the value
                        Column("expires", Float, nullable=False, index=True),
@@ -104,7 +106,7 @@ class Sessions:
         self.secure = secure
         self.cookie = "__Host-portal" if secure else "portal"
         self.engine, self.key = engine, key
-        sessions_table.metadata.create_all(engine)
+        migrate(engine, "portal", MIGRATIONS, sessions_table.metadata)
 
     @staticmethod
     def _row_id(sid: str) -> str:
