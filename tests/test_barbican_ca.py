@@ -3,13 +3,15 @@ back with the official `openstack secret get`, site keys stay at the site (CSR f
 ingest's mTLS accepts a site certificate issued from the Barbican-held CA and refuses others."""
 from __future__ import annotations
 
+import datetime
 import ssl
 import subprocess
 
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from services import Service, free_port
 from test_ingest import batch
 
@@ -50,7 +52,22 @@ def test_csr_must_name_the_enrolled_site(platform_ca):
         sign(store, cert_pem, key_ref, csr, "edge-dresden")
 
 
-def test_ingest_mtls_accepts_a_site_certificate_from_the_barbican_ca(platform_ca, tmp_path):
+def expired_site_cert(store, ca_pem: str, key_ref: str, site_key_pem: bytes, folder) -> tuple:
+    """A client certificate of the enrolled site, signed by the right CA key, that expired yesterday."""
+    ca_key = serialization.load_der_private_key(store.fetch(key_ref), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca_pem.encode())
+    site_key = serialization.load_pem_private_key(site_key_pem, password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-dresden")]))
+            .issuer_name(ca_cert.subject).public_key(site_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA384()))
+    (folder / "expired.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return folder / "expired.pem", folder / "site.key"
+
+
+def test_ingest_mtls_accepts_a_site_certificate_from_the_barbican_ca_and_refuses_foreign_expired_and_server_ones(platform_ca, tmp_path):
     store, cert_pem, key_ref = platform_ca
     (tmp_path / "ca.pem").write_text(cert_pem)
     server_key, server_csr = site_request("ingest", "Example Clinic GmbH")
@@ -73,8 +90,13 @@ def test_ingest_mtls_accepts_a_site_certificate_from_the_barbican_ca(platform_ca
         with client((tmp_path / "site.pem", tmp_path / "site.key")) as site:
             response = site.post(f"https://127.0.0.1:{service.port}/batches", json=batch(("barbican-ca-1", 1)))
         assert response.status_code == 200 and response.json()["committed"] == ["barbican-ca-1"]
-        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)):
-            with client(stranger[:2]) as other:
-                other.post(f"https://127.0.0.1:{service.port}/batches", json=batch(("stranger-1", 1)))
+        refused = {"foreign CA": stranger[:2],
+                   "expired, from this CA": expired_site_cert(store, cert_pem, key_ref, site_key, tmp_path),
+                   "server certificate as client": (tmp_path / "server.pem", tmp_path / "server.key")}
+        for reason, pair in refused.items():
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, ssl.SSLError)):
+                with client(pair) as other:
+                    other.post(f"https://127.0.0.1:{service.port}/batches", json=batch((f"refused-{reason}", 1)))
+                pytest.fail(f"ingest accepted a client certificate: {reason}")
     finally:
         service.stop()
