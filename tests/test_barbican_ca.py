@@ -11,6 +11,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from services import Service, free_port
 from test_ingest import batch
@@ -100,3 +101,35 @@ def test_ingest_mtls_accepts_a_site_certificate_from_the_barbican_ca_and_refuses
                 pytest.fail(f"ingest accepted a client certificate: {reason}")
     finally:
         service.stop()
+
+
+class NoKeyRead:
+    """A store that fails the test if the CA key is fetched."""
+    def fetch(self, ref: str) -> bytes:
+        raise AssertionError("the CA key was read for a CSR that must be refused")
+
+
+@pytest.mark.parametrize("key, refusal", [
+    (lambda: rsa.generate_private_key(65537, 1024), "RSA key has 1024 bits"),
+    (lambda: ec.generate_private_key(ec.SECP192R1()), "curve secp192r1"),
+])
+def test_weak_csr_keys_are_refused_before_the_ca_key_is_read(platform_ca, key, refusal):
+    _, cert_pem, key_ref = platform_ca
+    weak = key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-dresden")])).sign(weak, hashes.SHA256())
+    with pytest.raises(CaError, match=refusal):
+        sign(NoKeyRead(), cert_pem, key_ref, csr.public_bytes(serialization.Encoding.PEM).decode(), "edge-dresden")
+
+
+def test_issued_subject_is_the_enrolled_name_under_the_cas_organization(platform_ca):
+    """A CSR claiming another organization gets a certificate naming only what the CA checked."""
+    store, cert_pem, key_ref = platform_ca
+    site_key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "edge-dresden"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Some Other Hospital"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admins")])).sign(site_key, hashes.SHA256())
+    issued = x509.load_pem_x509_certificate(sign(store, cert_pem, key_ref, csr.public_bytes(
+        serialization.Encoding.PEM).decode(), "edge-dresden").encode())
+    assert issued.subject.rfc4514_string() == "O=Example Clinic GmbH,CN=edge-dresden"

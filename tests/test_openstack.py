@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-from pathlib import Path
 
 import boto3
 import httpx
@@ -134,6 +133,6 @@ def test_boto3_through_s3api_with_server_side_encryption(openstack):
     listed = official(["swift", "list", bucket], deployer.cli_env(application_credential=True)).stdout.split()
     assert listed == ["feed/part-0001.parquet"]
     # ...and on disk the object server holds ciphertext only (Swift's encryption middleware).
-    data_files = [path for path in Path(openstack.root, "swift-devices").rglob("*.data")
+    data_files = [path for path in (openstack.s3().folder / "srv").rglob("*.data")
                   if path.stat().st_size == len(body)]
     assert data_files and all(body not in path.read_bytes() for path in data_files)
