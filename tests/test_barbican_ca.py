@@ -133,3 +133,13 @@ def test_issued_subject_is_the_enrolled_name_under_the_cas_organization(platform
     issued = x509.load_pem_x509_certificate(sign(store, cert_pem, key_ref, csr.public_bytes(
         serialization.Encoding.PEM).decode(), "edge-dresden").encode())
     assert issued.subject.rfc4514_string() == "O=Example Clinic GmbH,CN=edge-dresden"
+
+
+def test_barbican_unreachable_is_a_ca_error_and_nothing_is_issued(platform_ca):
+    store, cert_pem, key_ref = platform_ca
+    down = BarbicanStore(store.session, f"http://127.0.0.1:{free_port()}")
+    _, csr = site_request("edge-dresden", "Example Clinic GmbH")
+    with pytest.raises(CaError, match="barbican unavailable while reading .*ConnectFailure"):
+        sign(down, cert_pem, key_ref.replace(store.endpoint, down.endpoint), csr, "edge-dresden")
+    with pytest.raises(CaError, match="barbican unavailable while storing"):
+        create_ca(down, "Example Clinic GmbH", "DE")

@@ -51,8 +51,18 @@ class BarbicanStore:
         endpoint = endpoint or keystone.get_endpoint(service_type="key-manager", interface="public")
         return cls(keystone, endpoint.rstrip("/"))
 
+    def _request(self, what: str, method: str, url: str, **kwargs):
+        """keystoneauth raises on refused authentication or an unreachable Barbican even with
+        raise_exc=False: a CaError naming the step instead."""
+        from keystoneauth1 import exceptions
+
+        try:
+            return self.session.request(url, method, raise_exc=False, **kwargs)
+        except exceptions.ClientException as exc:
+            raise CaError(f"barbican unavailable while {what}: {type(exc).__name__}: {exc}") from exc
+
     def store(self, name: str, payload: bytes, secret_type: str, algorithm: str) -> str:
-        response = self.session.post(f"{self.endpoint}/v1/secrets", raise_exc=False, json={
+        response = self._request(f"storing {name}", "POST", f"{self.endpoint}/v1/secrets", json={
             "name": name, "secret_type": secret_type, "algorithm": algorithm,
             "payload": base64.b64encode(payload).decode(), "payload_content_type": "application/octet-stream",
             "payload_content_encoding": "base64"})
@@ -63,8 +73,8 @@ class BarbicanStore:
     def fetch(self, ref: str) -> bytes:
         if not ref.startswith(f"{self.endpoint}/v1/secrets/"):
             raise CaError(f"{ref} is not a secret of {self.endpoint}")
-        response = self.session.get(f"{ref}/payload", raise_exc=False,
-                                    headers={"Accept": "application/octet-stream"})
+        response = self._request(f"reading {ref}", "GET", f"{ref}/payload",
+                                 headers={"Accept": "application/octet-stream"})
         if response.status_code != 200:
             raise CaError(f"barbican {ref}: HTTP {response.status_code} {response.text[:200]}")
         return response.content
