@@ -202,3 +202,26 @@ def test_archive_commands_refuse_missing_credentials_before_writing(tmp_path, mo
     bad = CliRunner().invoke(app, ["evidence", "export", "edge-leipzig", "-o", str(tmp_path / "b"),
                                    "--no-checkov", "--key", str(tmp_path / "evidence.key"), "--archive", "s3://evidence"], env=env)
     assert bad.exit_code == 2 and "expected swift://<container>" in bad.output
+
+
+def test_audit_archive_verifies_before_it_needs_swift(tmp_path):
+    """Without any OS_* credential: a tampered export stops at verification (exit 1), an intact
+    one gets as far as asking for the credential (exit 2, one line)."""
+    from typer.testing import CliRunner
+
+    from medplat.cli import app
+
+    log, key = audit_log(tmp_path)
+    export = tmp_path / "audit.jsonl"
+    export.write_bytes(b"".join(log.export(1)))
+    env = {name: "" for name in ("OS_AUTH_URL", "OS_APPLICATION_CREDENTIAL_ID", "OS_APPLICATION_CREDENTIAL_SECRET")}
+    intact = CliRunner().invoke(app, ["audit", "archive", str(export), "--key", str(key), "--to", "swift://a"], env=env)
+    assert intact.exit_code == 2 and "set OS_AUTH_URL" in intact.output
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(export.read_bytes().replace(b"Observation/o3", b"Observation/o9", 1))
+    refused = CliRunner().invoke(app, ["audit", "archive", str(tampered), "--key", str(key), "--to", "swift://a"],
+                                 env=env)
+    assert refused.exit_code == 1 and "TAMPERED" in refused.output and "OS_AUTH_URL" not in refused.output
+    bad_name = CliRunner().invoke(app, ["audit", "archive", str(export), "--key", str(key), "--to", "swift://a",
+                                        "--log-name", "../etc"], env=env)
+    assert bad_name.exit_code == 2
