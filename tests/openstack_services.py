@@ -312,12 +312,14 @@ enforce_new_defaults = false
         admin_password = secrets.token_urlsafe(16)
         # The password by environment: a token_urlsafe value may start with "-" (read as an
         # option), and the process list stays free of it.
+        # uwsgi loads Keystone while bootstrap runs (both are mostly python start-up); nothing
+        # authenticates before both are done.
+        self._uwsgi("keystone", port, ["--wsgi-file", "/usr/bin/keystone-wsgi-public"],
+                    {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
         self._timed("keystone-manage bootstrap", lambda: self._run([*manage, "bootstrap",
                    "--bootstrap-admin-url", self.keystone_url, "--bootstrap-public-url", self.keystone_url,
                    "--bootstrap-internal-url", self.keystone_url, "--bootstrap-region-id", REGION],
             {"OS_BOOTSTRAP_PASSWORD": admin_password}))
-        self._uwsgi("keystone", port, ["--wsgi-file", "/usr/bin/keystone-wsgi-public"],
-                    {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
         self._timed("keystone uwsgi ready", lambda: self._wait("keystone", self.keystone_url))
         token, body = self.token_for({"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"id": "default"}, "password": admin_password}}},
