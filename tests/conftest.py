@@ -114,10 +114,14 @@ def postgres_url():
 @pytest.fixture(scope="session")
 def openstack():
     """Real Keystone, Barbican and Swift (Debian's packages) on loopback, one per test session."""
-    from openstack_services import start_openstack
+    from openstack_services import shared_openstack, stop_shared
 
-    cloud = start_openstack()
-    print(f"\nOpenStack fixture startup seconds: {cloud.startup_seconds}")
-    yield cloud
-    cloud.stop()
-    shutil.rmtree(cloud.root, ignore_errors=True)
+    yield shared_openstack()
+    stop_shared()
+
+
+@pytest.fixture(scope="session")
+def swift_s3(openstack):
+    """The S3 protocol (Swift's s3api) of the session's OpenStack, as the `medplat` project's EC2
+    credentials see it: `.client()` is boto3, `.folder / "srv"` holds the object files."""
+    return openstack.s3()

@@ -14,12 +14,21 @@ from configuration written into a temporary folder, on free loopback ports:
   and a proxy with keystoneauth, s3api + s3token (EC2 credentials), object versioning and the
   encryption middleware (so S3 `x-amz-server-side-encryption: AES256` is accepted).
 
+Public API (other tests build on it; keep the names): `start_openstack()`, `shared_openstack()`
+(one instance per process, what the conftest fixtures `openstack` and `swift_s3` yield),
+`OpenStack` (`.admin`, `.deployer`, `.other` Credentials; `.s3()` -> `SwiftS3`, boto3 through
+s3api with the deployer's EC2 credentials; `.swift_account_url()`, `.stop_service()`,
+`.restart_barbican()`), `Credentials`, `SwiftS3` (`.client()`, `.endpoint`, `.region`,
+`.folder` whose `srv/` holds Swift's object files, for at-rest checks).
+
 Run `python tests/openstack_services.py` to start everything by hand and print the credentials.
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -29,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -98,6 +108,20 @@ class Credentials:
 
 
 @dataclass
+class SwiftS3:
+    """The S3 protocol of the fixture's Swift (s3api, EC2 credentials of one project)."""
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    folder: Path          # folder / "srv" holds the Swift device (encrypted object files)
+
+    def client(self):
+        from medplat.s3_feed import s3_client
+        return s3_client(self.endpoint, self.region, self.access_key, self.secret_key)
+
+
+@dataclass
 class OpenStack:
     root: Path
     keystone_url: str = ""
@@ -107,6 +131,7 @@ class OpenStack:
     deployer: Credentials | None = None      # medplat project: member + creator
     other: Credentials | None = None         # a second project, for refusal tests
     startup_seconds: dict[str, float] = field(default_factory=dict)
+    keystone_template: str = ""   # the template database Keystone's schema was copied from, if any
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
     db_prefix: str = field(default_factory=lambda: f"medplat_os_{secrets.token_hex(4)}")
@@ -158,14 +183,54 @@ class OpenStack:
         self._spawn_barbican()
         self._wait("barbican", f"{self.barbican_url}/")
 
-    def _database(self, service: str) -> str:
-        """A uniquely named database on the machine's PostgreSQL (SQLite locks under Keystone)."""
+    def _database(self, service: str, template: str | None = None) -> str:
+        """A uniquely named database on the machine's PostgreSQL (SQLite locks under Keystone),
+        optionally a copy of a template database."""
         name = f"{self.db_prefix}_{service}"
         if name not in self.databases:
             with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
-                connection.execute(f'CREATE DATABASE "{name}"')
+                connection.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
             self.databases.append(name)
         return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+    def _keystone_database(self, manage: list[str], conf: Path) -> None:
+        """Keystone's schema from a template database kept on the machine's PostgreSQL, one per
+        installed keystone package version (named after it), made by the first session's
+        `keystone-manage db_sync`: later sessions copy it instead of running the migrations
+        (the longest step of the start-up). The template holds the schema only, no identities."""
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "keystone"], capture_output=True,
+                                 text=True).stdout.strip()
+        template = f"medplat_os_tpl_keystone_{hashlib.sha256(version.encode()).hexdigest()[:12]}"
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone()
+        if exists and version:
+            try:
+                url = self._database("keystone", template)
+            except psycopg.Error:     # a template being renamed into place or dropped: migrate instead
+                exists = None
+            else:
+                self._configure_keystone_database(conf, url)
+                self.keystone_template = template
+                return
+        self._configure_keystone_database(conf, self._database("keystone"))
+        self._timed("keystone-manage db_sync", lambda: self._run([*manage, "db_sync"]))
+        if version:
+            self._save_template(f"{self.db_prefix}_keystone", template)
+
+    @staticmethod
+    def _configure_keystone_database(conf: Path, url: str) -> None:
+        conf.write_text(conf.read_text().replace("connection = KEYSTONE_DATABASE", f"connection = {url}"))
+
+    @staticmethod
+    def _save_template(source: str, template: str) -> None:
+        """Copy under a temporary name, then rename: a concurrent session sees a whole template or none."""
+        partial = f"{template}_{secrets.token_hex(3)}"
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+            try:
+                connection.execute(f'CREATE DATABASE "{partial}" TEMPLATE "{source}"')
+                connection.execute(f'ALTER DATABASE "{partial}" RENAME TO "{template}"')
+            except psycopg.Error:
+                connection.execute(f'DROP DATABASE IF EXISTS "{partial}"')
 
     def _drop_databases(self) -> None:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
@@ -225,7 +290,7 @@ class OpenStack:
         conf.write_text(f"""[DEFAULT]
 use_stderr = true
 [database]
-connection = {self._database("keystone")}
+connection = KEYSTONE_DATABASE
 [token]
 provider = fernet
 expiration = 3600
@@ -243,16 +308,18 @@ enforce_new_defaults = false
         manage = [SYSTEM_PYTHON, "/usr/bin/keystone-manage", "--config-file", str(conf)]
         for repository in ("fernet-keys", "fernet-receipts", "credential-keys"):
             make_fernet_repository(home / repository)
-        self._timed("keystone-manage db_sync", lambda: self._run([*manage, "db_sync"]))
+        self._timed("keystone database", lambda: self._keystone_database(manage, conf))
         admin_password = secrets.token_urlsafe(16)
         # The password by environment: a token_urlsafe value may start with "-" (read as an
         # option), and the process list stays free of it.
+        # uwsgi loads Keystone while bootstrap runs (both are mostly python start-up); nothing
+        # authenticates before both are done.
+        self._uwsgi("keystone", port, ["--wsgi-file", "/usr/bin/keystone-wsgi-public"],
+                    {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
         self._timed("keystone-manage bootstrap", lambda: self._run([*manage, "bootstrap",
                    "--bootstrap-admin-url", self.keystone_url, "--bootstrap-public-url", self.keystone_url,
                    "--bootstrap-internal-url", self.keystone_url, "--bootstrap-region-id", REGION],
             {"OS_BOOTSTRAP_PASSWORD": admin_password}))
-        self._uwsgi("keystone", port, ["--wsgi-file", "/usr/bin/keystone-wsgi-public"],
-                    {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
         self._timed("keystone uwsgi ready", lambda: self._wait("keystone", self.keystone_url))
         token, body = self.token_for({"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"id": "default"}, "password": admin_password}}},
@@ -282,10 +349,15 @@ enforce_new_defaults = false
             user_id = self._user(user, password, service_project)
             for role in ("admin", "service"):
                 self.keystone("PUT", f"/projects/{service_project}/users/{user_id}/roles/{roles[role]}")
-        self._endpoint("barbican", "key-manager", self.barbican_url)
-        self._endpoint("swift", "object-store", f"{self.swift_url}/v1/AUTH_%(project_id)s")
-        self.deployer = self._project_user("medplat", "medplat-deployer", roles, ("member", "creator"))
-        self.other = self._project_user("other-tenant", "other-deployer", roles, ("member", "creator"))
+        # Independent of each other: in parallel on Keystone's four uwsgi threads.
+        with ThreadPoolExecutor(4) as pool:
+            jobs = [pool.submit(self._endpoint, "barbican", "key-manager", self.barbican_url),
+                    pool.submit(self._endpoint, "swift", "object-store", f"{self.swift_url}/v1/AUTH_%(project_id)s"),
+                    pool.submit(self._project_user, "medplat", "medplat-deployer", roles, ("member", "creator")),
+                    pool.submit(self._project_user, "other-tenant", "other-deployer", roles, ("member", "creator"))]
+            self.deployer, self.other = jobs[2].result(), jobs[3].result()
+            for job in jobs[:2]:
+                job.result()
 
     def _project(self, name: str) -> str:
         return self.keystone("POST", "/projects", json={"project": {"name": name, "domain_id": "default"}})[
@@ -390,7 +462,7 @@ token_cache_time = -1
     # --- Swift -----------------------------------------------------------------------------
 
     def _start_swift(self, ports: dict[str, int]) -> None:
-        etc, devices = self.root / "swift", self.root / "swift-devices"
+        etc, devices = self.root / "swift", self.root / "srv"
         (devices / "d1").mkdir(parents=True)
         etc.mkdir()
         (etc / "swift.conf").write_text(f"""[swift-hash]
@@ -493,6 +565,10 @@ use = egg:swift#encryption
     def swift_account_url(self, credentials: Credentials) -> str:
         return f"{self.swift_url}/v1/AUTH_{credentials.project_id}"
 
+    def s3(self, credentials: Credentials | None = None) -> SwiftS3:
+        credentials = credentials or self.deployer
+        return SwiftS3(self.swift_url, credentials.ec2_access, credentials.ec2_secret, REGION, self.root)
+
 
 def start_openstack(root: Path | None = None) -> OpenStack:
     cloud = OpenStack(root or Path(tempfile.mkdtemp(prefix="medplat-openstack-")))
@@ -501,6 +577,30 @@ def start_openstack(root: Path | None = None) -> OpenStack:
     except BaseException:
         cloud.stop()
         raise
+
+
+_shared: OpenStack | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_openstack() -> OpenStack:
+    """One instance per process (a test session), started on first use, stopped at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = start_openstack()
+            print(f"\nOpenStack fixture startup seconds: {_shared.startup_seconds}", file=sys.stderr)
+            atexit.register(stop_shared)
+        return _shared
+
+
+def stop_shared() -> None:
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.stop()
+            shutil.rmtree(_shared.root, ignore_errors=True)
+            _shared = None
 
 
 if __name__ == "__main__":

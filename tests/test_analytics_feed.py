@@ -1,11 +1,12 @@
 """The analytics feed end to end on real servers: device Observations posted to the ingest
 (PostgreSQL), consent decided by the consent service, pseudonyms from the pseudonymizer,
-de-identified and written as Parquet to a real S3-protocol server (OpenStack Swift's s3api,
-tests/swift_s3.py) with SSE, read back with pyarrow and queried with DuckDB."""
+de-identified and written as Parquet to a real S3-protocol server (OpenStack Swift's s3api with
+Keystone EC2 credentials: the session's OpenStack fixture, tests/openstack_services.py) with SSE, read back with pyarrow and queried with DuckDB."""
 from __future__ import annotations
 
 import datetime
 import json
+import secrets
 from pathlib import Path
 
 import duckdb
@@ -32,7 +33,6 @@ from medplat.workloads.ingest.app import build as build_ingest
 from medplat.workloads.pseudonymizer.app import Settings as PseudoSettings
 from medplat.workloads.pseudonymizer.app import build as build_pseudonymizer
 from identities import INGRESS, forwarded_cert
-from swift_s3 import start_swift_s3, stop, wait_until_ready
 
 T0 = datetime.datetime(2026, 3, 14, 9, 0, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
 SURNAMES = ["Albrecht", "Brandtner", "Czerny", "Dietrichs", "Eisenhut", "Feuerstein", "Grunewaldt", "Hartlieb",
@@ -90,14 +90,9 @@ def authed(app, settings, audience, scopes):
     return TestClient(app, headers={"authorization": f"Bearer {token}"})
 
 
-@pytest.fixture(scope="module")
-def swift():
-    server, processes = start_swift_s3()
-    try:
-        wait_until_ready(server)
-        yield server
-    finally:
-        stop(processes, server.folder)
+@pytest.fixture
+def swift(swift_s3):
+    return swift_s3
 
 
 @pytest.fixture
@@ -151,14 +146,15 @@ def download(client, bucket: str, folder: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_device_observations_reach_the_bucket_as_deidentified_parquet(zone, swift, tmp_path):
     client = swift.client()
-    client.create_bucket(Bucket="deid", CreateBucketConfiguration={"LocationConstraint": swift.region})
+    bucket = f"deid-{secrets.token_hex(4)}"     # one Swift account serves the whole session
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": swift.region})
     key, signer = b"k" * 32, Ed25519PrivateKey.generate()
     audit = AuditClient(None, tmp_path / "audit-spool.jsonl")
-    feed = settings("deid")
+    feed = settings(bucket)
     result = run(zone["engine"], zone["consent"], zone["pseudonymizer"], client, key, signer, feed, audit)
     assert result["status"] == "released"
 
-    objects = download(client, "deid", tmp_path / "bucket")
+    objects = download(client, bucket, tmp_path / "bucket")
     blob = b"".join(objects.values())
     leaked = [s for s in phi_strings() if s.encode() in blob]
     assert leaked == [], "no PHI string in any object of the bucket"
@@ -200,18 +196,19 @@ def test_device_observations_reach_the_bucket_as_deidentified_parquet(zone, swif
     # Idempotent: the same data again is the same release, already out; nothing is written twice.
     again = run(zone["engine"], zone["consent"], zone["pseudonymizer"], client, key, signer, feed, audit)
     assert again == {"releaseId": result["releaseId"], "status": "already released", "record": result["record"]}
-    assert set(download(client, "deid", tmp_path / "again")) == set(objects)
+    assert set(download(client, bucket, tmp_path / "again")) == set(objects)
     spool = [json.loads(line) for line in (tmp_path / "audit-spool.jsonl").read_text().splitlines()]
     assert [e["entity"][0]["what"]["reference"] for e in spool if e.get("entity")][:1] == \
-        [f"s3://deid/{result['record']}"]
+        [f"s3://{bucket}/{result['record']}"]
 
 
 @pytest.mark.slow
 def test_a_release_violating_k_is_refused_and_nothing_is_written(zone, swift, tmp_path):
     client = swift.client()
-    client.create_bucket(Bucket="refused", CreateBucketConfiguration={"LocationConstraint": swift.region})
+    bucket = f"refused-{secrets.token_hex(4)}"
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": swift.region})
     with pytest.raises(ReleaseRefused, match="violates k=11"):
         run(zone["engine"], zone["consent"], zone["pseudonymizer"], client, b"k" * 32,
-            Ed25519PrivateKey.generate(), settings("refused", k=11, on_violation="refuse"),
+            Ed25519PrivateKey.generate(), settings(bucket, k=11, on_violation="refuse"),
             AuditClient(None, tmp_path / "spool.jsonl"))
-    assert client.list_objects_v2(Bucket="refused").get("KeyCount", 0) == 0
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

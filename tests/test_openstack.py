@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-from pathlib import Path
 
 import boto3
 import httpx
@@ -134,6 +133,40 @@ def test_boto3_through_s3api_with_server_side_encryption(openstack):
     listed = official(["swift", "list", bucket], deployer.cli_env(application_credential=True)).stdout.split()
     assert listed == ["feed/part-0001.parquet"]
     # ...and on disk the object server holds ciphertext only (Swift's encryption middleware).
-    data_files = [path for path in Path(openstack.root, "swift-devices").rglob("*.data")
+    data_files = [path for path in (openstack.s3().folder / "srv").rglob("*.data")
                   if path.stat().st_size == len(body)]
     assert data_files and all(body not in path.read_bytes() for path in data_files)
+
+
+def test_another_project_and_anonymous_callers_are_refused(openstack):
+    """As an attacker: the second project's credentials and no credentials at all, against the
+    medplat project's secret, archive container and S3 bucket."""
+    deployer, other = openstack.deployer, openstack.other
+    secret = official(["openstack", "secret", "store", "--name", "attacker-target", "--payload", "top secret",
+                       "-f", "value", "-c", "Secret href"], deployer.cli_env(application_credential=True)).stdout.strip()
+    container, bucket = f"archive-{secrets.token_hex(4)}", f"feed-{secrets.token_hex(4)}"
+    official(["swift", "post", container, "-H", "X-Versions-Enabled: true"], deployer.cli_env(application_credential=True))
+    store = keystone_session(openstack, deployer)
+    object_url = f"{openstack.swift_account_url(deployer)}/{container}/audit.jsonl"
+    assert store.put(object_url, data=b"{}").status_code == 201
+    s3_client(openstack, deployer).create_bucket(Bucket=bucket)
+    s3_client(openstack, deployer).put_object(Bucket=bucket, Key="k", Body=b"deidentified", ServerSideEncryption="AES256")
+
+    stolen = official(["openstack", "secret", "get", "--payload", secret], other.cli_env(application_credential=True),
+                      check=False)
+    assert stolen.returncode != 0 and "Forbidden" in stolen.stderr and "top secret" not in stolen.stdout
+    listed = official(["swift", "--os-storage-url", openstack.swift_account_url(deployer), "list", container],
+                      other.cli_env(application_credential=True), check=False)
+    assert listed.returncode != 0 and "403" in listed.stderr
+    intruder = keystone_session(openstack, other)
+    assert intruder.get(object_url, raise_exc=False).status_code == 403
+    assert intruder.put(object_url, data=b"forged", raise_exc=False).status_code == 403
+    with pytest.raises(ClientError) as foreign:      # the other project's EC2 keys see their own account
+        s3_client(openstack, other).get_object(Bucket=bucket, Key="k")
+    assert foreign.value.response["Error"]["Code"] == "NoSuchBucket"
+
+    assert httpx.get(f"{secret}/payload", timeout=30).status_code == 401
+    assert httpx.get(object_url, timeout=30).status_code == 401
+    anonymous = httpx.get(f"{openstack.swift_url}/{bucket}/k", timeout=30)
+    assert anonymous.status_code >= 400 and b"deidentified" not in anonymous.content
+    assert store.get(object_url).content == b"{}", "nothing the attacker sent was stored"

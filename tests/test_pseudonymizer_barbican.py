@@ -135,3 +135,18 @@ def test_barbican_down_gives_503_and_writes_nothing(openstack, tmp_path):
     assert [row["version"] for row in key_rows(settings, "before")] == [1]
     # Back up: the same domain works again with its own key.
     assert restarted.post("/domains/before/pseudonymize", json={"values": ["PAT-0001"]}).status_code == 200
+
+
+def test_rotation_with_another_projects_credential_is_refused_and_writes_nothing(openstack, tmp_path):
+    """A pseudonymizer restarted with the wrong project's application credential (same database)
+    must not rotate: the new key would live in the other project, and the domain's rightful
+    service could no longer read its current key."""
+    client, settings = service(openstack, tmp_path, openstack.deployer)
+    assert client.post("/domains", json={"name": "owned", "dataClass": "pseudonymized", "provider": "barbican",
+                                         "reversible": True}).status_code == 201
+    intruder, _ = service(openstack, tmp_path, openstack.other)
+    rotate = intruder.post("/domains/owned/rotate")
+    assert rotate.status_code == 409, rotate.text
+    assert "nothing was written" in rotate.json()["issue"][0]["diagnostics"]
+    assert [row["version"] for row in key_rows(settings, "owned")] == [1]
+    assert client.post("/domains/owned/pseudonymize", json={"values": ["PAT-0001"]}).status_code == 200

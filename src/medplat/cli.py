@@ -1,6 +1,7 @@
 """The `medplat` command line."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -217,6 +218,8 @@ def evidence_export(
     scan: Optional[list[Path]] = typer.Option(None, "--scan", help="A vulnerability scan result to import "
         "(pip-audit, OSV-Scanner, Grype or Trivy JSON, CycloneDX VEX); repeatable."),
     previous: Optional[Path] = typer.Option(None, "--previous", help="The previous bundle, for the report's diff."),
+    archive_to: Optional[str] = typer.Option(None, "--archive", help="Also archive the bundle to swift://<container> "
+        "(versioned; credentials from OS_AUTH_URL, OS_APPLICATION_CREDENTIAL_ID, OS_APPLICATION_CREDENTIAL_SECRET)."),
     today: Optional[str] = typer.Option(None, "--today", hidden=True),
 ) -> None:
     """Write a signed evidence bundle; reproducible with SOURCE_DATE_EPOCH."""
@@ -233,6 +236,7 @@ def evidence_export(
         fail(str(exc))
     if output.exists() and (output.is_file() or any(output.iterdir())):
         fail(f"{output}: already exists; choose a new bundle path")
+    archive = _evidence_archive(archive_to) if archive_to else None
     with tempfile.TemporaryDirectory() as scratch:
         entries, result = _run_gate(stack, all_stacks, inventory, stacks_dir, Path(scratch), checkov, _day(today))
         inventories = [inv for inv, _, _ in entries]
@@ -249,6 +253,27 @@ def evidence_export(
                   f"{result.summary()['result'].upper()}", soft_wrap=True)
     report = output / "report.html" if output.suffix != ".zip" else f"{output}!/report.html"
     console.print(f"HTML report: {report}", soft_wrap=True)
+    if archive is not None:
+        from medplat.swift_archive import ArchiveError, archive_evidence_bundle
+
+        try:
+            versions = archive_evidence_bundle(archive, output)
+        except (OSError, ArchiveError) as exc:
+            fail(f"{output} was written but not archived: {exc}")
+        console.print(f"archived {len(versions)} object(s) under {archive_to}/evidence/{output.name}",
+                      markup=False, soft_wrap=True)
+
+
+def _evidence_archive(target: str):
+    """The versioned container, checked before the (slow) bundle is built."""
+    from medplat.swift_archive import ArchiveError, SwiftArchive, parse_target
+
+    try:
+        archive = SwiftArchive.from_environment(parse_target(target))
+        archive.ensure_versioned()
+    except ArchiveError as exc:
+        fail(str(exc))
+    return archive
 
 
 @evidence_app.command("verify")
@@ -366,6 +391,52 @@ def audit_verify(
                      "their content is not proven", markup=False, highlight=False, soft_wrap=True)
         if not allow_unverified_tail:
             raise typer.Exit(1)
+
+
+@audit_app.command("archive")
+def audit_archive(
+    export: Path = typer.Argument(..., help="JSON lines from the audit log's GET /export (with its checkpoints)."),
+    key: str = typer.Option(..., "--key", help="The log's verifier key (GET /verifier), or a file holding it."),
+    to: str = typer.Option(..., "--to", help="swift://<container>: created with object versioning if missing."),
+    log_name: str = typer.Option("audit-log", "--log-name", help="Objects go to audit/<log-name>/<export file name>."),
+    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="A signed checkpoint (e.g. witness-cosigned) to "
+                                          "verify against and archive beside the export; repeatable."),
+) -> None:
+    """Verify an audit export against its signed checkpoints, then archive it (and the given
+    checkpoints) in a versioned Swift container; a tampered export is not archived (exit 1).
+    Credentials: OS_AUTH_URL, OS_APPLICATION_CREDENTIAL_ID, OS_APPLICATION_CREDENTIAL_SECRET."""
+    from medplat import swift_archive
+    from medplat.workloads.audit_log.note import NoteError, Verifier
+    from medplat.workloads.audit_log.verify import verify_lines
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", log_name):
+        fail(f"--log-name {log_name!r}: letters, digits, '.', '_' and '-' only")
+    try:
+        container = swift_archive.parse_target(to)
+        trusted = [path.read_text(encoding="utf-8") for path in checkpoint]
+        with open(export, "rb") as handle:
+            report = verify_lines(handle, Verifier.from_text(_key_text(key)), trusted=trusted)
+    except (OSError, NoteError, ValueError, swift_archive.ArchiveError) as exc:
+        fail(str(exc))
+    if not report.ok:
+        for problem in report.problems:
+            errors.print(f"medplat: TAMPERED: {problem}", markup=False, highlight=False, soft_wrap=True)
+        errors.print(f"medplat: {export} not archived: it does not verify", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    try:
+        archive = swift_archive.SwiftArchive.from_environment(container)
+        archive.ensure_versioned()
+        versions = {f"audit/{log_name}/{export.name}": swift_archive.archive_audit_export(archive, export, log_name)}
+        for path in checkpoint:
+            name = f"audit/{log_name}/checkpoints/{path.name}"
+            versions[name] = archive.put(name, path.read_bytes(), "text/plain; charset=utf-8")
+    except (OSError, swift_archive.ArchiveError) as exc:
+        fail(str(exc))
+    for name, version in versions.items():
+        console.print(f"archived {to}/{name} version {version}", markup=False, soft_wrap=True)
+    if report.unverified:
+        errors.print(f"medplat: entries {report.unverified[0]}..{report.unverified[1]} are archived but not yet "
+                     "covered by a signed checkpoint", markup=False, highlight=False, soft_wrap=True)
 
 
 compliance_app = typer.Typer(no_args_is_help=True, help="Continuous compliance of deployed stacks.")

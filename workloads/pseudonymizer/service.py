@@ -117,12 +117,24 @@ class Pseudonymizer:
 
     def rotate(self, name: str) -> int:
         domain = self.domain(name)
+        self._current_key_readable(domain)
         with self.engine.begin() as connection, keys_unavailable_as_503(domain.provider):
             version = connection.execute(select(func.max(domain_keys.c.version))
                                          .where(domain_keys.c.domain == name)).scalar_one() + 1
             self._add_key(connection, name, domain.provider, version, domain.reversible,
                           datetime.datetime.now(datetime.timezone.utc))
         return version
+
+    def _current_key_readable(self, domain: Domain) -> None:
+        """Rotation adds a key with this service's credentials: only a service that can read the
+        domain's current key (same Barbican project, same key file) may add one, or a
+        misconfigured instance would strand the domain's next key where its owner cannot read it."""
+        try:
+            self._key(domain)
+        except PseudonymError as exc:
+            if exc.status != 500:
+                raise
+            raise PseudonymError(409, f"rotation of {domain.name!r} refused, nothing was written: {exc}") from exc
 
     def domain(self, name: str) -> Domain:
         with self.engine.connect() as connection:
