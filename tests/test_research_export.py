@@ -191,3 +191,15 @@ def test_a_stored_bundle_leaves_as_one_deidentified_bundle_whose_references_reso
     resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [out_patient["id"]]}).json()
     assert resolved["values"] == [PHI["patient_id"]], "the patient is a pseudonym of the recipient's study domain"
     assert export(ingest)["bundle"] == result["bundle"], "the same export twice is the same output"
+
+
+def test_unbounded_or_malformed_body_fields_get_a_422_operation_outcome(platform):
+    """purpose is a v3-ActReason code (FHIR `code`: no leading/trailing or double whitespace);
+    domain and actor are names: a 2 MB purpose must not reach the consent service or the audit log."""
+    _consents, _pseudo, ingest = platform
+    for body in ({"purpose": "x" * 2_000_000}, {"purpose": ""}, {"purpose": "HRESCH\n"},
+                 {"domain": "d" * 10_000}, {"actor": "a" * 10_000}):
+        response = ingest.post("/exports/research", json=body)
+        assert response.status_code == 422, (str(body)[:40], response.status_code)
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert len(response.text) < 2_000

@@ -30,9 +30,12 @@ class ExportClient(BaseModel):
 
 
 class ExportRequest(BaseModel):
-    purpose: str = Field("HRESCH", description="purpose of use (v3-ActReason), e.g. HRESCH")
-    domain: str | None = Field(None, description="one of the client's registered pseudonym domains")
-    actor: str | None = Field(None, description="optional; must be the client's registered organisation")
+    # Bounded: purpose goes to the consent service and into the audit record.
+    purpose: str = Field("HRESCH", max_length=64, pattern=r"^[^\s]+( [^\s]+)*$",
+                         description="purpose of use (v3-ActReason code), e.g. HRESCH")
+    domain: str | None = Field(None, max_length=128, description="one of the client's registered pseudonym domains")
+    actor: str | None = Field(None, max_length=128,
+                              description="optional; must be the client's registered organisation")
     limit: int = Field(10_000, ge=1, le=100_000)
 
 
