@@ -134,8 +134,10 @@ def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain,
         patients.append({"patient": keys.pseudonym(settings.domain, patient_id),
                          "age": "90+" if age is not None and age >= 90 else str(age) if age is not None else "unknown",
                          "sex": patient.get("gender", "unknown")})
+    # No consented Patient resource (device-only telemetry): an empty table, which check_release
+    # refuses with its report before it needs a hierarchy (one cannot be built from no values).
     quasi = {"age": age_hierarchy([p["age"] for p in patients]),
-             "sex": suppression_hierarchy([p["sex"] for p in patients])}
+             "sex": suppression_hierarchy([p["sex"] for p in patients])} if patients else dict.fromkeys(("age", "sex"))
     released, report = check_release(patients, quasi, settings.release)
     kept = {p["patient"] for p in released}
     observations = [row for row in observations if row["patient"] in kept]
