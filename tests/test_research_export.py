@@ -203,3 +203,23 @@ def test_unbounded_or_malformed_body_fields_get_a_422_operation_outcome(platform
         assert response.status_code == 422, (str(body)[:40], response.status_code)
         assert response.json()["resourceType"] == "OperationOutcome"
         assert len(response.text) < 2_000
+
+
+def test_a_bundle_hiding_a_denying_patient_in_a_nested_bundle_is_refused(platform, tmp_path):
+    """Bundle.entry.resource may itself be a Bundle (R4 Bundle: any Resource; e.g. a document
+    Bundle inside a collection). Consent was checked only on the outer entries, so a denying
+    patient's Observation nested one level down left with the permitted patient's data."""
+    consents, _pseudo, ingest = platform
+    assert consents.post("/Consent", json=consent_for("anna-yes", "Patient/anna", "permit")).status_code == 201
+    assert consents.post("/Consent", json=consent_for("bert-no", "Patient/bert", "deny")).status_code == 201
+    anna = observation("n1", "Patient/anna", 1)["resource"]
+    bert = {**observation("n2", "Patient/bert", 2)["resource"], "valueQuantity": {"value": 61.5}}
+    inner = {"resourceType": "Bundle", "id": "inner", "type": "collection", "entry": [{"resource": bert}]}
+    outer = {"resourceType": "Bundle", "id": "outer", "type": "collection",
+             "entry": [{"resource": anna}, {"resource": inner}]}
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    message = {"id": "nested", "device": "his", "seq": 40, "dataClass": "phi", "resource": outer}
+    assert ingest.post("/batches", json={"messages": [message]}, headers=site).status_code == 200
+    result = export(ingest)
+    assert "nested" in {r["id"] for r in result["refused"]}
+    assert "61.5" not in json.dumps(result["bundle"])

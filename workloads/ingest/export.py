@@ -75,8 +75,11 @@ def pseudonymizer_callback(pseudonymizer: ServiceClient):
 
 def bundle_patients(bundle: dict[str, Any]) -> set[str] | None:
     """The patients a Bundle's entries belong to (as `Patient/<id>`); None when an entry names a
-    patient consent cannot be asked about (a Patient without an id, or a reference to one)."""
+    patient consent cannot be asked about (a Patient without an id, or a reference to one) and
+    when an entry is itself a Bundle: its patients would escape the check of the outer entries."""
     entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    if any(e["resource"].get("resourceType") == "Bundle" for e in entries):
+        return None
     by_url = {e["fullUrl"]: e["resource"] for e in entries if isinstance(e.get("fullUrl"), str)}
     patients: set[str] = set()
     for entry in entries:
