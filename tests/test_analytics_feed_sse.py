@@ -163,3 +163,22 @@ def test_a_server_failing_mid_release_leaves_no_object_of_that_release(bucket_se
         write_release(client, settings, release(), Ed25519PrivateKey.generate())
     assert len(puts) == 2
     assert client.list_objects_v2(Bucket="mid-release").get("KeyCount", 0) == 0, "the written part was withdrawn"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("K", "1"),                       # k=1 is no k-anonymity at all: every patient their own class
+    ("K", "0"), ("L_DIVERSITY", "0"), ("SUPPRESSION_LIMIT", "-0.1"), ("SUPPRESSION_LIMIT", "1.5"),
+    ("DP_EPSILON", "0"), ("DP_EPSILON", "-1"), ("DP_EPSILON", "inf"), ("DP_EPSILON", "abc"),
+    ("RESAMPLE_SECONDS", "0"),
+])
+def test_a_release_policy_setting_out_of_range_stops_the_job_with_one_line(monkeypatch, capsys, tmp_path,
+                                                                           name, value):
+    from medplat.workloads.analytics_feed import job
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_S3_TARGET", "swift")
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_SSE", "AES256")
+    monkeypatch.setenv(f"MEDPLAT_ANALYTICS_FEED_{name}", value)
+    assert job.main() == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ValidationError" in err[0] and name.lower() in err[0], err
