@@ -186,3 +186,17 @@ def test_free_text_in_quantity_unit_and_coding_display_does_not_survive(pseudony
     assert out["valueQuantity"] == {"value": 6.3, "system": "http://unitsofmeasure.org", "code": "mmol/L"}
     assert out["code"]["coding"][0]["code"] == "150456"
 
+
+
+def test_a_questionnaire_answer_given_as_uri_does_not_survive_at_any_depth(pseudonymizer):
+    # QuestionnaireResponse.item.answer.value[x] may be a uri (R4 QuestionnaireResponse): an e-mail
+    # address or a home page typed by the patient; answers nest (answer.item, item.item).
+    deep = {"linkId": "1.1.1", "answer": [{"valueUri": "https://erika-mustermann.example/home"}]}
+    resource = {"resourceType": "QuestionnaireResponse", "id": "qr-1", "status": "completed",
+                "subject": {"reference": "Patient/qr-patient"},
+                "item": [{"linkId": "1", "answer": [{"valueUri": "mailto:erika.mustermann@example.org"},
+                                                    {"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}],
+                          "item": [{"linkId": "1.1", "answer": [{"valueBoolean": True, "item": [deep]}]}]}]}
+    out = deidentifier(pseudonymizer).deidentify(resource)
+    assert "mustermann" not in json.dumps(out)
+    assert out["item"][0]["answer"] == [{"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}]
