@@ -212,3 +212,17 @@ def test_a_release_violating_k_is_refused_and_nothing_is_written(zone, swift, tm
             Ed25519PrivateKey.generate(), settings(bucket, k=11, on_violation="refuse"),
             AuditClient(None, tmp_path / "spool.jsonl"))
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_device_only_telemetry_without_a_patient_resource_is_refused_with_a_report():
+    """Edge adapters send Observations only; with no consented Patient resource the patient
+    table is empty: the release is refused with its report (not an opaque hierarchy error)."""
+    from medplat.deid.keys import KeyDomain
+    from medplat.workloads.analytics_feed.feed import Selection, build_release, config_digest
+
+    settings = FeedSettings(bucket="b", domain="analytics", target="swift", sse="AES256")
+    selection = Selection([vital(i, 0, "150456", 97.0) for i in range(3)], {}, ["m1", "m2", "m3"], {})
+    keys = KeyDomain(b"k" * 32, lambda domain, values: [f"pseudo-{v}" for v in values])
+    with pytest.raises(ReleaseRefused) as refused:
+        build_release(selection, settings, keys, config_digest(settings))
+    assert refused.value.report["decision"] == "refused" and refused.value.report["records"] == 0

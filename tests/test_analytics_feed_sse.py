@@ -131,6 +131,8 @@ def test_an_aws_answer_without_sse_kms_stops_the_release_before_its_record():
     with Stubber(client) as stub:
         stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
         stub.add_response("put_object", {"ETag": '"0"'})  # no ServerSideEncryption in the answer
+        first = "telemetry/observations/day=2019-05-02/release=" + "r" * 24 + ".parquet"
+        stub.add_response("delete_object", {}, {"Bucket": "b", "Key": first})  # the unconfirmed object is withdrawn
         with pytest.raises(EncryptionError, match="did not confirm SSE-KMS"):
             write_release(client, settings, release(), Ed25519PrivateKey.generate())
         stub.assert_no_pending_responses()
@@ -140,3 +142,43 @@ def test_an_aws_answer_without_sse_kms_stops_the_release_before_its_record():
                                          "SSEKMSKeyId": KMS_KEY.replace("1234abcd", "ffffffff")})
         with pytest.raises(EncryptionError, match="did not confirm"):
             write_release(client, settings, release(), Ed25519PrivateKey.generate())
+
+
+def test_a_server_failing_mid_release_leaves_no_object_of_that_release(bucket_server):
+    """Athena reads every object under the table's folder, not only those a release record
+    names: the parts of a release that stopped half-way must not stay in the bucket. The first
+    PUT reaches real Swift; the connection then fails (injected: botocore's own error)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    client, _sent = bucket(bucket_server, "mid-release")
+    puts = []
+
+    def fail_after_first(params, **_):
+        puts.append(params["Key"])
+        if len(puts) > 1:
+            raise EndpointConnectionError(endpoint_url="http://swift.invalid")
+    client.meta.events.register("provide-client-params.s3.PutObject", fail_after_first)
+    settings = FeedSettings(bucket="mid-release", domain="analytics", target="swift", sse="AES256")
+    with pytest.raises(EndpointConnectionError):
+        write_release(client, settings, release(), Ed25519PrivateKey.generate())
+    assert len(puts) == 2
+    assert client.list_objects_v2(Bucket="mid-release").get("KeyCount", 0) == 0, "the written part was withdrawn"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("K", "1"),                       # k=1 is no k-anonymity at all: every patient their own class
+    ("K", "0"), ("L_DIVERSITY", "0"), ("SUPPRESSION_LIMIT", "-0.1"), ("SUPPRESSION_LIMIT", "1.5"),
+    ("DP_EPSILON", "0"), ("DP_EPSILON", "-1"), ("DP_EPSILON", "inf"), ("DP_EPSILON", "abc"),
+    ("RESAMPLE_SECONDS", "0"),
+])
+def test_a_release_policy_setting_out_of_range_stops_the_job_with_one_line(monkeypatch, capsys, tmp_path,
+                                                                           name, value):
+    from medplat.workloads.analytics_feed import job
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_S3_TARGET", "swift")
+    monkeypatch.setenv("MEDPLAT_ANALYTICS_FEED_SSE", "AES256")
+    monkeypatch.setenv(f"MEDPLAT_ANALYTICS_FEED_{name}", value)
+    assert job.main() == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ValidationError" in err[0] and name.lower() in err[0], err

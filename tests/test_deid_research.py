@@ -54,7 +54,7 @@ def test_recipient_sees_no_performer_encounter_notes_contained_or_identifiers(ps
     out = deidentifier(pseudonymizer).deidentify(observation())
     for element in ("performer", "encounter", "note", "contained", "identifier", "text", "extension"):
         assert element not in out
-    assert out["valueQuantity"] == {"value": 97, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+    assert out["valueQuantity"] == {"value": 97, "system": "http://unitsofmeasure.org", "code": "%"}  # unit: free text
     assert out["code"]["coding"][0]["code"] == "150456"
 
 
@@ -171,3 +171,32 @@ def test_contained_reference_dropped_with_its_contained_resource(pseudonymizer):
     resource["subject"] = {"reference": "#p1"}
     out = deidentifier(pseudonymizer).deidentify(resource)
     assert "subject" not in out and "contained" not in out
+
+
+def test_free_text_in_quantity_unit_and_coding_display_does_not_survive(pseudonymizer):
+    # Quantity.unit and Coding.display are R4 `string`s (hl7.org/fhir/R4/datatypes.html): free text a
+    # sender can fill with anything. Values from the R4 Observation example f001 (glucose), PHI planted.
+    resource = observation()
+    resource["valueQuantity"] = {"value": 6.3, "unit": "mmol/l for Max Mustermann",
+                                 "system": "http://unitsofmeasure.org", "code": "mmol/L"}
+    resource["code"]["coding"][0]["display"] = "SpO2 taken at Hauptstr. 1, Dresden"
+    out = deidentifier(pseudonymizer).deidentify(resource)
+    text = json.dumps(out)
+    assert "Mustermann" not in text and "Hauptstr" not in text
+    assert out["valueQuantity"] == {"value": 6.3, "system": "http://unitsofmeasure.org", "code": "mmol/L"}
+    assert out["code"]["coding"][0]["code"] == "150456"
+
+
+
+def test_a_questionnaire_answer_given_as_uri_does_not_survive_at_any_depth(pseudonymizer):
+    # QuestionnaireResponse.item.answer.value[x] may be a uri (R4 QuestionnaireResponse): an e-mail
+    # address or a home page typed by the patient; answers nest (answer.item, item.item).
+    deep = {"linkId": "1.1.1", "answer": [{"valueUri": "https://erika-mustermann.example/home"}]}
+    resource = {"resourceType": "QuestionnaireResponse", "id": "qr-1", "status": "completed",
+                "subject": {"reference": "Patient/qr-patient"},
+                "item": [{"linkId": "1", "answer": [{"valueUri": "mailto:erika.mustermann@example.org"},
+                                                    {"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}],
+                          "item": [{"linkId": "1.1", "answer": [{"valueBoolean": True, "item": [deep]}]}]}]}
+    out = deidentifier(pseudonymizer).deidentify(resource)
+    assert "mustermann" not in json.dumps(out)
+    assert out["item"][0]["answer"] == [{"valueCoding": {"system": "http://loinc.org", "code": "LA33-6"}}]

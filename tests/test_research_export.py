@@ -191,3 +191,35 @@ def test_a_stored_bundle_leaves_as_one_deidentified_bundle_whose_references_reso
     resolved = pseudo.post("/domains/study-7/de-pseudonymize", json={"pseudonyms": [out_patient["id"]]}).json()
     assert resolved["values"] == [PHI["patient_id"]], "the patient is a pseudonym of the recipient's study domain"
     assert export(ingest)["bundle"] == result["bundle"], "the same export twice is the same output"
+
+
+def test_unbounded_or_malformed_body_fields_get_a_422_operation_outcome(platform):
+    """purpose is a v3-ActReason code (FHIR `code`: no leading/trailing or double whitespace);
+    domain and actor are names: a 2 MB purpose must not reach the consent service or the audit log."""
+    _consents, _pseudo, ingest = platform
+    for body in ({"purpose": "x" * 2_000_000}, {"purpose": ""}, {"purpose": "HRESCH\n"},
+                 {"domain": "d" * 10_000}, {"actor": "a" * 10_000}):
+        response = ingest.post("/exports/research", json=body)
+        assert response.status_code == 422, (str(body)[:40], response.status_code)
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert len(response.text) < 2_000
+
+
+def test_a_bundle_hiding_a_denying_patient_in_a_nested_bundle_is_refused(platform, tmp_path):
+    """Bundle.entry.resource may itself be a Bundle (R4 Bundle: any Resource; e.g. a document
+    Bundle inside a collection). Consent was checked only on the outer entries, so a denying
+    patient's Observation nested one level down left with the permitted patient's data."""
+    consents, _pseudo, ingest = platform
+    assert consents.post("/Consent", json=consent_for("anna-yes", "Patient/anna", "permit")).status_code == 201
+    assert consents.post("/Consent", json=consent_for("bert-no", "Patient/bert", "deny")).status_code == 201
+    anna = observation("n1", "Patient/anna", 1)["resource"]
+    bert = {**observation("n2", "Patient/bert", 2)["resource"], "valueQuantity": {"value": 61.5}}
+    inner = {"resourceType": "Bundle", "id": "inner", "type": "collection", "entry": [{"resource": bert}]}
+    outer = {"resourceType": "Bundle", "id": "outer", "type": "collection",
+             "entry": [{"resource": anna}, {"resource": inner}]}
+    site = forwarded_cert(Ca(tmp_path, "platform"), "edge-dresden")
+    message = {"id": "nested", "device": "his", "seq": 40, "dataClass": "phi", "resource": outer}
+    assert ingest.post("/batches", json={"messages": [message]}, headers=site).status_code == 200
+    result = export(ingest)
+    assert "nested" in {r["id"] for r in result["refused"]}
+    assert "61.5" not in json.dumps(result["bundle"])

@@ -134,8 +134,10 @@ def build_release(selection: Selection, settings: FeedSettings, keys: KeyDomain,
         patients.append({"patient": keys.pseudonym(settings.domain, patient_id),
                          "age": "90+" if age is not None and age >= 90 else str(age) if age is not None else "unknown",
                          "sex": patient.get("gender", "unknown")})
+    # No consented Patient resource (device-only telemetry): an empty table, which check_release
+    # refuses with its report before it needs a hierarchy (one cannot be built from no values).
     quasi = {"age": age_hierarchy([p["age"] for p in patients]),
-             "sex": suppression_hierarchy([p["sex"] for p in patients])}
+             "sex": suppression_hierarchy([p["sex"] for p in patients])} if patients else dict.fromkeys(("age", "sex"))
     released, report = check_release(patients, quasi, settings.release)
     kept = {p["patient"] for p in released}
     observations = [row for row in observations if row["patient"] in kept]
@@ -218,6 +220,15 @@ class Writer:
                                       ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(), **self.sse)
         check_encrypted(self.settings, key, response)
 
+    def withdraw(self, keys: list[str]) -> None:
+        """Best effort: delete what a stopped release wrote (the server may be the thing that failed)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        for key in keys:
+            try:
+                self.s3.delete_object(Bucket=self.settings.bucket, Key=key)
+            except (BotoCoreError, ClientError):
+                pass
+
 
 def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> dict[str, Any]:
     """Write the release (data, manifest, then the signed record); a no-op if it is out already."""
@@ -226,9 +237,23 @@ def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> 
     record_key = f"{base}/release.json"
     if writer.exists(record_key):
         return {"releaseId": release.release_id, "status": "already released", "record": record_key}
+    attempted: list[str] = []  # an object whose answer was refused (unconfirmed SSE) may exist: withdrawn too
+    try:
+        return _write_release(writer, settings, release, signing_key, record_key, attempted)
+    except Exception:
+        # Athena reads every object under a table's folder, not only those a record names: a
+        # release that stopped half-way must not leave its parts behind.
+        writer.withdraw(attempted)
+        raise
+
+
+def _write_release(writer: Writer, settings: FeedSettings, release: Release, signing_key, record_key: str,
+                   attempted: list[str]) -> dict[str, Any]:
+    base = f"{settings.prefix}/releases/{release.release_id}"
     files: dict[str, dict[str, Any]] = {}
 
     def put(key: str, body: bytes, rows: int, content_type: str = "application/vnd.apache.parquet") -> None:
+        attempted.append(key)
         writer.put(key, body, content_type)
         files[key] = {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "rows": rows}
 
@@ -254,6 +279,7 @@ def write_release(s3, settings: FeedSettings, release: Release, signing_key) -> 
     document["predicateType"] = PREDICATE
     envelope = sign(document, signing_key)
     # The record makes the release visible: written last, after every file it names.
+    attempted.append(record_key)
     writer.put(record_key, envelope.encode(), "application/json")
     return {"releaseId": release.release_id, "status": "released", "record": record_key, "files": files,
             "report": release.report}

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from medplat.deid.keys import KeyDomain, load_key
 from medplat.deid.release import ReleasePolicy, ReleaseRefused
 from medplat.deid.telemetry import TelemetryPolicy
@@ -45,13 +47,14 @@ class Settings(ServiceSettings):
     sse: Literal["aws:kms", "AES256"] = "aws:kms"
     kms_key_id: str | None = None
     waveform: Literal["drop", "keep", "aggregate"] = "drop"
-    resample_seconds: int | None = 60
-    k: int = 5
-    l_diversity: int = 1
-    suppression_limit: float = 0.05
+    resample_seconds: int | None = Field(60, ge=1)
+    # Bounded: a mistyped policy must stop the run, not release unprotected (k=1 is no k-anonymity).
+    k: int = Field(5, ge=2)
+    l_diversity: int = Field(1, ge=1)
+    suppression_limit: float = Field(0.05, ge=0, le=1)
     on_violation: Literal["refuse", "generalize"] = "generalize"
     limit: int = 1_000_000
-    dp_epsilon: float | None = None       # optional DP aggregates (needs the `dp` extra: OpenDP)
+    dp_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)  # optional DP aggregates (`dp` extra: OpenDP)
     dp_bounds: dict[str, tuple[float, float]] = {}  # MDC code -> bounds of a patient's mean
 
 
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                      s3_client(settings), load_key(settings.deid_key_file), load_private(settings.signing_key_file),
                      feed_settings(settings), AuditClient.for_service(settings))
     except Exception as exc:  # one line, non-zero exit: the CronJob's failed run is visible and retried
-        print(f"{NAME}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # pydantic's messages span lines
+        print(f"{NAME}: error: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in result.items() if k != "files"}, default=str))
     return 0

@@ -30,9 +30,12 @@ class ExportClient(BaseModel):
 
 
 class ExportRequest(BaseModel):
-    purpose: str = Field("HRESCH", description="purpose of use (v3-ActReason), e.g. HRESCH")
-    domain: str | None = Field(None, description="one of the client's registered pseudonym domains")
-    actor: str | None = Field(None, description="optional; must be the client's registered organisation")
+    # Bounded: purpose goes to the consent service and into the audit record.
+    purpose: str = Field("HRESCH", max_length=64, pattern=r"^[^\s]+( [^\s]+)*$",
+                         description="purpose of use (v3-ActReason code), e.g. HRESCH")
+    domain: str | None = Field(None, max_length=128, description="one of the client's registered pseudonym domains")
+    actor: str | None = Field(None, max_length=128,
+                              description="optional; must be the client's registered organisation")
     limit: int = Field(10_000, ge=1, le=100_000)
 
 
@@ -72,8 +75,11 @@ def pseudonymizer_callback(pseudonymizer: ServiceClient):
 
 def bundle_patients(bundle: dict[str, Any]) -> set[str] | None:
     """The patients a Bundle's entries belong to (as `Patient/<id>`); None when an entry names a
-    patient consent cannot be asked about (a Patient without an id, or a reference to one)."""
+    patient consent cannot be asked about (a Patient without an id, or a reference to one) and
+    when an entry is itself a Bundle: its patients would escape the check of the outer entries."""
     entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    if any(e["resource"].get("resourceType") == "Bundle" for e in entries):
+        return None
     by_url = {e["fullUrl"]: e["resource"] for e in entries if isinstance(e.get("fullUrl"), str)}
     patients: set[str] = set()
     for entry in entries:
