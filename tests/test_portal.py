@@ -390,3 +390,19 @@ def test_news2_scores_count_once_across_rounds_and_the_trend_follows_the_last_tw
     assert [p.get("_lastUpdated") for path, p in asked if path == "/Observation"] == [
         None, "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:03+00:00"]
     assert feed.at_since == {"d"}
+
+
+def test_a_non_finite_value_from_the_broker_is_ignored_not_shown_or_breaking_the_history(portal):
+    """JSON from a device may carry NaN/Infinity (Python's json accepts them): such a point once showed
+    as "nan" on the ward and made the patient's history a 500 (not JSON-compliant), so no chart."""
+    app, settings = portal
+    client = client_for(app, "dr-ward-a", settings.data_dir)
+    patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    for code, raw in [("8867-4", "NaN"), ("8310-5", "Infinity"), ("150456", "-Infinity")]:
+        envelope = json.loads('{"device": "%s", "resource": {"resourceType": "Observation", "code": {"coding": '
+                              '[{"code": "%s"}]}, "valueQuantity": {"value": %s}}}' % (patient.devices[0], code, raw))
+        assert app.state.vitals.ingest(envelope) is False
+    history = client.get(f"/patient/{patient.id}/series")
+    assert history.status_code == 200
+    ward = client.get("/ward", headers={"accept": "text/html"}).text
+    assert not re.search(r"<td>-?(nan|inf)</td>", ward)

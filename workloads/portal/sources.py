@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -176,6 +177,8 @@ def observation_point(resource: dict[str, Any]) -> tuple[str, float, float] | No
     codes = [c.get("code") for c in ((resource.get("code") or {}).get("coding") or []) if isinstance(c, dict)]
     label = next((METRICS[c] for c in codes if c in METRICS), None)
     if label is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if not math.isfinite(value):  # JSON's NaN/Infinity: would show as "nan" and break the history's JSON
         return None
     when = resource.get("effectiveDateTime")
     try:
