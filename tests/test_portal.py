@@ -406,3 +406,33 @@ def test_a_non_finite_value_from_the_broker_is_ignored_not_shown_or_breaking_the
     assert history.status_code == 200
     ward = client.get("/ward", headers={"accept": "text/html"}).text
     assert not re.search(r"<td>-?(nan|inf)</td>", ward)
+
+
+def test_an_open_live_stream_ends_when_its_session_does(tmp_path):
+    """A live stream opened before sign-out kept sending the patient's vitals afterwards (seen: 25 events in
+    5 s after a 204 logout): the stream re-checks its session every `stream_recheck_s`."""
+    port = free_port()
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url=f"http://127.0.0.1:{port}",
+                                   stream_recheck_s=0.3))
+    server = Server.__new__(Server)
+    server.port, server.server = port, uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                                     log_level="warning"))
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    server.thread.start()
+    wait_for_port(port)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+        sign_in(client, "dr-ward-a", settings.data_dir)
+        patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+        with client.stream("GET", f"/patient/{patient.id}/events", timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            token = csrf_of(client.get("/ward", headers={"accept": "text/html"}).text)
+            assert client.post("/logout", headers={"X-CSRF-Token": token}).status_code == 204
+            signed_out = time.monotonic()
+            for _ in lines:  # keep-alives and vitals until the server closes the stream
+                assert time.monotonic() - signed_out < 5, "the stream outlived its session"
+        assert client.get(f"/patient/{patient.id}/events").status_code == 401
+    finally:
+        server.stop()
+        app.state.audit.close()

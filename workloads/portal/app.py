@@ -86,6 +86,9 @@ class Settings(ServiceSettings):
     # Sessions live in the database (`DATABASE_URL`; SQLite in the data folder by default) sealed with
     # this AES-256 key (default: generated into <data_dir>/auth/session.key); replicas share both.
     session_key_file: Path | None = None
+    # An open live stream re-checks, this often, that its session still stands (sign-out, expiry) and the
+    # patient is still the person's to see (ward, consent): a stream outliving its session leaked PHI.
+    stream_recheck_s: float = 5.0
 
 
 def build(settings: Settings | None = None, *, census: sources.Census | None = None, issuer_transport=None):
@@ -228,12 +231,27 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         vitals.loop = asyncio.get_running_loop()
         queue = vitals.listen(pid)
 
+        def still_open() -> bool:
+            current = sessions.current(request)
+            if current is None or not current.may("ward"):
+                return False
+            try:
+                patient_for(current, pid)
+            except FhirError:
+                return False
+            return True
+
         async def stream():
+            checked = time.monotonic()
             try:
                 yield "retry: 1000\n\n"
                 while not await request.is_disconnected():
+                    if time.monotonic() - checked >= settings.stream_recheck_s:
+                        if not await asyncio.to_thread(still_open):
+                            break  # the browser's reconnect then meets the 401/403/404
+                        checked = time.monotonic()
                     try:
-                        event = await asyncio.wait_for(queue.get(), timeout=15)
+                        event = await asyncio.wait_for(queue.get(), timeout=min(15, settings.stream_recheck_s))
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
