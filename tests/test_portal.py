@@ -436,3 +436,23 @@ def test_an_open_live_stream_ends_when_its_session_does(tmp_path):
     finally:
         server.stop()
         app.state.audit.close()
+
+
+def test_the_bundle_download_does_not_follow_links_out_of_the_bundle(tmp_path, evidence):
+    """Every file under the bundle folder went into the zip, following symlinks: a link planted there
+    handed a compliance officer any file the portal can read (here its session key)."""
+    import io
+    import shutil
+    import zipfile
+    build_dir = tmp_path / "build"
+    shutil.copytree(evidence, build_dir)
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver", evidence_dir=build_dir))
+    folder = build_dir / "evidence-20261130-000000"
+    (folder / "session.key").symlink_to(settings.data_dir / "auth" / "session.key")
+    (folder / "auth").symlink_to(settings.data_dir / "auth", target_is_directory=True)
+    client = client_for(app, "compliance-officer", settings.data_dir)
+    bid = re.search(r'href="/compliance/([0-9a-f]{16})"', client.get("/compliance").text).group(1)
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/compliance/{bid}/download").content)).namelist()
+    assert "manifest.json" in names
+    assert not [n for n in names if "session.key" in n or n.startswith("auth")], names
+    app.state.audit.close()

@@ -339,9 +339,12 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def download(bid: str, _session: Session = Depends(sessions.require("compliance"))) -> Response:
         bundle = bundle_for(bid)
         archive = io.BytesIO()
+        root = bundle.path.resolve()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
             for path in sorted(bundle.path.rglob("*")):
-                if path.is_file():
+                # The bundle's own files only: a link planted in the folder (to the session key, say) is
+                # not followed out of it.
+                if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root):
                     zipped.write(path, str(path.relative_to(bundle.path)))
         return Response(archive.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{bundle.path.name}.zip"'})
