@@ -456,3 +456,24 @@ def test_the_bundle_download_does_not_follow_links_out_of_the_bundle(tmp_path, e
     assert "manifest.json" in names
     assert not [n for n in names if "session.key" in n or n.startswith("auth")], names
     app.state.audit.close()
+
+
+def test_a_late_observation_joins_the_history_in_time_order_and_is_not_shown_as_the_latest():
+    """Arrival order is not measurement order (an HL7 batch, a device catching up): the ward showed the
+    last value *received* as the latest and the chart got a point going back in time."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+
+    def envelope(value: float, at: str) -> dict:
+        resource = dict(observation("8867-4", value), effectiveDateTime=at)
+        return {"device": patient.devices[0], "resource": resource}
+
+    assert vitals.ingest(envelope(80.0, "2026-11-30T03:00:10+00:00"))
+    assert vitals.ingest(envelope(140.0, "2026-11-30T03:00:00+00:00"))  # measured earlier, arrives later
+    assert vitals.ingest(envelope(85.0, "2026-11-30T03:00:20+00:00"))
+    assert vitals.latest(patient.id)["HR"] == 85.0
+    assert vitals.ingest(envelope(150.0, "2026-11-30T03:00:05+00:00"))
+    assert vitals.latest(patient.id)["HR"] == 85.0
+    times = [at for at, _ in vitals.series(patient.id)["HR"]]
+    assert times == sorted(times) and len(times) == 4

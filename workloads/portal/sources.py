@@ -12,6 +12,7 @@ Patients and alarms are addressed by opaque random ids, never by MRN or name.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import datetime
 import hashlib
@@ -223,8 +224,10 @@ class Vitals:
             return False
         label, value, at = point
         with self.lock:
-            self.history[patient][label].append((at, value))
+            newest = _add_in_time_order(self.history[patient][label], (at, value))
             self.device_seen[device] = received or time.time()
+        if not newest:  # a late point (older effective time) joins the history, it is not the latest value
+            return True
         event = {"metric": label, "value": value, "at": at, "received": received or time.time()}
         if self.loop is not None:
             for queue in list(self.listeners.get(patient, ())):
@@ -238,6 +241,19 @@ class Vitals:
 
     def unlisten(self, patient: str, queue: asyncio.Queue) -> None:
         self.listeners[patient].discard(queue)
+
+
+def _add_in_time_order(points: collections.deque, point: tuple[float, float]) -> bool:
+    """Keep a metric's history ordered by effective time, so its last point is the latest measurement even
+    when an older one arrives late (an HL7 batch, a device catching up); True when `point` is the newest."""
+    if not points or point[0] >= points[-1][0]:
+        points.append(point)
+        return True
+    ordered = list(points)
+    bisect.insort(ordered, point, key=lambda p: p[0])
+    points.clear()
+    points.extend(ordered[-points.maxlen:] if points.maxlen else ordered)
+    return False
 
 
 def _offer(queue: asyncio.Queue, event: dict) -> None:
