@@ -3,6 +3,7 @@ audit of every view of patient data, live vitals from the real site broker, the 
 real signed evidence bundle."""
 from __future__ import annotations
 
+import datetime
 import html
 import json
 import re
@@ -241,7 +242,8 @@ def test_site_operations_reads_the_forwarders_prometheus_metrics(tmp_path):
 def observation(code: str, value: float) -> dict:
     return {"resourceType": "Observation", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "effectiveDateTime": "2026-11-30T03:00:00+00:00", "valueQuantity": {"value": value, "unit": "/min"}}
+            "effectiveDateTime": datetime.datetime.now(datetime.timezone.utc).isoformat(),  # a live measurement
+            "valueQuantity": {"value": value, "unit": "/min"}}
 
 
 class Server:
@@ -477,3 +479,7 @@ def test_a_late_observation_joins_the_history_in_time_order_and_is_not_shown_as_
     assert vitals.latest(patient.id)["HR"] == 85.0
     times = [at for at, _ in vitals.series(patient.id)["HR"]]
     assert times == sorted(times) and len(times) == 4
+    # A device clock running ahead does not pin its value as the latest: the future is clamped to arrival.
+    assert vitals.ingest(envelope(60.0, "2099-01-01T00:00:00+00:00"))
+    assert vitals.ingest(envelope(70.0, datetime.datetime.now(datetime.timezone.utc).isoformat()))
+    assert vitals.latest(patient.id)["HR"] == 70.0

@@ -223,12 +223,14 @@ class Vitals:
         if point is None:
             return False
         label, value, at = point
+        arrived = received or time.time()
+        at = min(at, arrived)  # nothing is measured in the future: a fast device clock must not pin "latest"
         with self.lock:
             newest = _add_in_time_order(self.history[patient][label], (at, value))
-            self.device_seen[device] = received or time.time()
+            self.device_seen[device] = arrived
         if not newest:  # a late point (older effective time) joins the history, it is not the latest value
             return True
-        event = {"metric": label, "value": value, "at": at, "received": received or time.time()}
+        event = {"metric": label, "value": value, "at": at, "received": arrived}
         if self.loop is not None:
             for queue in list(self.listeners.get(patient, ())):
                 self.loop.call_soon_threadsafe(_offer, queue, event)
