@@ -155,6 +155,8 @@ def test_cookies_csp_and_no_inline_script(portal, tmp_path):
     sign_in(secure, "admin", tmp_path / "tls")
     cookie = [c for c in secure.cookies.jar if c.name == "__Host-portal"][0]
     assert cookie.secure and cookie.path == "/" and cookie.has_nonstandard_attr("HttpOnly")
+    assert secure.get("/ward").headers["strict-transport-security"] == "max-age=31536000"
+    assert "strict-transport-security" not in client.get("/ward").headers  # plain http: meaningless there
     secure_app.state.audit.close()
 
 

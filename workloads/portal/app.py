@@ -380,7 +380,7 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
             relying_party.transport = httpx.ASGITransport(app=app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _html_errors(app, templates)
-    _security_headers(app)
+    _security_headers(app, hsts=secure)
     app.state.settings, app.state.audit, app.state.vitals, app.state.census = settings, audit, vitals, census
     app.state.sessions, app.state.feeds, app.state.consent = sessions, feeds, consent
     feeds.start()
@@ -456,11 +456,13 @@ def _html_errors(app, templates) -> None:
     app.add_exception_handler(FhirError, handler)
 
 
-def _security_headers(app) -> None:
+def _security_headers(app, hsts: bool) -> None:
     @app.middleware("http")
     async def headers(request: Request, call_next):
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
+        if hsts:  # served over https: the browser never tries plain http again (no downgrade, no cookie leak)
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         if not request.url.path.startswith("/static/"):
