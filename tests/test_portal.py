@@ -485,3 +485,20 @@ def test_a_late_observation_joins_the_history_in_time_order_and_is_not_shown_as_
     assert vitals.ingest(envelope(60.0, "2099-01-01T00:00:00+00:00"))
     assert vitals.ingest(envelope(70.0, datetime.datetime.now(datetime.timezone.utc).isoformat()))
     assert vitals.latest(patient.id)["HR"] == 70.0
+
+
+def test_a_clinician_reaching_for_another_wards_patient_is_refused_and_on_record(portal):
+    """The 404 hides who exists, but trying another ward's patient ids (or guessing them) left no trace."""
+    app, settings = portal
+    client = client_for(app, "dr-ward-b", settings.data_dir)
+    other = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    assert client.get(f"/patient/{other.id}").status_code == 404
+    assert client.get(f"/patient/{other.id}/series").status_code == 404
+    assert client.get("/patient/guessed-id-0001").status_code == 404
+    refused = [e for e in audit_events(app) if e.get("outcomeDesc", "").startswith("portal access refused")]
+    for event in refused:
+        AuditEvent.model_validate(event)
+    assert [e["outcome"] for e in refused] == ["4", "4", "4"]
+    assert all(e["agent"][0]["who"]["identifier"]["value"] == "dr-ward-b" for e in refused)
+    assert [[x["what"] for x in e.get("entity", [])] for e in refused] == [
+        [{"reference": other.reference}], [{"reference": other.reference}], []]

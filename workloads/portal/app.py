@@ -134,6 +134,9 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def patient_for(session: Session, pid: str) -> sources.Patient:
         patient = census.patients.get(pid)
         if patient is None or patient.ward not in session.wards:  # same answer: do not reveal who exists
+            # ...but the attempt is on record (someone trying other wards' ids, or guessing them).
+            record(session, "read", [patient] if patient else [], "portal access refused: not a patient of your "
+                   "wards", outcome="4")
             raise FhirError(404, "no such patient on your wards", code="not-found")
         if consent is not None:
             try:
