@@ -502,3 +502,17 @@ def test_a_clinician_reaching_for_another_wards_patient_is_refused_and_on_record
     assert all(e["agent"][0]["who"]["identifier"]["value"] == "dr-ward-b" for e in refused)
     assert [[x["what"] for x in e.get("entity", [])] for e in refused] == [
         [{"reference": other.reference}], [{"reference": other.reference}], []]
+
+
+def test_body_temperature_from_a_device_reaches_the_ward():
+    """The sdc-bridge publishes body temperature as MDC_TEMP_BODY (150364, the code the clinical workflow
+    scores, tests/portal_helpers.py DEVICE_VITALS); the portal knew only 150344 (MDC_TEMP) and dropped it."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+    for code, value in (("150364", 38.4), ("150368", 38.6)):
+        resource = {"resourceType": "Observation", "code": {"coding": [{"system": "urn:iso:std:iso:11073:10101",
+                                                                     "code": code}]},
+                    "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "Cel"}}
+        assert vitals.ingest({"device": patient.devices[0], "resource": resource})
+        assert vitals.latest(patient.id)["Temp"] == value

@@ -39,7 +39,9 @@ METRICS = {
     "147842": "HR", "8867-4": "HR",
     "151562": "RR", "9279-1": "RR",
     "150021": "NIBP sys", "8480-6": "NIBP sys",
-    "150344": "Temp", "8310-5": "Temp",
+    # Body temperature as devices send it: MDC_TEMP_BODY 150364 (what the sdc-bridge publishes and the
+    # clinical workflow scores) and MDC_TEMP_TYMP 150368; 150344 is the generic MDC_TEMP.
+    "150344": "Temp", "150364": "Temp", "150368": "Temp", "8310-5": "Temp",
 }
 LABELS = ["HR", "SpO2", "RR", "NIBP sys", "Temp"]
 
