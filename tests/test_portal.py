@@ -516,3 +516,23 @@ def test_body_temperature_from_a_device_reaches_the_ward():
                     "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "Cel"}}
         assert vitals.ingest({"device": patient.devices[0], "resource": resource})
         assert vitals.latest(patient.id)["Temp"] == value
+
+
+def test_a_value_in_another_ucum_unit_is_left_out_not_shown_in_the_wrong_scale():
+    """The portal ignored valueQuantity's unit: SpO2 sent as a UCUM ratio (0.97) showed as 0.97 under SpO2 —
+    critical hypoxia to a reader — and a [degF] temperature sat in the Celsius column. The clinical workflow
+    refuses such values (news2.UNITS); the portal now leaves them out too."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+
+    def envelope(code: str, value: float, unit: str) -> dict:
+        return {"device": patient.devices[0], "resource": {
+            "resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit}}}
+
+    assert vitals.ingest(envelope("59408-5", 97.0, "%"))
+    assert not vitals.ingest(envelope("59408-5", 0.97, "1"))
+    assert not vitals.ingest(envelope("8310-5", 101.3, "[degF]"))
+    assert vitals.ingest(envelope("8310-5", 38.5, "Cel"))
+    assert vitals.latest(patient.id) == {"SpO2": 97.0, "Temp": 38.5}

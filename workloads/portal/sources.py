@@ -44,6 +44,10 @@ METRICS = {
     "150344": "Temp", "150364": "Temp", "150368": "Temp", "8310-5": "Temp",
 }
 LABELS = ["HR", "SpO2", "RR", "NIBP sys", "Temp"]
+# The UCUM unit each column is shown in (as the clinical workflow requires them). A value coded in another
+# UCUM unit is left out, not shown in the wrong scale (SpO2 as a ratio 0.97, a temperature in [degF]).
+UCUM = "http://unitsofmeasure.org"
+UNITS = {"HR": "/min", "SpO2": "%", "RR": "/min", "NIBP sys": "mm[Hg]", "Temp": "Cel"}
 
 
 @dataclass
@@ -182,6 +186,9 @@ def observation_point(resource: dict[str, Any]) -> tuple[str, float, float] | No
     if label is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if not math.isfinite(value):  # JSON's NaN/Infinity: would show as "nan" and break the history's JSON
+        return None
+    unit = quantity.get("code")
+    if quantity.get("system") == UCUM and unit is not None and unit != UNITS[label]:
         return None
     when = resource.get("effectiveDateTime")
     try:
