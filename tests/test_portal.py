@@ -3,6 +3,7 @@ audit of every view of patient data, live vitals from the real site broker, the 
 real signed evidence bundle."""
 from __future__ import annotations
 
+import datetime
 import html
 import json
 import re
@@ -154,6 +155,8 @@ def test_cookies_csp_and_no_inline_script(portal, tmp_path):
     sign_in(secure, "admin", tmp_path / "tls")
     cookie = [c for c in secure.cookies.jar if c.name == "__Host-portal"][0]
     assert cookie.secure and cookie.path == "/" and cookie.has_nonstandard_attr("HttpOnly")
+    assert secure.get("/ward").headers["strict-transport-security"] == "max-age=31536000"
+    assert "strict-transport-security" not in client.get("/ward").headers  # plain http: meaningless there
     secure_app.state.audit.close()
 
 
@@ -241,7 +244,8 @@ def test_site_operations_reads_the_forwarders_prometheus_metrics(tmp_path):
 def observation(code: str, value: float) -> dict:
     return {"resourceType": "Observation", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "effectiveDateTime": "2026-11-30T03:00:00+00:00", "valueQuantity": {"value": value, "unit": "/min"}}
+            "effectiveDateTime": datetime.datetime.now(datetime.timezone.utc).isoformat(),  # a live measurement
+            "valueQuantity": {"value": value, "unit": "/min"}}
 
 
 class Server:
@@ -390,3 +394,145 @@ def test_news2_scores_count_once_across_rounds_and_the_trend_follows_the_last_tw
     assert [p.get("_lastUpdated") for path, p in asked if path == "/Observation"] == [
         None, "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:02+00:00", "gt2026-11-30T05:00:03+00:00"]
     assert feed.at_since == {"d"}
+
+
+def test_a_non_finite_value_from_the_broker_is_ignored_not_shown_or_breaking_the_history(portal):
+    """JSON from a device may carry NaN/Infinity (Python's json accepts them): such a point once showed
+    as "nan" on the ward and made the patient's history a 500 (not JSON-compliant), so no chart."""
+    app, settings = portal
+    client = client_for(app, "dr-ward-a", settings.data_dir)
+    patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    for code, raw in [("8867-4", "NaN"), ("8310-5", "Infinity"), ("150456", "-Infinity")]:
+        envelope = json.loads('{"device": "%s", "resource": {"resourceType": "Observation", "code": {"coding": '
+                              '[{"code": "%s"}]}, "valueQuantity": {"value": %s}}}' % (patient.devices[0], code, raw))
+        assert app.state.vitals.ingest(envelope) is False
+    history = client.get(f"/patient/{patient.id}/series")
+    assert history.status_code == 200
+    ward = client.get("/ward", headers={"accept": "text/html"}).text
+    assert not re.search(r"<td>-?(nan|inf)</td>", ward)
+
+
+def test_an_open_live_stream_ends_when_its_session_does(tmp_path):
+    """A live stream opened before sign-out kept sending the patient's vitals afterwards (seen: 25 events in
+    5 s after a 204 logout): the stream re-checks its session every `stream_recheck_s`."""
+    port = free_port()
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url=f"http://127.0.0.1:{port}",
+                                   stream_recheck_s=0.3))
+    server = Server.__new__(Server)
+    server.port, server.server = port, uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                                     log_level="warning"))
+    server.thread = threading.Thread(target=server.server.run, daemon=True)
+    server.thread.start()
+    wait_for_port(port)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
+        sign_in(client, "dr-ward-a", settings.data_dir)
+        patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+        with client.stream("GET", f"/patient/{patient.id}/events", timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            token = csrf_of(client.get("/ward", headers={"accept": "text/html"}).text)
+            assert client.post("/logout", headers={"X-CSRF-Token": token}).status_code == 204
+            signed_out = time.monotonic()
+            for _ in lines:  # keep-alives and vitals until the server closes the stream
+                assert time.monotonic() - signed_out < 5, "the stream outlived its session"
+        assert client.get(f"/patient/{patient.id}/events").status_code == 401
+    finally:
+        server.stop()
+        app.state.audit.close()
+
+
+def test_the_bundle_download_does_not_follow_links_out_of_the_bundle(tmp_path, evidence):
+    """Every file under the bundle folder went into the zip, following symlinks: a link planted there
+    handed a compliance officer any file the portal can read (here its session key)."""
+    import io
+    import shutil
+    import zipfile
+    build_dir = tmp_path / "build"
+    shutil.copytree(evidence, build_dir)
+    app, settings = build(Settings(data_dir=tmp_path / "data", base_url="http://testserver", evidence_dir=build_dir))
+    folder = build_dir / "evidence-20261130-000000"
+    (folder / "session.key").symlink_to(settings.data_dir / "auth" / "session.key")
+    (folder / "auth").symlink_to(settings.data_dir / "auth", target_is_directory=True)
+    client = client_for(app, "compliance-officer", settings.data_dir)
+    bid = re.search(r'href="/compliance/([0-9a-f]{16})"', client.get("/compliance").text).group(1)
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/compliance/{bid}/download").content)).namelist()
+    assert "manifest.json" in names
+    assert not [n for n in names if "session.key" in n or n.startswith("auth")], names
+    app.state.audit.close()
+
+
+def test_a_late_observation_joins_the_history_in_time_order_and_is_not_shown_as_the_latest():
+    """Arrival order is not measurement order (an HL7 batch, a device catching up): the ward showed the
+    last value *received* as the latest and the chart got a point going back in time."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+
+    def envelope(value: float, at: str) -> dict:
+        resource = dict(observation("8867-4", value), effectiveDateTime=at)
+        return {"device": patient.devices[0], "resource": resource}
+
+    assert vitals.ingest(envelope(80.0, "2026-11-30T03:00:10+00:00"))
+    assert vitals.ingest(envelope(140.0, "2026-11-30T03:00:00+00:00"))  # measured earlier, arrives later
+    assert vitals.ingest(envelope(85.0, "2026-11-30T03:00:20+00:00"))
+    assert vitals.latest(patient.id)["HR"] == 85.0
+    assert vitals.ingest(envelope(150.0, "2026-11-30T03:00:05+00:00"))
+    assert vitals.latest(patient.id)["HR"] == 85.0
+    times = [at for at, _ in vitals.series(patient.id)["HR"]]
+    assert times == sorted(times) and len(times) == 4
+    # A device clock running ahead does not pin its value as the latest: the future is clamped to arrival.
+    assert vitals.ingest(envelope(60.0, "2099-01-01T00:00:00+00:00"))
+    assert vitals.ingest(envelope(70.0, datetime.datetime.now(datetime.timezone.utc).isoformat()))
+    assert vitals.latest(patient.id)["HR"] == 70.0
+
+
+def test_a_clinician_reaching_for_another_wards_patient_is_refused_and_on_record(portal):
+    """The 404 hides who exists, but trying another ward's patient ids (or guessing them) left no trace."""
+    app, settings = portal
+    client = client_for(app, "dr-ward-b", settings.data_dir)
+    other = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    assert client.get(f"/patient/{other.id}").status_code == 404
+    assert client.get(f"/patient/{other.id}/series").status_code == 404
+    assert client.get("/patient/guessed-id-0001").status_code == 404
+    refused = [e for e in audit_events(app) if e.get("outcomeDesc", "").startswith("portal access refused")]
+    for event in refused:
+        AuditEvent.model_validate(event)
+    assert [e["outcome"] for e in refused] == ["4", "4", "4"]
+    assert all(e["agent"][0]["who"]["identifier"]["value"] == "dr-ward-b" for e in refused)
+    assert [[x["what"] for x in e.get("entity", [])] for e in refused] == [
+        [{"reference": other.reference}], [{"reference": other.reference}], []]
+
+
+def test_body_temperature_from_a_device_reaches_the_ward():
+    """The sdc-bridge publishes body temperature as MDC_TEMP_BODY (150364, the code the clinical workflow
+    scores, tests/portal_helpers.py DEVICE_VITALS); the portal knew only 150344 (MDC_TEMP) and dropped it."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+    for code, value in (("150364", 38.4), ("150368", 38.6)):
+        resource = {"resourceType": "Observation", "code": {"coding": [{"system": "urn:iso:std:iso:11073:10101",
+                                                                     "code": code}]},
+                    "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "Cel"}}
+        assert vitals.ingest({"device": patient.devices[0], "resource": resource})
+        assert vitals.latest(patient.id)["Temp"] == value
+
+
+def test_a_value_in_another_ucum_unit_is_left_out_not_shown_in_the_wrong_scale():
+    """The portal ignored valueQuantity's unit: SpO2 sent as a UCUM ratio (0.97) showed as 0.97 under SpO2 —
+    critical hypoxia to a reader — and a [degF] temperature sat in the Celsius column. The clinical workflow
+    refuses such values (news2.UNITS); the portal now leaves them out too."""
+    census = sources.demo_census(1)
+    vitals = sources.Vitals(census)
+    patient = next(iter(census.patients.values()))
+
+    def envelope(code: str, value: float, unit: str) -> dict:
+        return {"device": patient.devices[0], "resource": {
+            "resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit}}}
+
+    assert vitals.ingest(envelope("59408-5", 97.0, "%"))
+    assert not vitals.ingest(envelope("59408-5", 0.97, "1"))
+    assert not vitals.ingest(envelope("8310-5", 101.3, "[degF]"))
+    assert vitals.ingest(envelope("8310-5", 38.5, "Cel"))
+    assert vitals.latest(patient.id) == {"SpO2": 97.0, "Temp": 38.5}

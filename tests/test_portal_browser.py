@@ -217,3 +217,31 @@ def test_site_operations_and_compliance_drift_pages(stack):
     drift = driver.find_element(By.ID, "drift")
     assert "control NIS2-21.2.h: pass -> fail" in drift.text
     check_accessibility(stack, "compliance drift")
+
+
+def test_a_ward_list_that_can_no_longer_refresh_says_so_and_a_refused_stream_says_not_live(stack):
+    """The ward list refreshes every 5 s; a refused refresh (signed out in another tab, consent service
+    down) left the old values on screen as if current. Now the table is marked stale with the time of its
+    last refresh, and a live stream the portal refuses says the values are not live."""
+    driver, app = stack["driver"], stack["app"]
+    sign_in(stack, "dr-ward-a")
+    patient = next(p for p in app.state.census.patients.values() if p.ward == "ward-a")
+    driver.get(f"{stack['base']}/ward")
+    status = driver.find_element(By.ID, "ward-status")
+    WebDriverWait(driver, 8).until(lambda d: d.execute_script(
+        "return performance.getEntriesByType('resource').some(e => e.name.endsWith('/ward'))"))  # a refresh went well
+    assert status.text == "" and "stale" not in driver.find_element(By.TAG_NAME, "table").get_attribute("class")
+    sign_out_elsewhere = ("return fetch('/logout', {method: 'POST', headers: JSON.parse("
+                          "document.body.getAttribute('hx-headers'))}).then(r => r.status);")
+    assert driver.execute_script(sign_out_elsewhere) == 204
+    WebDriverWait(driver, 8).until(lambda d: "Not updated since" in status.text)
+    assert "signed out" in status.text
+    assert "stale" in driver.find_element(By.TAG_NAME, "table").get_attribute("class")
+    check_accessibility(stack, "ward not updated")
+    driver.get(f"{stack['base']}/")  # a patient page kept open while its session ends
+    sign_in(stack, "dr-ward-a")
+    driver.get(f"{stack['base']}/patient/{patient.id}")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "stream-status").text == "live")
+    assert driver.execute_script(sign_out_elsewhere) == 204
+    WebDriverWait(driver, 15).until(lambda d: "Not live" in d.find_element(By.ID, "stream-status").text)
+    check_accessibility(stack, "patient not live")

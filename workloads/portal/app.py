@@ -86,6 +86,9 @@ class Settings(ServiceSettings):
     # Sessions live in the database (`DATABASE_URL`; SQLite in the data folder by default) sealed with
     # this AES-256 key (default: generated into <data_dir>/auth/session.key); replicas share both.
     session_key_file: Path | None = None
+    # An open live stream re-checks, this often, that its session still stands (sign-out, expiry) and the
+    # patient is still the person's to see (ward, consent): a stream outliving its session leaked PHI.
+    stream_recheck_s: float = 5.0
 
 
 def build(settings: Settings | None = None, *, census: sources.Census | None = None, issuer_transport=None):
@@ -131,6 +134,9 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def patient_for(session: Session, pid: str) -> sources.Patient:
         patient = census.patients.get(pid)
         if patient is None or patient.ward not in session.wards:  # same answer: do not reveal who exists
+            # ...but the attempt is on record (someone trying other wards' ids, or guessing them).
+            record(session, "read", [patient] if patient else [], "portal access refused: not a patient of your "
+                   "wards", outcome="4")
             raise FhirError(404, "no such patient on your wards", code="not-found")
         if consent is not None:
             try:
@@ -228,12 +234,27 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
         vitals.loop = asyncio.get_running_loop()
         queue = vitals.listen(pid)
 
+        def still_open() -> bool:
+            current = sessions.current(request)
+            if current is None or not current.may("ward"):
+                return False
+            try:
+                patient_for(current, pid)
+            except FhirError:
+                return False
+            return True
+
         async def stream():
+            checked = time.monotonic()
             try:
                 yield "retry: 1000\n\n"
                 while not await request.is_disconnected():
+                    if time.monotonic() - checked >= settings.stream_recheck_s:
+                        if not await asyncio.to_thread(still_open):
+                            break  # the browser's reconnect then meets the 401/403/404
+                        checked = time.monotonic()
                     try:
-                        event = await asyncio.wait_for(queue.get(), timeout=15)
+                        event = await asyncio.wait_for(queue.get(), timeout=min(15, settings.stream_recheck_s))
                     except asyncio.TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
@@ -321,9 +342,12 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
     def download(bid: str, _session: Session = Depends(sessions.require("compliance"))) -> Response:
         bundle = bundle_for(bid)
         archive = io.BytesIO()
+        root = bundle.path.resolve()
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
             for path in sorted(bundle.path.rglob("*")):
-                if path.is_file():
+                # The bundle's own files only: a link planted in the folder (to the session key, say) is
+                # not followed out of it.
+                if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(root):
                     zipped.write(path, str(path.relative_to(bundle.path)))
         return Response(archive.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{bundle.path.name}.zip"'})
@@ -359,7 +383,7 @@ def build(settings: Settings | None = None, *, census: sources.Census | None = N
             relying_party.transport = httpx.ASGITransport(app=app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     _html_errors(app, templates)
-    _security_headers(app)
+    _security_headers(app, hsts=secure)
     app.state.settings, app.state.audit, app.state.vitals, app.state.census = settings, audit, vitals, census
     app.state.sessions, app.state.feeds, app.state.consent = sessions, feeds, consent
     feeds.start()
@@ -435,11 +459,13 @@ def _html_errors(app, templates) -> None:
     app.add_exception_handler(FhirError, handler)
 
 
-def _security_headers(app) -> None:
+def _security_headers(app, hsts: bool) -> None:
     @app.middleware("http")
     async def headers(request: Request, call_next):
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
+        if hsts:  # served over https: the browser never tries plain http again (no downgrade, no cookie leak)
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         if not request.url.path.startswith("/static/"):

@@ -12,11 +12,13 @@ Patients and alarms are addressed by opaque random ids, never by MRN or name.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import datetime
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -37,9 +39,15 @@ METRICS = {
     "147842": "HR", "8867-4": "HR",
     "151562": "RR", "9279-1": "RR",
     "150021": "NIBP sys", "8480-6": "NIBP sys",
-    "150344": "Temp", "8310-5": "Temp",
+    # Body temperature as devices send it: MDC_TEMP_BODY 150364 (what the sdc-bridge publishes and the
+    # clinical workflow scores) and MDC_TEMP_TYMP 150368; 150344 is the generic MDC_TEMP.
+    "150344": "Temp", "150364": "Temp", "150368": "Temp", "8310-5": "Temp",
 }
 LABELS = ["HR", "SpO2", "RR", "NIBP sys", "Temp"]
+# The UCUM unit each column is shown in (as the clinical workflow requires them). A value coded in another
+# UCUM unit is left out, not shown in the wrong scale (SpO2 as a ratio 0.97, a temperature in [degF]).
+UCUM = "http://unitsofmeasure.org"
+UNITS = {"HR": "/min", "SpO2": "%", "RR": "/min", "NIBP sys": "mm[Hg]", "Temp": "Cel"}
 
 
 @dataclass
@@ -177,6 +185,11 @@ def observation_point(resource: dict[str, Any]) -> tuple[str, float, float] | No
     label = next((METRICS[c] for c in codes if c in METRICS), None)
     if label is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
+    if not math.isfinite(value):  # JSON's NaN/Infinity: would show as "nan" and break the history's JSON
+        return None
+    unit = quantity.get("code")
+    if quantity.get("system") == UCUM and unit is not None and unit != UNITS[label]:
+        return None
     when = resource.get("effectiveDateTime")
     try:
         at = datetime.datetime.fromisoformat(when).timestamp() if isinstance(when, str) else time.time()
@@ -219,10 +232,14 @@ class Vitals:
         if point is None:
             return False
         label, value, at = point
+        arrived = received or time.time()
+        at = min(at, arrived)  # nothing is measured in the future: a fast device clock must not pin "latest"
         with self.lock:
-            self.history[patient][label].append((at, value))
-            self.device_seen[device] = received or time.time()
-        event = {"metric": label, "value": value, "at": at, "received": received or time.time()}
+            newest = _add_in_time_order(self.history[patient][label], (at, value))
+            self.device_seen[device] = arrived
+        if not newest:  # a late point (older effective time) joins the history, it is not the latest value
+            return True
+        event = {"metric": label, "value": value, "at": at, "received": arrived}
         if self.loop is not None:
             for queue in list(self.listeners.get(patient, ())):
                 self.loop.call_soon_threadsafe(_offer, queue, event)
@@ -235,6 +252,19 @@ class Vitals:
 
     def unlisten(self, patient: str, queue: asyncio.Queue) -> None:
         self.listeners[patient].discard(queue)
+
+
+def _add_in_time_order(points: collections.deque, point: tuple[float, float]) -> bool:
+    """Keep a metric's history ordered by effective time, so its last point is the latest measurement even
+    when an older one arrives late (an HL7 batch, a device catching up); True when `point` is the newest."""
+    if not points or point[0] >= points[-1][0]:
+        points.append(point)
+        return True
+    ordered = list(points)
+    bisect.insort(ordered, point, key=lambda p: p[0])
+    points.clear()
+    points.extend(ordered[-points.maxlen:] if points.maxlen else ordered)
+    return False
 
 
 def _offer(queue: asyncio.Queue, event: dict) -> None:

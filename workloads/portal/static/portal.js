@@ -33,7 +33,12 @@
     var status = document.getElementById("stream-status");
     var source = new EventSource(live.dataset.events);
     source.onopen = function () { status.textContent = "live"; };
-    source.onerror = function () { status.textContent = "reconnecting…"; };
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) {  // refused (signed out, no longer yours): no retry
+        live.classList.add("stale"); status.classList.add("status-stale");
+        status.textContent = "Not live: the values shown are not updated. Reload the page or sign in again.";
+      } else { status.textContent = "reconnecting…"; }
+    };
     source.addEventListener("vital", function (message) {
       var event = JSON.parse(message.data);
       var cell = live.querySelector('[data-metric="' + event.metric + '"]');
@@ -43,8 +48,29 @@
     });
   }
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
+  // A ward list whose refresh fails (signed out, consent service down, portal unreachable) must not keep
+  // showing old values as if they were current: mark it stale and say since when.
+  var lastRefresh = new Date();
+  function wardRefreshed(event) {
+    var rows = event.detail.elt, status = document.getElementById("ward-status");
+    if (!rows || rows.id !== "ward-rows" || !status) { return; }
+    var table = rows.closest("table"), xhr = event.detail.xhr;
+    if (event.detail.successful) {
+      lastRefresh = new Date();
+      if (table.classList.contains("stale")) {
+        table.classList.remove("stale"); status.classList.remove("status-stale"); status.textContent = "";
+      }
+      return;
+    }
+    var why = !xhr || !xhr.status ? "the portal cannot be reached"
+      : xhr.status === 401 ? "you are signed out: sign in again"
+      : xhr.status === 503 ? "a service the ward list needs is unavailable" : "the portal answered " + xhr.status;
+    table.classList.add("stale"); status.classList.add("status-stale");
+    status.textContent = "Not updated since " + lastRefresh.toLocaleTimeString() + " (" + why + ").";
+  }
   document.addEventListener("htmx:afterRequest", function (event) {
     var redirect = event.detail.xhr && event.detail.xhr.getResponseHeader("HX-Redirect");
-    if (redirect) { window.location.href = redirect; }
+    if (redirect) { window.location.href = redirect; return; }
+    wardRefreshed(event);
   });
 })();
