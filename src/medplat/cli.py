@@ -374,8 +374,13 @@ app.add_typer(compliance_app, name="compliance")
 
 @compliance_app.command("run")
 def compliance_run(
-    exports: list[Path] = typer.Argument(..., help="`pulumi stack export` or `pulumi preview --json` files."),
+    exports: Optional[list[Path]] = typer.Argument(None, help="`pulumi stack export` or `pulumi preview --json` files."),
     out: Path = typer.Option(Path("build/compliance"), "--out", "-o", help="Folder kept across runs."),
+    pulumi_stack: list[str] = typer.Option([], "--pulumi-stack", help="ORG/PROJECT/STACK to read from the Pulumi "
+                                           "Cloud API instead of a file (repeatable)."),
+    pulumi_api: str = typer.Option("https://api.pulumi.com", "--pulumi-api", help="The state backend's API."),
+    pulumi_token_file: Optional[Path] = typer.Option(None, "--pulumi-token-file",
+                                                     help="A token that can read those stacks (never on the command line)."),
     stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir", help="Where Pulumi.<stack>.yaml (waivers) live."),
     planned: Optional[Path] = typer.Option(None, "--planned", help="Folder of planned <stack>.inventory.json files "
                                            "to report drift against."),
@@ -394,8 +399,15 @@ def compliance_run(
     from medplat.service.audit import AuditClient
 
     day = _day(today)
+    if not exports and not pulumi_stack:
+        fail("name export files or --pulumi-stack ORG/PROJECT/STACK")
+    if pulumi_stack and pulumi_token_file is None:
+        fail("--pulumi-stack needs --pulumi-token-file")
     try:
-        loaded = [gate.from_file(path) for path in exports]
+        fetched_at = datetime.datetime.now(datetime.timezone.utc)
+        fetched = [continuous.fetch_export(pulumi_api, ref, pulumi_token_file, out, fetched_at)
+                   for ref in pulumi_stack]
+        loaded = [gate.from_file(path) for path in [*(exports or []), *fetched]]
         entries = [(inv, None, continuous.stack_waivers(stacks_dir or default_stacks_dir(), inv["stack"]))
                    for inv, _, _ in loaded]
         checkov_findings, checkov_summary = [], {}
