@@ -10,6 +10,7 @@ cluster without floating IPs, in a PSA-restricted, default-deny namespace.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 import pulumi
@@ -226,8 +227,13 @@ class EuPhiZone(LabelledComponent):
         self.compliance_runs = {}
         if args.compliance_run is not None:
             run = args.compliance_run
+            # The state backend counts as inside the EU zone only when it is addressed on the zone's
+            # own network (a self-hosted backend); otherwise the residency policy sees the internet.
+            inside = all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network(args.network_cidr))
+                         for c in run.state_backend_cidrs)
             run_peers = PeerContext(cidrs={**peers.cidrs, "@state-backend": list(run.state_backend_cidrs)},
-                                    workload_ports=peers.workload_ports, zones=peers.zones)
+                                    workload_ports=peers.workload_ports,
+                                    zones={**peers.zones, **({"@state-backend": "eu-phi"} if inside else {})})
             for stack in run.stacks:
                 spec = compliance_spec(run, stack)
                 self.compliance_runs[stack] = Workload(

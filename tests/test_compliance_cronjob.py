@@ -41,7 +41,7 @@ def test_one_cronjob_per_configured_stack_with_the_stack_in_its_args(inventories
             "--audit-url": "http://audit-log:8080",
             "--audit-token-file": "/etc/medplat/audit-token/token",
             "--pulumi-stack": f"saxony-hospitals/medplat/{stack}",
-            "--pulumi-api": "https://api.pulumi.com",
+            "--pulumi-api": "https://pulumi-api.medplat.internal",
             "--pulumi-token-file": "/etc/medplat/state-token/token",
         }
         assert job["spec"]["concurrencyPolicy"] == "Forbid" and job["spec"]["schedule"] == "41 4 * * *"
@@ -83,10 +83,10 @@ def test_cronjob_egress_is_the_audit_log_and_the_state_backend_only(inventories)
     assert targets == [
         ({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "audit-log",
                                           "app.kubernetes.io/part-of": "medplat"}}}, (8080,)),
-        ({"ipBlock": {"cidr": "192.0.2.64/27"}}, (443,)),
+        ({"ipBlock": {"cidr": "10.20.3.240/28"}}, (443,)),
     ]
     # Other workloads do not gain the state backend.
-    assert "192.0.2.64/27" not in json.dumps(policies["ingest-allow"])
+    assert "10.20.3.240/28" not in json.dumps(policies["ingest-allow"])
 
 
 def test_cronjob_manifests_validate_offline(inventories):
@@ -104,6 +104,22 @@ def test_cronjob_manifests_pass_checkov(checkov_tool, inventories, tmp_path):
     findings, summary = checkov.run_for([(inventory, None, [])], tmp_path, project_root=tmp_path)
     assert summary["zones"]["eu-phi"]["checks"] >= 20, summary["zones"]
     assert [f.policy for f in findings] == [], [(f.policy, f.message) for f in findings]
+
+
+@pytest.mark.slow
+def test_a_state_backend_outside_the_zone_network_is_a_residency_finding(stacks_copy, tmp_path):
+    """Pulumi's SaaS API is outside the EU zone: the CronJob (in the PHI namespace) reaching it is a
+    path out that the residency policy reports, until the operator self-hosts or waives it."""
+    from conftest import edit_stack
+
+    def saas(config):
+        run = config["medplat:euPhi"]["complianceRun"]
+        run.update(pulumiApi="https://api.pulumi.com", stateBackendCidrs=["198.51.100.0/28"])
+    edit_stack(stacks_copy, "eu-phi", saas)
+    result = runner.invoke(app, ["policy", "check", "eu-phi", "--stacks-dir", str(stacks_copy), "--no-checkov",
+                                 "-o", str(tmp_path), "--today", "2026-11-23"])
+    assert result.exit_code == 1, result.output
+    assert "dataflow-residency" in result.stdout and "compliance-run" in result.stdout
 
 
 def test_compliance_run_in_the_stack_workload_list_is_refused(stacks_copy):
