@@ -202,3 +202,20 @@ def test_a_refused_token_or_unknown_stack_is_one_line_and_no_run(state_backend, 
     assert not (out / "runs").exists()
     clear = runner.invoke(app, job_args("http://state.example", token, out))
     assert clear.exit_code == 2 and "is not https" in clear.output
+
+
+def test_job_only_images_get_their_sbom_in_the_evidence_bundle(tmp_path, monkeypatch):
+    """The bundle lists the SBOM of every image a resource runs, CronJob-only images included
+    (analytics-feed, compliance-run), not only those of Deployments."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
+    key = tmp_path / "evidence.key"
+    assert runner.invoke(app, ["evidence", "keygen", str(key)]).exit_code == 0
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["evidence", "export", "eu-phi", "--stacks-dir", str(REPO / "stacks"), "-o", str(out),
+                                 "--key", str(key), "--no-checkov", "--today", "2026-11-23"])
+    assert result.exit_code == 0, result.output
+    sboms = {p.name for p in (out / "sbom" / "workloads").glob("*.cdx.json")}
+    assert {"compliance-run.cdx.json", "analytics-feed.cdx.json", "ingest.cdx.json"} <= sboms, sboms
+    assert "edge-forwarder.cdx.json" not in sboms  # an edge image: not run by this stack
+    platform = json.loads((out / "sbom" / "platform.cdx.json").read_text())
+    assert "compliance-run" in {s["name"] for s in platform["services"]}
