@@ -10,6 +10,7 @@ cluster without floating IPs, in a PSA-restricted, default-deny namespace.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 import pulumi
@@ -24,6 +25,36 @@ from medplat.components.workload import PeerContext, Workload, WorkloadArgs
 from medplat.components.workload_spec import WorkloadSpec
 
 INGEST_NODE_PORT = 30443
+STATE_TOKEN_FILE = "/etc/medplat/state-token/token"
+
+
+@dataclass
+class ComplianceRunArgs:
+    """`medplat compliance run` per stack: the job's spec and image, and where each stack's state is read."""
+
+    spec: WorkloadSpec
+    image: str
+    stacks: list[str]
+    pulumi_organization: str
+    pulumi_project: str
+    pulumi_api: str
+    state_backend_cidrs: list[str]
+    token_secret: str                 # operator-made Secret (key `token`): reads these stacks' state
+    audit_token_secret: str           # operator-made Secret (key `token`): audit-log scope audit.write
+    schedule: str | None = None       # overrides the spec's cron
+
+
+def compliance_spec(run: ComplianceRunArgs, stack: str) -> WorkloadSpec:
+    """The compliance-run spec for one stack: its own name, volume and NetworkPolicy, and args that
+    name the stack to read (`ORG/PROJECT/STACK` on the state backend)."""
+    schedule = run.spec.schedule
+    assert schedule is not None, "the compliance-run workload is a scheduled job"
+    args = [*schedule.args, "--pulumi-stack", f"{run.pulumi_organization}/{run.pulumi_project}/{stack}",
+            "--pulumi-api", run.pulumi_api, "--pulumi-token-file", STATE_TOKEN_FILE]
+    return run.spec.model_copy(update={
+        "name": f"{run.spec.name}-{stack}",
+        "schedule": schedule.model_copy(update={"args": args, "cron": run.schedule or schedule.cron}),
+    })
 
 
 @dataclass
@@ -57,6 +88,7 @@ class EuPhiZoneArgs:
     ca_key_ref: str                   # Barbican reference of the CA key
     analytics_bucket_cidrs: list[str] = field(default_factory=list)  # S3 of the analytics zone
     dns_nameservers: list[str] = field(default_factory=list)
+    compliance_run: ComplianceRunArgs | None = None
 
 
 class EuPhiZone(LabelledComponent):
@@ -192,6 +224,29 @@ class EuPhiZone(LabelledComponent):
             for spec in args.workloads
         }
 
+        self.compliance_runs = {}
+        if args.compliance_run is not None:
+            run = args.compliance_run
+            # The state backend counts as inside the EU zone only when it is addressed on the zone's
+            # own network (a self-hosted backend); otherwise the residency policy sees the internet.
+            inside = all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network(args.network_cidr))
+                         for c in run.state_backend_cidrs)
+            run_peers = PeerContext(cidrs={**peers.cidrs, "@state-backend": list(run.state_backend_cidrs)},
+                                    workload_ports=peers.workload_ports,
+                                    zones={**peers.zones, **({"@state-backend": "eu-phi"} if inside else {})})
+            for stack in run.stacks:
+                spec = compliance_spec(run, stack)
+                self.compliance_runs[stack] = Workload(
+                    f"{name}-{spec.name}",
+                    # Tokens the operator stores as Secrets: never in config, state or outputs.
+                    WorkloadArgs(spec=spec, image=run.image, namespace=ns, peers=run_peers,
+                                 secret_names={"state-token": run.token_secret,
+                                               "audit-token": run.audit_token_secret},
+                                 storage_class="medplat-encrypted"),
+                    labels=self.labels,
+                    opts=pulumi.ResourceOptions(parent=self, provider=kube),
+                )
+
         self.ingest_endpoint = public_ip.address.apply(lambda ip: f"https://{ip}:443")
         self.site_enrollments = {site.site: pki.site_enrollments[site.site].to_output() for site in args.edge_sites}
         self.site_policies = {
@@ -212,6 +267,7 @@ class EuPhiZone(LabelledComponent):
             "backupVolume": backup.id,
             "cluster": cluster.id,
             "workloads": sorted(self.workloads),
+            "complianceRuns": sorted(self.compliance_runs),
         }
         self.finish(self.outputs)
 

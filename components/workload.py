@@ -20,7 +20,7 @@ from medplat.components.workload_spec import WorkloadSpec
 PART_OF = "medplat"
 # Peer groups reached on one well-known port: the cloud ingress (HTTPS, mTLS) and the
 # PHI database (PostgreSQL). Devices speak many protocols, so no port is fixed for them.
-GROUP_PORTS = {"@cloud": 443, "@database": 5432, "@analytics-bucket": 443}
+GROUP_PORTS = {"@cloud": 443, "@database": 5432, "@analytics-bucket": 443, "@state-backend": 443}
 
 
 @dataclass

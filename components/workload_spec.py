@@ -16,12 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DataClass = Literal["phi", "pseudonymized", "deidentified", "key-material", "operational"]
 Zone = Literal["eu-phi", "analytics", "edge"]
 Role = Literal[
-    "adapter", "alarm-router", "analytics", "anonymizer", "audit", "broker", "consent",
+    "adapter", "alarm-router", "analytics", "anonymizer", "audit", "broker", "compliance", "consent",
     "fleet", "ingest", "pseudonymizer", "store-and-forward",
 ]
 # `@group` peers are resolved by the deploying site: device VLANs, the cloud ingress,
-# the edge sites' egress ranges, or every workload of the same namespace.
-PEER_GROUPS = ("@devices", "@cloud", "@edge-sites", "@database", "@site-workloads", "@analytics-bucket")
+# the edge sites' egress ranges, every workload of the same namespace, or the API of the
+# Pulumi state backend (read by the scheduled compliance runs).
+PEER_GROUPS = ("@devices", "@cloud", "@edge-sites", "@database", "@site-workloads", "@analytics-bucket",
+               "@state-backend")
 
 NAME = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 DIGEST_REF = re.compile(r"^[a-z0-9.\-/:]+@sha256:[0-9a-f]{64}$")
@@ -65,8 +67,9 @@ class Resources(_Strict):
 
 
 class SecretMount(_Strict):
-    name: Literal["mtls-client", "mtls-server", "mqtt-broker-passwords"] = Field(
-        description="credential issued by PlatformPki, or the site broker's per-workload passwords")
+    name: Literal["mtls-client", "mtls-server", "mqtt-broker-passwords", "state-token", "audit-token"] = Field(
+        description="credential issued by PlatformPki, the site broker's per-workload passwords, or a token "
+                    "the operator stores (state backend read token, audit-log append token)")
     mount_path: str = Field(alias="mountPath", pattern=r"^/")
 
 

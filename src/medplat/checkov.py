@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import venv
 from importlib import resources
@@ -84,6 +85,37 @@ def dockerfiles(root: Path) -> list[Path]:
     return sorted(folder.glob("*/Dockerfile")) if folder.is_dir() else []
 
 
+def image_of(dockerfile: Path) -> str | None:
+    """The image repository a workload's Dockerfile builds: its folder's workload.yaml `image`."""
+    from medplat.components.workload_spec import load_spec
+
+    spec_file = dockerfile.parent / "workload.yaml"
+    if not spec_file.is_file():
+        return None
+    try:
+        return load_spec(spec_file).image.split("@", 1)[0]
+    except (ValueError, OSError):
+        return None
+
+
+def image_users(entries, image: str) -> list[tuple[str, str, str]]:
+    """(stack, URN, type) of every resource that runs `image` (pinned by digest): Deployments,
+    CronJobs, Jobs, ECS task definitions — wherever its inputs name `<repository>@`."""
+    needle = re.compile(r'(?<![\w./-])' + re.escape(image) + r'@sha256:')
+    found = []
+    for inventory, _config, _waivers in entries:
+        for resource in inventory["resources"]:
+            if resource.get("custom") and needle.search(json.dumps(resource.get("inputs") or {})):
+                found.append((inventory["stack"], resource["urn"], resource["type"]))
+    return found
+
+
+def _dockerfile_key(check: dict[str, Any]) -> str:
+    """The workload folder a checkov Dockerfile result is about (`workloads/<folder>/Dockerfile`)."""
+    path = Path(check.get("file_abs_path") or check.get("file_path") or "")
+    return path.parent.name
+
+
 # --- running -------------------------------------------------------------------------------
 
 def _run(args: list[str], out: Path) -> list[dict[str, Any]]:
@@ -131,11 +163,43 @@ def run_for(entries, out: Path, project_root: Path | None = None):
     if files:
         reports = _run([arg for f in files for arg in ("-f", str(f))] + ["--framework", "dockerfile"],
                        out / "dockerfiles" / "results")
-        _fold(reports, "workloads", "images", lambda check: check.get("file_path", ""), controls, findings,
-              zones, rules, evaluations)
+        _fold_dockerfiles(reports, files, entries, controls, findings, zones, rules, evaluations)
     zones.setdefault("images", {"checks": 0, "passed": 0, "failed": 0, "waived": 0, "dockerfiles": len(files)})
     return findings, {"version": CHECKOV_VERSION, "zones": zones, "rules": sorted(rules.values(), key=lambda r: r["id"]),
                       "evaluations": evaluations}
+
+
+def _fold_dockerfiles(reports, files, entries, controls, findings, zones, rules, evaluations) -> None:
+    """Dockerfile results keyed by path -> workload -> image -> the resources that run that image:
+    a check on one workload's Dockerfile lands on that workload's Deployments / CronJobs / tasks in
+    every stack that deploys it, and on nothing else. A Dockerfile whose image no stack deploys
+    keeps its result on the Dockerfile itself (stack `workloads`), so no failure is dropped."""
+    targets: dict[str, list[tuple[str, str, str]]] = {}
+    for dockerfile in files:
+        image = image_of(dockerfile)
+        users = image_users(entries, image) if image else []
+        relative = f"{REPO_WORKLOADS}/{dockerfile.parent.name}/Dockerfile"
+        targets[dockerfile.parent.name] = users or [("workloads", relative, "dockerfile")]
+    for report in reports:
+        results = report.get("results") or {}
+        by_target: dict[tuple[str, str, str], dict[str, list]] = {}
+        for outcome in ("passed_checks", "failed_checks"):
+            for check in results.get(outcome) or []:
+                folder = _dockerfile_key(check)
+                for target in targets.get(folder, [("workloads", check.get("file_path", ""), "dockerfile")]):
+                    keyed = {**check, "resource": _relative_resource(check, folder)}
+                    by_target.setdefault(target, {"passed_checks": [], "failed_checks": []})[outcome].append(keyed)
+        for (stack, urn, resource_type), outcomes in by_target.items():
+            _fold([{"check_type": report.get("check_type", "dockerfile"), "results": outcomes}], stack, "images",
+                  lambda _check, urn=urn: urn, controls, findings, zones, rules, evaluations,
+                  resource_type=resource_type)
+
+
+def _relative_resource(check: dict[str, Any], folder: str) -> str:
+    """checkov names a Dockerfile result `<path>.<instruction>`: the path made repository-relative."""
+    resource, path = check.get("resource", ""), check.get("file_path", "")
+    suffix = resource[len(path):] if path and resource.startswith(path) else f" {resource}"
+    return f"{REPO_WORKLOADS}/{folder}/Dockerfile{suffix}"
 
 
 def _lookup(mapping: dict[str, str], key_of):
@@ -143,7 +207,8 @@ def _lookup(mapping: dict[str, str], key_of):
     return lambda check: mapping.get(key_of(check), "")
 
 
-def _fold(reports, stack, zone, locate, controls, findings, zones, rules, evaluations) -> None:
+def _fold(reports, stack, zone, locate, controls, findings, zones, rules, evaluations,
+          resource_type: str | None = None) -> None:
     figures = zones.setdefault(zone, {"checks": 0, "passed": 0, "failed": 0, "waived": 0, "ids": set()})
     for report in reports:
         framework = report.get("check_type", "")
@@ -160,14 +225,15 @@ def _fold(reports, stack, zone, locate, controls, findings, zones, rules, evalua
                     "source": "checkov"})
                 urn = locate(check)
                 evaluations.append({"policy": check_id, "source": "checkov", "stack": stack,
-                                    "subject": urn or check.get("resource", ""), "resource_type": framework})
+                                    "subject": urn or check.get("resource", ""),
+                                    "resource_type": resource_type or framework})
                 if outcome == "passed_checks":
                     figures["passed"] += 1
                     continue
                 figures["failed"] += 1
                 findings.append(Finding(
                     policy=check_id, source="checkov", severity=(check.get("severity") or "medium").lower(),
-                    enforcement="mandatory", stack=stack, urn=urn, resource_type=framework,
+                    enforcement="mandatory", stack=stack, urn=urn, resource_type=resource_type or framework,
                     name=urn.rsplit("::", 1)[-1] if urn else check.get("resource", ""),
                     message=f"{check.get('check_name', check_id)} ({check.get('resource', '')})",
                     controls=controls.get(framework, [])))

@@ -172,6 +172,43 @@ def _run_gate(stack, all_stacks, inventory, stacks_dir, out, checkov, day):
         fail(f"{exc.filename or 'output'}: {exc.strerror}")
 
 
+@policy_app.command("checkov-config")
+def policy_checkov_config(
+    stack: str = typer.Argument(..., help="Stack whose waivers checkov should honour."),
+    out: Path = typer.Option(Path("build/checkov-config"), "--out", "-o",
+                             help="Folder for .checkov.yaml and the inputs it names."),
+    stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir"),
+    today: Optional[str] = typer.Option(None, "--today", help="Date for waiver expiry (YYYY-MM-DD).", hidden=True),
+) -> None:
+    """Write checkov's own configuration from the stack's medplat:waivers (expired ones left out):
+    run `checkov --config-file .checkov.yaml` in the folder."""
+    from medplat import checkov_config
+    from medplat.stackset import StackSet
+
+    day = _day(today)
+    try:
+        result = StackSet(stacks_dir or default_stacks_dir()).synth(stack)
+        outcome = checkov_config.write(result.inventory.to_json(), list(result.config.waivers), out, day)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or out}: {exc.strerror}")
+    for waiver, target in outcome.applied:
+        console.print(f"suppressed {waiver.policy} on {target} (approved by {waiver.approver}, expires "
+                      f"{waiver.expires.isoformat()})", markup=False, soft_wrap=True)
+    for waiver in outcome.expired:
+        errors.print(f"medplat: not generated: waiver of {waiver.policy} for {waiver.resource} expired on "
+                     f"{waiver.expires.isoformat()}", markup=False, highlight=False, soft_wrap=True)
+    for waiver in outcome.unmatched:
+        errors.print(f"medplat: waiver of {waiver.policy} for {waiver.resource} names no resource checkov scans",
+                     markup=False, highlight=False, soft_wrap=True)
+    if outcome.not_checkov:
+        console.print(f"{len(outcome.not_checkov)} medplat policy waiver(s) are not checkov checks: honoured by "
+                      "`medplat policy check` and the policy pack", soft_wrap=True)
+    console.print(f"checkov config: {out / checkov_config.CONFIG}; run `checkov --config-file "
+                  f"{checkov_config.CONFIG}` in {out}", soft_wrap=True)
+
+
 @policy_app.command("pack")
 def policy_pack(out: Path = typer.Argument(..., help="Folder for the publishable pack (must be new or empty).")) -> None:
     """Build a self-contained policy pack folder for `pulumi policy publish` (medplat inside as a wheel)."""
@@ -445,8 +482,13 @@ app.add_typer(compliance_app, name="compliance")
 
 @compliance_app.command("run")
 def compliance_run(
-    exports: list[Path] = typer.Argument(..., help="`pulumi stack export` or `pulumi preview --json` files."),
+    exports: Optional[list[Path]] = typer.Argument(None, help="`pulumi stack export` or `pulumi preview --json` files."),
     out: Path = typer.Option(Path("build/compliance"), "--out", "-o", help="Folder kept across runs."),
+    pulumi_stack: list[str] = typer.Option([], "--pulumi-stack", help="ORG/PROJECT/STACK to read from the Pulumi "
+                                           "Cloud API instead of a file (repeatable)."),
+    pulumi_api: str = typer.Option("https://api.pulumi.com", "--pulumi-api", help="The state backend's API."),
+    pulumi_token_file: Optional[Path] = typer.Option(None, "--pulumi-token-file",
+                                                     help="A token that can read those stacks (never on the command line)."),
     stacks_dir: Optional[Path] = typer.Option(None, "--stacks-dir", help="Where Pulumi.<stack>.yaml (waivers) live."),
     planned: Optional[Path] = typer.Option(None, "--planned", help="Folder of planned <stack>.inventory.json files "
                                            "to report drift against."),
@@ -465,8 +507,15 @@ def compliance_run(
     from medplat.service.audit import AuditClient
 
     day = _day(today)
+    if not exports and not pulumi_stack:
+        fail("name export files or --pulumi-stack ORG/PROJECT/STACK")
+    if pulumi_stack and pulumi_token_file is None:
+        fail("--pulumi-stack needs --pulumi-token-file")
     try:
-        loaded = [gate.from_file(path) for path in exports]
+        fetched_at = datetime.datetime.now(datetime.timezone.utc)
+        fetched = [continuous.fetch_export(pulumi_api, ref, pulumi_token_file, out, fetched_at)
+                   for ref in pulumi_stack]
+        loaded = [gate.from_file(path) for path in [*(exports or []), *fetched]]
         entries = [(inv, None, continuous.stack_waivers(stacks_dir or default_stacks_dir(), inv["stack"]))
                    for inv, _, _ in loaded]
         checkov_findings, checkov_summary = [], {}

@@ -86,6 +86,41 @@ class PlatformCaConfig(_Model):
         return value
 
 
+STACK_NAME = r"^[a-z0-9]([a-z0-9-]{0,23}[a-z0-9])?$"  # fits `compliance-run-<stack>` (a DNS label)
+
+
+class ComplianceRunConfig(_Model):
+    """`medplat compliance run` as one CronJob per stack in the EU zone. Each run reads its stack's
+    deployed state from the Pulumi Cloud API with a read-only token the operator stores as a
+    Kubernetes Secret (never in config or state) and keeps its OSCAL results on an encrypted volume."""
+
+    stacks: list[str] = Field(min_length=1, description="stacks to re-check (Pulumi.<stack>.yaml names)")
+    pulumi_organization: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    pulumi_project: str = Field(default="medplat", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    pulumi_api: str = Field(default="https://api.pulumi.com", pattern=r"^https://[^/\s]+$",
+                            description="the state backend's API (https only: a token goes with each call)")
+    state_backend_cidrs: list[ipaddress.IPv4Network] = Field(
+        min_length=1, description="addresses of the state backend's API: the only place the job may reach "
+                                  "besides the audit log")
+    schedule: str | None = Field(default=None, pattern=r"^(\S+\s+){4}\S+$",
+                                 description="cron, UTC (default: the compliance-run workload's)")
+    token_secret: str = Field(default="medplat-compliance-pulumi-token", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                              description="Secret (key `token`) with a Pulumi token that can read these stacks")
+    audit_token_secret: str = Field(default="medplat-compliance-audit-token",
+                                    pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                                    description="Secret (key `token`) with an audit-log token of scope audit.write")
+
+    @field_validator("stacks")
+    @classmethod
+    def _stack_names(cls, value: list[str]) -> list[str]:
+        for stack in value:
+            if not re.match(STACK_NAME, stack):
+                raise ValueError(f"{stack!r} is not a stack name of at most 25 lower-case letters, digits and '-'")
+        if len(set(value)) != len(value):
+            raise ValueError("a stack is listed twice")
+        return value
+
+
 class EuPhiConfig(_Model):
     provider: str
     organization: str = Field(min_length=2)
@@ -109,6 +144,8 @@ class EuPhiConfig(_Model):
         description="addresses of the analytics zone's S3 endpoint (the AWS region's S3 ranges); only the "
                     "analytics-feed may reach them",
     )
+    compliance_run: ComplianceRunConfig | None = Field(
+        default=None, description="schedule `medplat compliance run` per stack (a CronJob each)")
 
     _country = field_validator("country")(classmethod(lambda cls, v: _eu_country(v)))
 
@@ -124,6 +161,8 @@ class EuPhiConfig(_Model):
         sites = [s.site for s in self.edge_sites]
         if len(set(sites)) != len(sites):
             raise ValueError("edgeSites: a site is listed twice")
+        if "compliance-run" in self.workloads:
+            raise ValueError("workloads: compliance-run runs once per stack: configure it under complianceRun")
         return self
 
 

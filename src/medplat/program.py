@@ -18,7 +18,7 @@ from medplat import config as stack_config
 from medplat.components import (
     DeidAnalyticsZone, DeidAnalyticsZoneArgs, EdgeSite, EdgeSiteArgs, EuPhiZone, EuPhiZoneArgs, Labels,
 )
-from medplat.components.eu_phi_zone import EdgeSiteIngress
+from medplat.components.eu_phi_zone import ComplianceRunArgs, EdgeSiteIngress
 from medplat.components.workload_spec import WorkloadSpec, load_spec
 from medplat.workloads import catalog, image_lock
 
@@ -91,9 +91,21 @@ def _eu_phi(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:
         ca_cert_pem=phi.platform_ca.cert_pem, ca_key_ref=phi.platform_ca.key_ref,
         analytics_bucket_cidrs=[str(c) for c in phi.analytics_bucket_cidrs],
         dns_nameservers=[str(ip) for ip in phi.dns_nameservers],
+        compliance_run=_compliance_run(phi.compliance_run),
     ), labels=labels, opts=pulumi.ResourceOptions(providers={"openstack": provider}))
     for key, value in zone.outputs.items():
         pulumi.export(key, value)
+
+
+def _compliance_run(run: stack_config.ComplianceRunConfig | None) -> ComplianceRunArgs | None:
+    if run is None:
+        return None
+    spec = catalog()["compliance-run"]
+    return ComplianceRunArgs(
+        spec=spec, image=spec.pinned_image(image_lock()), stacks=list(run.stacks),
+        pulumi_organization=run.pulumi_organization, pulumi_project=run.pulumi_project, pulumi_api=run.pulumi_api,
+        state_backend_cidrs=[str(c) for c in run.state_backend_cidrs], token_secret=run.token_secret,
+        audit_token_secret=run.audit_token_secret, schedule=run.schedule)
 
 
 def _analytics(cfg: stack_config.StackConfig, labels: Labels, source: str) -> None:

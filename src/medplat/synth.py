@@ -105,9 +105,11 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.records: dict[str, Resource] = {}
         self.component_outputs: dict[str, dict[str, Any]] = {}
+        self.private_keys: list[str] = []  # "URN path" of PEM private key text, secrets unmasked
 
     def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
         response = super().RegisterResource(request)
+        self._scan(response.urn, rpc.deserialize_properties(request.object))
         if request.type != "pulumi:pulumi:Stack":
             self.records[response.urn] = Resource(
                 urn=response.urn, type=request.type, name=request.name, custom=bool(request.custom),
@@ -132,8 +134,31 @@ class RecordingMonitor(MockMonitor):
         return response
 
     def RegisterResourceOutputs(self, request):  # noqa: N802
-        self.component_outputs[request.urn] = _plain(rpc.deserialize_properties(request.outputs))
+        raw = rpc.deserialize_properties(request.outputs)
+        self._scan(request.urn, raw)
+        self.component_outputs[request.urn] = _plain(raw)
         return super().RegisterResourceOutputs(request)
+
+
+    def _scan(self, urn: str, raw: Any) -> None:
+        """The inventory masks secrets, but state holds them (encrypted): look inside them too."""
+        self.private_keys += [f"{urn} {path}" for path in pem_paths(raw)]
+
+
+PEM_PRIVATE_KEY = "PRIVATE KEY-----"
+
+
+def pem_paths(node: Any, path: str = "") -> list[str]:
+    """Where PEM private key text sits in a value (secret-wrapped values included)."""
+    if isinstance(node, str):
+        return [path or "value"] if PEM_PRIVATE_KEY in node else []
+    if isinstance(node, dict):
+        if node.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return pem_paths(node.get("value"), path)
+        return [p for key, value in node.items() for p in pem_paths(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, (list, tuple)):
+        return [p for index, value in enumerate(node) for p in pem_paths(value, f"{path}[{index}]")]
+    return []
 
 
 def _parent(urn: str) -> str | None:
@@ -163,6 +188,7 @@ class SynthResult:
     inventory: Inventory
     outputs: dict[str, Any]  # unmasked, for resolving StackReferences of later stacks
     config: stack_config.StackConfig
+    private_keys_in_state: list[str]  # "URN path" / "output name" of PEM private key text, secrets unmasked
 
 
 def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any]] | None = None,
@@ -187,13 +213,15 @@ def synthesize(stack: str, stacks_dir: Path, references: dict[str, dict[str, Any
     inventory = Inventory(project=PROJECT, stack=stack, status="planned",
                           source=f"medplat synth of {path.name} under the Pulumi SDK mock runtime",
                           resources=planned.resources, outputs=_plain_outputs(planned.outputs), zone=cfg.zone)
-    return SynthResult(inventory=inventory, outputs=_unwrap(planned.outputs), config=cfg)
+    return SynthResult(inventory=inventory, outputs=_unwrap(planned.outputs), config=cfg,
+                       private_keys_in_state=planned.private_keys)
 
 
 @dataclass
 class PlannedRun:
     resources: list[Resource]
     outputs: dict[str, tuple[Any, bool]]  # name -> (value, is_secret)
+    private_keys: list[str]
 
 
 def run_under_mocks(stack: str, build: Callable[[], None], raw_config: dict[str, Any],
@@ -245,7 +273,9 @@ def _run(stack: str, build: Callable[[], None], raw: dict[str, Any],
         resources = list(monitor.records.values())
         for resource in resources:
             resource.outputs = monitor.component_outputs.get(resource.urn, {}) if not resource.custom else {}
-        return PlannedRun(resources=resources, outputs=outputs)
+        private_keys = monitor.private_keys + [f"output {name} {path}" for name, (value, _secret) in outputs.items()
+                                               for path in pem_paths(value)]
+        return PlannedRun(resources=resources, outputs=outputs, private_keys=private_keys)
     except BaseException:
         _cancel_in_flight(loop)
         raise

@@ -139,11 +139,9 @@ def build_files(inventories: list[dict[str, Any]], result: GateResult, project_r
     files: dict[str, str] = {"scope.json": _dump(bundle_scope)}
     for inv in inventories:
         files[f"inventory/{inv['stack']}.json"] = _dump(inv)
-    deployed = {r["inputs"]["metadata"]["annotations"]["medplat.io/workload"]
-                for inv in inventories for r in inv["resources"]
-                if r["type"] == "kubernetes:apps/v1:Deployment"
-                and "medplat.io/workload" in ((r["inputs"].get("metadata") or {}).get("annotations") or {})}
-    specs = [spec for name, spec in catalog().items() if name in deployed or _in_analytics(name, inventories)]
+    # Every image some resource runs (Deployments, CronJobs, Jobs, ECS tasks) has its SBOM here.
+    running = {name: _stacks_running(spec, inventories) for name, spec in catalog().items()}
+    specs = [spec for name, spec in catalog().items() if running[name]]
     images = {spec.name: spec.pinned_image(image_lock()) for spec in specs}
     files["sbom/platform.cdx.json"] = sbom.platform_sbom(specs, images, moment)
     for spec in specs:
@@ -151,7 +149,7 @@ def build_files(inventories: list[dict[str, Any]], result: GateResult, project_r
         files[f"sbom/workloads/{spec.name}.cdx.json"] = sbom.workload_sbom(
             spec, images[spec.name], lock, spec.name in placeholder_digests(), moment)
     # Vulnerability scans are matched against the SBOMs just written, then judged like any check.
-    workload_stacks = {spec.name: _stacks_running(spec.name, inventories) for spec in specs}
+    workload_stacks = {spec.name: running[spec.name] for spec in specs}
     sboms = {spec.name: json.loads(files[f"sbom/workloads/{spec.name}.cdx.json"]) for spec in specs}
     result, scan_summaries = vulns.assess(result, scans or [], sboms, workload_stacks)
     for number, scan in enumerate(scans or []):
@@ -180,22 +178,13 @@ def build_files(inventories: list[dict[str, Any]], result: GateResult, project_r
     return {name: text.encode("utf-8") for name, text in files.items()}
 
 
-def _stacks_running(workload: str, inventories) -> list[str]:
-    stacks = []
-    for inv in inventories:
-        for r in inv["resources"]:
-            notes = (r["inputs"].get("metadata") or {}).get("annotations") or {} \
-                if r["type"] == "kubernetes:apps/v1:Deployment" else {}
-            family = r["inputs"].get("family") if r["type"] == "aws:ecs/taskDefinition:TaskDefinition" else None
-            if notes.get("medplat.io/workload") == workload or family == f"medplat-{workload}":
-                stacks.append(inv["stack"])
-                break
-    return stacks
+def _stacks_running(spec, inventories) -> list[str]:
+    """Stacks with a resource that runs the spec's image (pinned by digest), in inventory order."""
+    from medplat.checkov import image_users
 
-
-def _in_analytics(name: str, inventories) -> bool:
-    return any(r["type"] == "aws:ecs/taskDefinition:TaskDefinition" and r["inputs"].get("family") == f"medplat-{name}"
-               for inv in inventories for r in inv["resources"])
+    found = {stack for stack, _urn, _type in image_users([(inv, None, []) for inv in inventories],
+                                                          spec.image.split("@", 1)[0])}
+    return [inv["stack"] for inv in inventories if inv["stack"] in found]
 
 
 def seal(files: dict[str, bytes], inventories, result: GateResult, key, project_root: Path) -> dict[str, bytes]:

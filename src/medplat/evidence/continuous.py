@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,55 @@ from medplat.evidence import matrix, oscal
 from medplat.reports import GateResult
 
 RESULTS = "assessment-results.json"
+EXPORT_LIMIT = 256 * 1024 * 1024  # bytes of one stack export read from the state backend
+STACK_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 PLACEHOLDER_MARKS = ("[secret]", "planned", ".invalid")
 
 
 class ComplianceError(Exception):
     pass
+
+
+def fetch_export(api: str, stack_ref: str, token_file: Path, folder: Path, moment: datetime.datetime) -> Path:
+    """The deployed state of ORG/PROJECT/STACK from the Pulumi Cloud REST API (`GET /api/stacks/
+    {org}/{project}/{stack}/export`, what `pulumi stack export` prints), kept beside the run."""
+    import httpx
+
+    if not STACK_REF.match(stack_ref):
+        raise ComplianceError(f"--pulumi-stack: {stack_ref!r} is not ORGANIZATION/PROJECT/STACK")
+    parsed = urllib.parse.urlsplit(api)
+    if parsed.scheme != "https" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ComplianceError(f"--pulumi-api: {api} is not https (the token would travel in clear)")
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ComplianceError(f"{token_file}: cannot read the state token: {exc.strerror}") from None
+    url = f"{api.rstrip('/')}/api/stacks/{stack_ref}/export"
+    headers = {"Authorization": f"token {token}", "Accept": "application/vnd.pulumi+8"}
+    body = bytearray()
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=60.0) as response:
+            if response.status_code != 200:
+                raise ComplianceError(f"{url}: the state backend answered HTTP {response.status_code}")
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > EXPORT_LIMIT:
+                    raise ComplianceError(f"{url}: the export exceeds {EXPORT_LIMIT} bytes")
+    except httpx.HTTPError as exc:
+        raise ComplianceError(f"{url}: cannot reach the state backend: {exc}") from None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise ComplianceError(f"{url}: the state backend's answer is not JSON") from None
+    if not isinstance(document, dict) or "deployment" not in document:
+        raise ComplianceError(f"{url}: not a stack export (no deployment)")
+    exports = folder / "exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    path = exports / f"{stack_ref.rsplit('/', 1)[-1]}-{moment.strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(bytes(body))
+    partial.replace(path)
+    return path
 
 
 def stack_waivers(stacks_dir: Path | None, stack: str):
