@@ -107,3 +107,21 @@ def test_trace_key_decides_the_opaque_ids(tmp_path, monkeypatch):
         tracing.configure_tracing("trace-test", ServiceSettings(data_dir=tmp_path, trace_key_file=tmp_path / key))
         ids.append(tracing.opaque_id("pump-1"))
     assert ids[0] != ids[1], "without the key an id cannot be recomputed from a device name"
+
+
+def test_caller_tracestate_never_leaves_the_process(tmp_path, capture):
+    """A client's `tracestate` header is copied into the span context by the W3C propagator; found
+    by sending PHI in it to `medplat serve consent` exporting to an OTLP receiver."""
+    token = f"HONEY{uuid.uuid4().hex.upper()}"
+    raw, exported = capture
+    parent_trace, parent_span = "a" * 32, "b" * 16
+    TestClient(phi_app(token, tmp_path)).get("/patients/p1", headers={
+        "traceparent": f"00-{parent_trace}-{parent_span}-01", "tracestate": f"patient={token.lower()}"})
+    recorded = [s for s in raw.get_finished_spans() if s.context.trace_id == int(parent_trace, 16)]
+    assert any(token.lower() in str(s.context.trace_state) for s in recorded), "the attack did not reach the span"
+    spans = [s for s in exported.get_finished_spans() if s.context.trace_id == int(parent_trace, 16)]
+    assert spans, "the caller's trace id is kept, so traces still join up"
+    for span in spans:
+        assert len(span.context.trace_state) == 0 and len(span.parent.trace_state) == 0
+    server = next(s for s in spans if s.name == "GET /patients/{patient_id}")
+    assert server.parent.span_id == int(parent_span, 16)

@@ -5,7 +5,8 @@ FastAPI instrumentation, so every request has a server span named by its route t
 leave the process only through `PhiFreeExporter`, an allow-list: attributes outside
 `ALLOWED_ATTRIBUTES` (raw URL, query, headers, client address, user agent, exception messages)
 are dropped, span status descriptions and event attributes other than the exception type are
-dropped, and the resource keeps only the service's name and version. Site and device appear only
+dropped, the caller's W3C `tracestate` is dropped, and the resource keeps only the service's name
+and version. Site and device appear only
 as opaque keyed ids (`opaque_id`: HMAC-SHA256 under the deployment's trace key), never patient or
 encounter ids, never bodies.
 
@@ -27,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Link, Status
+from opentelemetry.trace import Link, SpanContext, Status, TraceState
 
 from medplat import __version__
 from medplat.service.settings import private_file
@@ -65,15 +66,25 @@ def _span_name(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
     return f"{method} {route}" if route else str(method)
 
 
+def _without_trace_state(context: SpanContext | None) -> SpanContext | None:
+    """The W3C `tracestate` comes from the caller's header verbatim (any text a client sends), so it
+    never leaves the process; trace and span ids stay, so traces still join up."""
+    if context is None:
+        return None
+    return SpanContext(context.trace_id, context.span_id, context.is_remote, context.trace_flags, TraceState())
+
+
 def scrub(span: ReadableSpan) -> ReadableSpan:
-    """The span as it may leave the process: allow-listed attributes only."""
+    """The span as it may leave the process: allow-listed attributes only, no caller `tracestate`."""
     attributes = _allowed(span.attributes)
     events = [Event(event.name, {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"},
                     event.timestamp) for event in span.events if event.name in ALLOWED_EVENTS]
     resource = Resource({k: v for k, v in span.resource.attributes.items() if k in ALLOWED_RESOURCE})
-    return ReadableSpan(name=_span_name(span, attributes), context=span.context, parent=span.parent,
-                        resource=resource, attributes=attributes, events=events,
-                        links=[Link(link.context, _allowed(link.attributes)) for link in span.links],
+    return ReadableSpan(name=_span_name(span, attributes), context=_without_trace_state(span.context),
+                        parent=_without_trace_state(span.parent), resource=resource, attributes=attributes,
+                        events=events,
+                        links=[Link(_without_trace_state(link.context), _allowed(link.attributes))
+                               for link in span.links],
                         kind=span.kind, status=Status(span.status.status_code), start_time=span.start_time,
                         end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
 
