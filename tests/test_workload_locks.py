@@ -172,3 +172,32 @@ def test_imports_inside_functions_are_in_the_lock(name):
     for module in sorted(set().union(*(lazy_imports(folder) for folder in folders))):
         owners = {canonical(dist) for dist in provided.get(module, [])}
         assert owners & allowed, f"{name}: imports {module} ({sorted(owners)}) which its lock does not hold"
+
+
+PIP_INSTALL = re.compile(r"pip install ([^\n]*)")
+
+
+@pytest.mark.parametrize("name", images())
+def test_every_pip_install_in_a_dockerfile_is_a_hashed_lock_or_medplat_itself(name):
+    """Not only the image lock: any other `pip install` (a tool's venv) must be a hashed lock too,
+    or it resolves a whole dependency tree unpinned at build time, outside the SBOM."""
+    dockerfile = (WORKLOADS / name / "Dockerfile").read_text()
+    for line in PIP_INSTALL.findall(dockerfile.replace("\\\n", " ")):
+        lock = re.fullmatch(r"--no-cache-dir (?:--prefix=/install )?--require-hashes --no-deps -r (\S+\.lock)\s*(?:&&.*)?",
+                            line.strip())
+        itself = re.fullmatch(r".*--no-deps --no-build-isolation \.\s*(?:&&.*)?", line.strip())
+        assert lock or itself, f"{name}: unhashed pip install: {line.strip()}"
+        if lock:
+            assert (ROOT / lock.group(1)).is_file(), f"{name}: {lock.group(1)} missing"
+
+
+def test_tool_locks_are_current_hashed_and_pin_the_version_medplat_runs():
+    from medplat.checkov import CHECKOV_VERSION
+    from medplat.workloads.lock import TOOL_LOCKS
+
+    for lock in TOOL_LOCKS:
+        text = (ROOT / lock).read_text()
+        assert text.startswith(header(ROOT, lock)), f"{lock}: regenerate with python -m medplat.workloads.lock"
+        entries = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 3)[3])
+        assert entries and all("--hash=sha256:" in entry for entry in entries if entry.strip()), lock
+    assert pinned((ROOT / "workloads/compliance-run/checkov.lock").read_text())["checkov"] == CHECKOV_VERSION

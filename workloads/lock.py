@@ -8,7 +8,9 @@ Outputs:
 - `workloads/distribution.lock`: the whole medplat distribution (pyproject dependencies), the
   constraint every image lock is resolved under, so all images agree on versions;
 - `workloads/<name>/requirements.lock`: the image's set with sha256 hashes of every artifact, which
-  the Dockerfile installs with `pip install --require-hashes --no-deps` and the SBOM lists.
+  the Dockerfile installs with `pip install --require-hashes --no-deps` and the SBOM lists;
+- tool locks (`TOOL_LOCKS`): a tool an image keeps in its own venv because its pins clash with
+  medplat's (checkov in compliance-run), resolved alone, also installed only with hashes.
 Resolution by uv (`uv pip compile --generate-hashes`) for the images' Python (3.11, Linux).
 Run from the repository root after changing dependencies:
     python -m medplat.workloads.lock
@@ -31,6 +33,8 @@ RUNTIME_EXTRAS = ("aws", "pixels")  # optional features some images run; `test` 
 HEADER = ("# Dependencies the {name} image installs (pip install --require-hashes --no-deps).\n"
           "# Regenerate from the repository root: python -m medplat.workloads.lock\n"
           "# inputs: {digest}\n")
+# Tool lock -> its input, resolved without the distribution constraint (the tool's pins clash with it).
+TOOL_LOCKS = {"workloads/compliance-run/checkov.lock": "workloads/compliance-run/checkov.in"}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
 
 
@@ -48,6 +52,8 @@ def input_files(root: Path, name: str) -> list[Path]:
     """What a lock is computed from: the inputs and the constraint (a change to any means regenerate)."""
     if name == "distribution":
         return [root / "pyproject.toml"]
+    if name in TOOL_LOCKS:
+        return [root / TOOL_LOCKS[name]]
     return [root / SHARED_INPUT, root / "workloads" / name / "requirements.in", root / DISTRIBUTION_LOCK]
 
 
@@ -72,6 +78,10 @@ def header(root: Path, name: str) -> str:
     """The first lines of a lock: what it is, how to regenerate it, and the digest of its inputs."""
     if name == "distribution":
         return DISTRIBUTION_HEADER.format(extras=", ".join(RUNTIME_EXTRAS), digest=inputs_digest(root, name))
+    if name in TOOL_LOCKS:
+        return (f"# {Path(name).stem} in its own venv (pip install --require-hashes --no-deps), from {TOOL_LOCKS[name]}.\n"
+                "# Regenerate from the repository root: python -m medplat.workloads.lock\n"
+                f"# inputs: {inputs_digest(root, name)}\n")
     return HEADER.format(name=name, digest=inputs_digest(root, name))
 
 
@@ -104,6 +114,11 @@ def compile_lock(root: Path, source: str, constraint: str | None, extras: tuple[
     return completed.stdout
 
 
+def write_tool_locks(root: Path) -> None:
+    for lock, source in TOOL_LOCKS.items():
+        (root / lock).write_text(header(root, lock) + compile_lock(root, source, None), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd())
@@ -116,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         body = compile_lock(root, f"workloads/{name}/requirements.in", DISTRIBUTION_LOCK)
         (root / "workloads" / name / "requirements.lock").write_text(header(root, name) + body, encoding="utf-8")
         sizes[name] = len(pinned(body))
+    write_tool_locks(root)
     print(f"distribution: {len(pinned(full))} packages; "
           + ", ".join(f"{name} {count}" for name, count in sizes.items()))
     return 0
