@@ -308,6 +308,21 @@ def test_witness_countersigns_consistent_growth_and_refuses_rewritten_history(tm
 
 # --- verification says only what it proved ------------------------------------------------
 
+def test_a_reformatted_entry_line_fails_naming_the_exact_byte_format(exported, tmp_path):
+    """Re-serializing a line (json.dumps adds spaces) keeps its meaning but not the hashed bytes:
+    verification fails and says why, rather than claiming the line lacks an index and an entry."""
+    import json
+
+    _engine, _audit, export, key = exported
+    lines = export().read_text().splitlines()
+    lines[0] = json.dumps(json.loads(lines[0]))
+    reformatted = tmp_path / "reformatted.jsonl"
+    reformatted.write_text("\n".join(lines) + "\n")
+    result = verify(str(reformatted), "--key", str(key))
+    assert result.exit_code == 1, result.output
+    assert "line 1: not an entry line as exported" in result.stderr and "exact bytes" in result.stderr
+
+
 def test_a_changed_last_entry_without_its_checkpoint_is_unverified(exported):
     """The issue's case: the last entry changed and its checkpoint row deleted."""
     engine, _audit, export, key = exported

@@ -101,6 +101,9 @@ def test_unreachable_audit_log_spools_the_digest(tmp_path):
     result = run(out, EXPORT, "--audit-url", "http://127.0.0.1:9")
     assert "compliance run" in result.stdout, result.output
     assert "NOT delivered: spooled" in result.stdout
+    # The failing run names what failed, not only how many: the unlabelled SSM parameter.
+    failures = [line for line in result.stdout.splitlines() if line.startswith("FAIL ")]
+    assert len(failures) == 1 and "analytics-api-token" in failures[0], result.stdout
     spooled = [json.loads(line) for line in (out / "audit-spool.jsonl").read_text().splitlines()]
     assert len(spooled) == 1 and "sha256:" in spooled[0]["outcomeDesc"]
 

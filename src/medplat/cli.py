@@ -549,6 +549,10 @@ def compliance_run(
     console.print(f"compliance run {path} (sha256 {digest[:16]}…): gate {gate_line['result'].upper()}, "
                   f"{gate_line['mandatoryFailures']} mandatory violation(s); OSCAL result appended to "
                   f"{out / continuous.RESULTS}", soft_wrap=True)
+    for finding in result.findings:  # an operator paged by a failing run needs to know what failed
+        if finding.status == "fail" and finding.blocking:
+            console.print(f"FAIL {finding.severity} {finding.policy} {finding.stack} "
+                          f"{finding.name or finding.urn}: {finding.message}", markup=False, soft_wrap=True)
     console.print(f"audit log: {'recorded at ' + audit_url if delivered and audit_url else 'NOT delivered: spooled in ' + str(out / 'audit-spool.jsonl')}",
                   soft_wrap=True)
     for line in changes:

@@ -111,7 +111,8 @@ def verify_lines(lines: Iterable[bytes], log_key: Verifier, *, witness_key: Veri
             continue
         split = line.find(ENTRY)
         if not line.startswith(b'{"index":') or split < 0 or not line.endswith(b"}"):
-            report.problems.append(f"line {number}: expected an index and an entry")
+            report.problems.append(f"line {number}: not an entry line as exported "
+                                   '(leaves are hashed over the exact bytes: {"index":N,"entry":{...}})')
             continue
         try:
             head = orjson.loads(line[:split] + b"}")
