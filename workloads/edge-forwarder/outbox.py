@@ -16,8 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import REAL, Column, Integer, LargeBinary, MetaData, Table, Text
 
-from medplat.service.db import make_engine
-from medplat.service.migrations import migrate
+from medplat.service.migrations import migrate_sqlite_file
 from medplat.service.settings import private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"  # Alembic revisions of these tables
@@ -48,11 +47,7 @@ Table("counters", metadata,
 
 def migrate_outbox(path: Path) -> str:
     """Schema through Alembic (the foundation's `migrate`); the outbox itself then runs on plain sqlite3."""
-    engine = make_engine(f"sqlite:///{path.resolve()}")
-    try:
-        return migrate(engine, "edge-forwarder", MIGRATIONS, metadata)
-    finally:
-        engine.dispose()
+    return migrate_sqlite_file(path, "edge-forwarder", MIGRATIONS, metadata)
 
 
 @dataclass(frozen=True)

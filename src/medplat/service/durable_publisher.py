@@ -18,8 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import REAL, Column, Integer, LargeBinary, MetaData, Table, Text
 
-from medplat.service.db import make_engine
-from medplat.service.migrations import migrate
+from medplat.service.migrations import migrate_sqlite_file
 from medplat.service.mqtt import make_client
 from medplat.service.settings import private_file
 
@@ -37,11 +36,7 @@ Table("outbox", metadata,
 
 def migrate_queue(path: Path) -> str:
     """Schema through Alembic (the foundation's `migrate`); the queue itself then runs on plain sqlite3."""
-    engine = make_engine(f"sqlite:///{path.resolve()}")
-    try:
-        return migrate(engine, "durable-publisher", MIGRATIONS, metadata)
-    finally:
-        engine.dispose()
+    return migrate_sqlite_file(path, "durable-publisher", MIGRATIONS, metadata)
 
 
 class OutboxFull(RuntimeError):

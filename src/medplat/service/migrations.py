@@ -89,3 +89,15 @@ def schema_diff(engine: Engine, name: str, metadata: MetaData) -> list:
         context = MigrationContext.configure(connection, opts={
             "version_table": version_table(name), "compare_type": True, "compare_server_default": False})
         return compare_metadata(context, metadata)
+
+
+def migrate_sqlite_file(path: Path, name: str, folder: Path, metadata: MetaData) -> str:
+    """`migrate` for a store that then runs on plain sqlite3 (queues, outboxes): the engine is
+    only for the migration and is closed again."""
+    from medplat.service.db import make_engine
+
+    engine = make_engine(f"sqlite:///{path.resolve()}")
+    try:
+        return migrate(engine, name, folder, metadata)
+    finally:
+        engine.dispose()
