@@ -86,6 +86,7 @@ class ProviderLikeMocks(pulumi.runtime.Mocks):
 def generated():
     """BrokerLogins for every ACL user, run under the mock runtime; the Secrets as created."""
     mocks = ProviderLikeMocks()
+    asyncio.set_event_loop(asyncio.new_event_loop())  # an earlier test may have closed the thread's loop
     pulumi.runtime.set_mocks(mocks, project="medplat", stack="broker-logins", preview=False)
     secret_flags: dict[str, bool] = {}
 
