@@ -117,3 +117,32 @@ def test_planned_versus_deployed_drift(tmp_path, examples):
     # The small export holds a handful of the planned resources and one the plan does not have.
     assert any("resource new: " in line and line.endswith("analytics-api-token") for line in lines), lines
     assert any("resource removed: " in line and line.endswith("analytics-vpc") for line in lines)
+
+
+def test_a_change_only_the_deployed_state_shows_is_drift(tmp_path):
+    """Found by a fresh-eyes auditor: drift hashed inputs only, so a key whose rotation was turned
+    off in the console (the provider reads it back into the outputs; the program's inputs are
+    unchanged) reported "no drift". Deployed exports now also compare a digest of the outputs."""
+    from medplat.evidence.continuous import drift, load_side
+
+    document = json.loads(EXPORT.read_text())
+    changed = copy.deepcopy(document)
+    (key,) = [r for r in changed["deployment"]["resources"] if r["type"] == "aws:kms/key:Key"]
+    key["outputs"]["enableKeyRotation"] = False
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(document))
+    after.write_text(json.dumps(changed))
+    assert drift(load_side(before), load_side(before)) == []
+    assert drift(load_side(before), load_side(after)) == [
+        f"resource changed in deployed state only (outputs): {key['urn']}"]
+    # A re-encrypted secret (same value, new ciphertext) is not drift.
+    secret = copy.deepcopy(document)
+    (key,) = [r for r in secret["deployment"]["resources"] if r["type"] == "aws:kms/key:Key"]
+    key["outputs"]["policy"] = {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270",
+                                "ciphertext": "v1:AAAA"}
+    resealed = copy.deepcopy(secret)
+    [r for r in resealed["deployment"]["resources"] if r["type"] == "aws:kms/key:Key"][0]["outputs"]["policy"][
+        "ciphertext"] = "v1:BBBB"
+    (tmp_path / "s1.json").write_text(json.dumps(secret))
+    (tmp_path / "s2.json").write_text(json.dumps(resealed))
+    assert drift(load_side(tmp_path / "s1.json"), load_side(tmp_path / "s2.json")) == []

@@ -6,6 +6,7 @@ mistakes a plan for a deployment. Secret values are always masked.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,15 +54,27 @@ class Resource:
     outputs: dict[str, Any] = field(default_factory=dict)  # component outputs (labels live here)
     region: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Deployed resources only: a digest of what the provider last read back (the state's outputs,
+    # secrets masked), so drift sees changes made outside Pulumi that leave the inputs as they were.
+    state_digest: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "urn": self.urn, "type": self.type, "name": self.name, "custom": self.custom,
             "parent": self.parent, "provider": self.provider, "region": self.region,
             "labels": self.labels, "inputs": mask(self.inputs),
             "dependencies": sorted(set(self.dependencies)),
             "propertyDependencies": {k: sorted(set(v)) for k, v in sorted(self.property_dependencies.items()) if v},
         }
+        if self.state_digest is not None:
+            found["stateDigest"] = self.state_digest
+        return found
+
+
+def state_digest(outputs: dict[str, Any] | None) -> str:
+    """sha256 of a deployed resource's outputs as canonical JSON, secrets masked (their ciphertext
+    is not compared: a re-encryption is no change, a changed secret value is not seen)."""
+    return hashlib.sha256(json.dumps(mask(outputs or {}), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def provider_urn(reference: str | None) -> str | None:
@@ -233,6 +246,7 @@ def _from_state(raw_resources: list[dict[str, Any]], status: str, source: str) -
             dependencies=list(raw.get("dependencies") or []),
             property_dependencies=dict(raw.get("propertyDependencies") or {}),
             outputs={} if raw.get("custom") else (raw.get("outputs") or {}),
+            state_digest=state_digest(raw.get("outputs")) if raw.get("custom") and status == "deployed" else None,
         ))
     stack_urns = {r.get("urn") for r in raw_resources if r.get("type") == "pulumi:pulumi:Stack"}
     for resource in resources:

@@ -103,6 +103,8 @@ def resource_digests(inventories: list[dict[str, Any]]) -> dict[str, dict[str, s
             body = json.dumps({"type": resource["type"], "inputs": _comparable(resource.get("inputs") or {})},
                               sort_keys=True)
             found[resource["urn"]] = {"type": resource["type"], "digest": hashlib.sha256(body.encode()).hexdigest()}
+            if resource.get("stateDigest"):
+                found[resource["urn"]]["state"] = resource["stateDigest"]
     return dict(sorted(found.items()))
 
 
@@ -185,6 +187,10 @@ def drift(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             lines.append(f"resource removed: {urn}")
         elif old[urn]["digest"] != new[urn]["digest"]:
             lines.append(f"resource changed: {urn}")
+        elif old[urn].get("state") and new[urn].get("state") and old[urn]["state"] != new[urn]["state"]:
+            # inputs as the program set them, but the provider read back something else: a change
+            # made outside Pulumi (console, API) or a value the cloud chose
+            lines.append(f"resource changed in deployed state only (outputs): {urn}")
     for control in sorted(set(before.get("controls") or {}) & set(after.get("controls") or {})):
         a, b = before["controls"][control], after["controls"][control]
         if a != b:
