@@ -36,7 +36,7 @@ def waivers_from_env(environ=os.environ) -> list[Any]:
 
 def _match(waivers, policy: str, urn: str, name: str, today: datetime.date):
     for waiver in waivers:
-        if waiver.policy == policy and waiver.expires >= today and (
+        if waiver.policy == policy and waiver.in_force(today) and (
                 fnmatch.fnmatchcase(urn, waiver.resource) or fnmatch.fnmatchcase(name, waiver.resource)):
             return waiver
     return None

@@ -125,6 +125,32 @@ def test_expired_waiver_fails(stacks_copy, tmp_path):
     assert any("expired on 2026-11-01" in f["message"] for f in report["findings"])
 
 
+def test_an_open_ended_waiver_waives_nothing_and_fails(stacks_copy, tmp_path):
+    """Found by a fresh-eyes auditor: any expiry was accepted (9999-12-31 would do), although a
+    waiver is "never open-ended". An accepted risk is approved again at least yearly."""
+    edit_stack(stacks_copy, "edge-dresden", _waive("2099-01-31"))
+    result = check("edge-dresden", "--stacks-dir", str(stacks_copy), "-o", str(tmp_path))
+    assert result.exit_code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    failing = {f["policy"] for f in report["findings"] if f["status"] == "fail"}
+    assert failing == {"site-required-workloads", "waiver-valid"}
+    assert any("runs until 2099-01-31, more than 366 days ahead" in f["message"] for f in report["findings"])
+
+
+def test_the_pack_under_the_cli_does_not_honour_an_open_ended_waiver():
+    import datetime
+
+    from medplat.config import Waiver
+    from policies.waivers import _match
+
+    waiver = Waiver(policy="site-required-workloads", resource="*", reason="accepted for the pilot site",
+                    approver="ciso@saxony-hospitals.example", expires=datetime.date(2099, 1, 31))
+    today = datetime.date(2026, 11, 30)
+    assert _match([waiver], "site-required-workloads", "urn:x", "x", today) is None
+    in_a_year = waiver.model_copy(update={"expires": datetime.date(2027, 11, 30)})
+    assert _match([in_a_year], "site-required-workloads", "urn:x", "x", today) is in_a_year
+
+
 def test_reasonless_waiver_is_refused(stacks_copy, tmp_path):
     edit_stack(stacks_copy, "edge-dresden", _waive("2027-03-31", reason="ok"))
     result = check("edge-dresden", "--stacks-dir", str(stacks_copy), "-o", str(tmp_path))

@@ -55,7 +55,7 @@ def _sorted_waivers(waivers: list[Waiver], today: datetime.date, outcome: Outcom
     for waiver in waivers:
         if not CHECK_ID.match(waiver.policy):
             outcome.not_checkov.append(waiver)
-        elif waiver.expires < today:
+        elif not waiver.in_force(today):  # expired, or running longer than a year: waives nothing
             outcome.expired.append(waiver)
         else:
             live.append(waiver)

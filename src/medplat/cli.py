@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medplat import __version__
-from medplat.config import ConfigError
+from medplat.config import MAX_WAIVER_DAYS, ConfigError
 from medplat.inventory import InventoryError, from_stack_export
 from medplat.paths import StackNotFound, default_stacks_dir, project_root
 from medplat.errors import SynthError
@@ -197,8 +197,10 @@ def policy_checkov_config(
         console.print(f"suppressed {waiver.policy} on {target} (approved by {waiver.approver}, expires "
                       f"{waiver.expires.isoformat()})", markup=False, soft_wrap=True)
     for waiver in outcome.expired:
-        errors.print(f"medplat: not generated: waiver of {waiver.policy} for {waiver.resource} expired on "
-                     f"{waiver.expires.isoformat()}", markup=False, highlight=False, soft_wrap=True)
+        why = (f"runs until {waiver.expires.isoformat()}, more than {MAX_WAIVER_DAYS} days ahead"
+               if waiver.expires >= day else f"expired on {waiver.expires.isoformat()}")
+        errors.print(f"medplat: not generated: waiver of {waiver.policy} for {waiver.resource} {why}",
+                     markup=False, highlight=False, soft_wrap=True)
     for waiver in outcome.unmatched:
         errors.print(f"medplat: waiver of {waiver.policy} for {waiver.resource} names no resource checkov scans",
                      markup=False, highlight=False, soft_wrap=True)

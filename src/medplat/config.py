@@ -202,6 +202,10 @@ class EdgeConfig(_Model):
     _country = field_validator("country")(classmethod(lambda cls, v: _eu_country(v)))
 
 
+# An accepted risk is approved again at least yearly: a waiver running longer waives nothing.
+MAX_WAIVER_DAYS = 366
+
+
 class Waiver(_Model):
     """An accepted violation: always visible in reports, never silent, never open-ended."""
 
@@ -210,6 +214,13 @@ class Waiver(_Model):
     reason: str = Field(min_length=10)
     approver: str = Field(min_length=3)
     expires: datetime.date
+
+    def too_long(self, today: datetime.date) -> bool:
+        return (self.expires - today).days > MAX_WAIVER_DAYS
+
+    def in_force(self, today: datetime.date) -> bool:
+        """Not expired and not open-ended: the one rule the gate, the pack and checkov-config apply."""
+        return today <= self.expires and not self.too_long(today)
 
 
 class StackConfig(_Model):

@@ -54,7 +54,7 @@ def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[W
     findings = sort_findings(apply_waivers(findings, waivers, today))
     rules = policy_rules()
     rules += [{"id": "waiver-valid", "description": "Waivers name a policy, resource, reason (>= 10 characters), "
-               "approver and an expiry date that has not passed.", "severity": "high", "enforcement": "mandatory",
+               "approver and an expiry date that has not passed and is at most 366 days ahead (renewed yearly).", "severity": "high", "enforcement": "mandatory",
                "controls": ["ISO27001-A.8.32"], "rationale": "Accepted risk must stay visible and time-boxed.",
                "remediation": "Renew the waiver with a new approval, or fix the violation.", "source": "medplat"}]
     rules += [{"id": "vulnerability-scan", "description": "Imported vulnerability scan results (pip-audit, "

@@ -22,7 +22,7 @@ from pulumi_policy import (
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from medplat.config import Waiver
+from medplat.config import MAX_WAIVER_DAYS, Waiver
 
 WAIVER_POLICY = "waiver-valid"
 
@@ -181,6 +181,14 @@ def apply_waivers(findings: list[Finding], waivers: dict[str, list[Waiver]], tod
                     urn="", resource_type="", name=waiver.resource,
                     message=f"waiver of {waiver.policy} for {waiver.resource} approved by {waiver.approver} "
                             f"expired on {waiver.expires.isoformat()}", controls=["ISO27001-A.8.32"], waiver=record))
+                continue
+            if waiver.too_long(today):
+                extra.append(Finding(
+                    policy=WAIVER_POLICY, source="medplat", severity="high", enforcement="mandatory", stack=stack,
+                    urn="", resource_type="", name=waiver.resource,
+                    message=f"waiver of {waiver.policy} for {waiver.resource} approved by {waiver.approver} runs until "
+                            f"{waiver.expires.isoformat()}, more than {MAX_WAIVER_DAYS} days ahead: an accepted risk is "
+                            "approved again at least yearly", controls=["ISO27001-A.8.32"], waiver=record))
                 continue
             if not matched:
                 extra.append(Finding(
