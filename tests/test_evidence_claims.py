@@ -149,3 +149,18 @@ def test_vex_not_affected_needs_a_waiver(examples, ingest_sbom):
     (finding,) = [f for f in assessed.findings if f.policy == "vulnerability-scan"]
     assert finding.status == "waived" and finding.waiver["approver"] == "psirt@saxony-hospitals.example"
     assert rows_by_id(inventories, assessed)["CRA-I.2.a"]["status"] == "waived"
+
+
+def test_checkov_checks_that_did_not_run_are_named_not_dropped(examples):
+    """Found by a fresh-eyes auditor: with `--no-checkov` the checkov checks mapped to a control
+    vanished and CRA-I.2.b still read PASS with 116 fewer checks, the row silent about it."""
+    inventories, result = gate(examples, ["edge-dresden"])  # no checkov summary: checkov did not run
+    row = rows_by_id(inventories, result)["CRA-I.2.b"]
+    assert matrix.CHECKOV_NOT_RUN in [c["id"] for c in row["checks"]]
+    assert "checkov did not run" in row["reason"]
+    assert all(entry["checkov"] == 0 for entry in matrix.coverage([row], ["CRA-I.2.b"]))
+    # with checkov's rules in the result, no such entry
+    result.policies.append({"id": "CKV_K8S_8", "source": "checkov", "controls": ["CRA-I.2.b"]})
+    row = rows_by_id(inventories, result)["CRA-I.2.b"]
+    assert matrix.CHECKOV_NOT_RUN not in [c["id"] for c in row["checks"]]
+    assert "checkov did not run" not in row["reason"]

@@ -86,11 +86,13 @@ def start_pack(env):
 def test_stack_waivers_are_honoured_under_the_cli(tmp_path):
     """The CLI passes the stack's config to the pack as PULUMI_CONFIG (JSON, structured values as
     JSON strings); a waiver there accepts the violation, which stays visible as advisory."""
+    import datetime
     import json
     import os
 
+    in_half_a_year = (datetime.date.today() + datetime.timedelta(days=180)).isoformat()  # within the yearly limit
     waivers = [{"policy": "kms-key-rotation", "resource": "tamper-*", "reason": "Key retired with the 2027 data set.",
-                "approver": "ciso@saxony-hospitals.example", "expires": "2099-01-31"},
+                "approver": "ciso@saxony-hospitals.example", "expires": in_half_a_year},
                {"policy": "dataflow-residency", "resource": "*tamper-exporter*", "reason": "Expired acceptance.",
                 "approver": "ciso@saxony-hospitals.example", "expires": "2020-01-31"}]
     env = {**os.environ, "PULUMI_CONFIG": json.dumps({"medplat:zone": "analytics",
@@ -108,7 +110,7 @@ def test_stack_waivers_are_honoured_under_the_cli(tmp_path):
         waived = by_policy["medplat-waived"]
         assert waived.enforcementLevel == analyzer_pb2.ADVISORY
         assert "KMS key 'tamper-key' does not rotate" in waived.message
-        assert "ciso@saxony-hospitals.example until 2099-01-31" in waived.message
+        assert f"ciso@saxony-hospitals.example until {in_half_a_year}" in waived.message
         # The expired waiver accepts nothing: the residency violation stays mandatory.
         eu = synthesize("eu-phi", STACKS).outputs
         edge = synthesize("edge-dresden", STACKS, {"saxony-hospital-group/medplat/eu-phi": eu},

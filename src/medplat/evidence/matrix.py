@@ -13,6 +13,7 @@ import io
 from collections import Counter
 from typing import Any
 
+from medplat.checkov import framework_controls
 from medplat.compliance.controls import catalog
 from medplat.reports import GateResult
 
@@ -63,7 +64,12 @@ def verdict(kind: str, checks: list[dict[str, Any]], requires: tuple[str, ...],
     return status, f"{len(ran)} check(s) evaluated {subjects} resource(s); {status}"
 
 
+CHECKOV_NOT_RUN = "checkov (not run)"
+
+
 def control_matrix(inventories: list[dict[str, Any]], result: GateResult) -> list[dict[str, Any]]:
+    checkov_ran = any(rule.get("source") == "checkov" for rule in result.policies)
+    checkov_mapped = {control for controls in framework_controls().values() for control in controls}
     by_check: dict[str, list[dict[str, Any]]] = {}
     for item in result.evaluations:
         by_check.setdefault(item["policy"], []).append(item)
@@ -80,6 +86,11 @@ def control_matrix(inventories: list[dict[str, Any]], result: GateResult) -> lis
                            "failed": counts["fail"], "waived": counts["waived"],
                            "findings": counts["fail"] + counts["waived"]})
         status, reason = verdict(control.kind, checks, control.requires, evaluations)
+        if not checkov_ran and control.id in checkov_mapped:
+            # checkov's checks for this control did not run: say so, rather than let them vanish
+            checks.append({"id": CHECKOV_NOT_RUN, "source": "checkov", "status": "not-evaluated", "evaluated": 0,
+                           "failed": 0, "waived": 0, "findings": 0})
+            reason += "; checkov did not run: its mapped checks are not part of this verdict"
         rows.append({"control": control.id, "framework": control.framework, "title": control.title,
                      "kind": control.kind, "evidence": control.evidence, "status": status, "reason": reason,
                      "requires": list(control.requires), "checks": checks,
@@ -112,7 +123,7 @@ def coverage(rows: list[dict[str, Any]], controls: list[str] = REQUIRED_COVERAGE
     for control_id in controls:
         row = by_id[control_id]
         per_stack = Counter(r["stack"] for r in row["resources"])
-        checkov = [c for c in row["checks"] if c["source"] == "checkov"]
+        checkov = [c for c in row["checks"] if c["source"] == "checkov" and c["id"] != CHECKOV_NOT_RUN]
         table.append({
             "control": control_id, "title": row["title"],
             "policies": sorted(c["id"] for c in row["checks"] if c["source"] != "checkov"),
