@@ -41,6 +41,7 @@ def check_inventories(inventories: list[tuple[dict[str, Any], str | None, list[W
         found, checked = evaluate_pack(inventory, all_policies())
         findings += found
         evaluations += checked
+        findings += keys_in_state_findings(inventory)
     if len(inventories) > 1:
         # Flows cross stacks (edge -> EU zone): prove residency over the union as well.
         union = {"stack": "all", "resources": [r for inv, _, _ in inventories for r in inv["resources"]]}
@@ -102,8 +103,30 @@ def synthesized(stackset: StackSet, names: list[str]) -> list[tuple[dict[str, An
     for name in names:
         result = stackset.synth(name)
         config_file = f"stacks/Pulumi.{name}.yaml"
-        entries.append((result.inventory.to_json(), config_file, list(result.config.waivers)))
+        inventory = result.inventory.to_json()
+        if result.private_keys_in_state:  # found before secrets were masked: where, never the key
+            inventory[KEYS_IN_STATE] = list(result.private_keys_in_state)
+        entries.append((inventory, config_file, list(result.config.waivers)))
     return entries
+
+
+# Set by synthesis: "URN path" / "output NAME path" of PEM private key text in state, including
+# inside secret values that the inventory masks (the pack sees only the masked values offline).
+KEYS_IN_STATE = "privateKeysInState"
+
+
+def keys_in_state_findings(inventory: dict[str, Any]) -> list[Finding]:
+    """Findings of the `no-private-key-in-state` policy for key text synthesis found inside secrets."""
+    findings = []
+    for place in inventory.get(KEYS_IN_STATE) or []:
+        urn, _, path = place.partition(" ")
+        name = urn.rsplit("::", 1)[-1] if urn.startswith("urn:") else f"stack output {path.split(' ', 1)[0]}"
+        findings.append(Finding(
+            policy="no-private-key-in-state", source="crossguard", severity="critical", enforcement="mandatory",
+            stack=inventory["stack"], urn=urn if urn.startswith("urn:") else "", resource_type="", name=name,
+            message=f"PEM private key text in state, inside a secret: {place}",
+            controls=policy_controls().get("no-private-key-in-state", [])))
+    return findings
 
 
 def from_file(path: Path) -> tuple[dict[str, Any], str | None, list[Waiver]]:
