@@ -28,8 +28,7 @@ from medplat.service.app import create_app
 from medplat.service.audit import AuditClient, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
-from medplat.service.migrations import migrate
-from medplat.service.fhir import FhirError
+from medplat.service.fhir import FhirError, searchset
 from medplat.service.mqtt import Publisher, make_client
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import client_context, serve
@@ -299,7 +298,6 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
     settings = settings or Settings()
     db = make_engine(settings.resolved_database_url(NAME))
     auth = Authenticator(NAME, settings)
-    migrate(db, NAME, store.MIGRATIONS, store.metadata)  # the CDS replay table is needed before the engine starts
     cds_clients = cds_auth.CdsClients(settings.cds_clients, settings.cds_base_url, db)  # refuses a half configuration
     # The worker is the only one that flushes: the client's own thread would race it on the spool.
     audit = AuditClient.for_service(settings, flush_s=3600, batch=100_000)  # its audit credentials and CA too
@@ -341,8 +339,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         with db.connect() as conn:
             found = [r.resource for r in conn.execute(query)]
         audited("search-type", principal, patient, [f"Task/{t['id']}" for t in found][:50])
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"Task/{t['id']}", "resource": t} for t in found]}
+        return searchset(found)
 
     @router.get("/Task/{task_id}", tags=["tasks"])
     def read_task(task_id: str, principal: Principal = Depends(auth.require("task.read"))) -> dict[str, Any]:
@@ -416,8 +413,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             found = [r.resource for r in conn.execute(select(store.documents.c.resource).where(
                 store.documents.c.patient == patient, store.documents.c.kind == "QuestionnaireResponse"))]
         audited("search-type", principal, patient, [f"QuestionnaireResponse/{r['id']}" for r in found])
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"QuestionnaireResponse/{r['id']}", "resource": r} for r in found]}
+        return searchset(found)
 
     @router.post("/Task/{task_id}/$handover", tags=["tasks"])
     def handover(task_id: str, body: Handover,
@@ -431,8 +427,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
             found = [r.resource for r in conn.execute(select(store.provenance.c.resource)
                                                       .where(store.provenance.c.target == target))]
         audited("search-type", principal, None, [target])
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"Provenance/{p['id']}", "resource": p} for p in found]}
+        return searchset(found)
 
     @router.post("/Observation", tags=["news2"], status_code=201)
     def record_observation(resource: dict[str, Any] = Body(...),
@@ -462,8 +457,7 @@ def build(settings: Settings | None = None, publisher: Publisher | None = None):
         with db.connect() as conn:
             found = [r.resource for r in conn.execute(query)]
         audited("search-type", principal, None, [f"Observation/{o['id']}" for o in found][:50])
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"Observation/{o['id']}", "resource": o} for o in found]}
+        return searchset(found)
 
     @router.get("/news2", tags=["news2"])
     def latest_news2(patient: str = Query(..., pattern=r"^Patient/[A-Za-z0-9\-.]{1,64}$"),

@@ -24,7 +24,7 @@ from medplat.service.audit import AuditClient, balp_consent_decision, balp_event
 from medplat.service.auth import Authenticator, Principal
 from medplat.service.db import make_engine
 from medplat.service.migrations import migrate
-from medplat.service.fhir import FhirError
+from medplat.service.fhir import FhirError, searchset
 from medplat.service.settings import ServiceSettings, service_config
 from medplat.service.tls import serve
 from medplat.workloads.consent.engine import CompiledConsent, Decision, Request, decide
@@ -177,8 +177,7 @@ def build(settings: Settings | None = None):
             found = [r.resource for r in connection.execute(query)]
         audit.record(balp_event("search-type", source=NAME, agent=principal.subject, patient=patient,
                                 entities=[f"Consent/{r['id']}" for r in found], description=f"{len(found)} found"))
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"Consent/{r['id']}", "resource": r} for r in found]}
+        return searchset(found)
 
     @router.post("/decide", tags=["decision"])
     def decide_endpoint(body: DecideRequest, principal: Principal = Depends(auth.require("consent.decide"))):

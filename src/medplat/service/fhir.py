@@ -34,3 +34,9 @@ def operation_outcome(status: int, diagnostics: str, code: str | None = None,
         issue["expression"] = expression
     return OperationOutcome.model_validate({"resourceType": "OperationOutcome", "issue": [issue]}).model_dump(
         mode="json", exclude_none=True)
+
+
+def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A FHIR searchset Bundle of stored resources, each entry's fullUrl `Type/id`."""
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in resources]}
