@@ -87,3 +87,26 @@ def publish_vitals(publisher, device: str, **values: float) -> None:
                     "valueQuantity": {"value": value, "system": UCUM, "code": unit}}
         envelope = {"id": f"Observation-{resource['id']}", "device": device, "dataClass": "phi", "resource": resource}
         publisher.publish(f"medplat/devices/{device}/observation", json.dumps(envelope), qos=1).wait_for_publish(5)
+
+
+class Served:
+    """An ASGI app served by uvicorn in a thread on loopback (server-sent events and other
+    services' HTTP calls need a real server); `port` when the app had to know it beforehand,
+    `ssl` as uvicorn's ssl_* options."""
+
+    def __init__(self, app, port: int | None = None, **ssl) -> None:
+        import threading
+
+        import uvicorn
+
+        from services import free_port, wait_for_port
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **ssl))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.auditevent import AuditEvent
 from typer.testing import CliRunner
@@ -24,8 +23,8 @@ from conftest import STACKS
 from medplat.cli import app as cli
 from medplat.workloads.portal import sources
 from medplat.workloads.portal.app import Settings, build
-from portal_helpers import csrf_of, sign_in
-from services import Mosquitto, free_port, wait_for_port
+from portal_helpers import Served, csrf_of, sign_in
+from services import Mosquitto, free_port
 
 VIEWS = {"/ward": {"dr-ward-a", "dr-ward-b"}, "/ops": {"site-operator", "admin"},
          "/compliance": {"compliance-officer", "admin"}}
@@ -248,21 +247,6 @@ def observation(code: str, value: float) -> dict:
             "valueQuantity": {"value": value, "unit": "/min"}}
 
 
-class Server:
-    """The portal app served by uvicorn on a free port (server-sent events need a real server)."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.mark.slow
 def test_an_observation_published_on_the_site_broker_reaches_the_patient_stream(tmp_path):
     broker = Mosquitto(tmp_path / "broker")
@@ -270,12 +254,7 @@ def test_an_observation_published_on_the_site_broker_reaches_the_patient_stream(
     base = f"http://127.0.0.1:{port}"
     app, settings = build(Settings(data_dir=tmp_path / "data", base_url=base))
     subscriber = sources.subscribe(app.state.vitals, broker.url_for("portal"), "portal-test", None, None)
-    server = Server.__new__(Server)
-    server.port, server.server = port, uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                                     log_level="warning"))
-    server.thread = threading.Thread(target=server.server.run, daemon=True)
-    server.thread.start()
-    wait_for_port(port)
+    server = Served(app, port=port)
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sdc-{uuid.uuid4().hex[:6]}")
     Mosquitto.login(publisher, "sdc-bridge")
     publisher.connect("127.0.0.1", broker.port)
@@ -418,12 +397,7 @@ def test_an_open_live_stream_ends_when_its_session_does(tmp_path):
     port = free_port()
     app, settings = build(Settings(data_dir=tmp_path / "data", base_url=f"http://127.0.0.1:{port}",
                                    stream_recheck_s=0.3))
-    server = Server.__new__(Server)
-    server.port, server.server = port, uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                                     log_level="warning"))
-    server.thread = threading.Thread(target=server.server.run, daemon=True)
-    server.thread.start()
-    wait_for_port(port)
+    server = Served(app, port=port)
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
         sign_in(client, "dr-ward-a", settings.data_dir)

@@ -23,13 +23,12 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from medplat.workloads.portal import sources
 from medplat.workloads.portal.app import Settings, build
 from medplat.workloads.portal.identity import demo_password, mint_access_token
-from portal_helpers import publish_vitals, record_staff_observations, start_workflow
+from portal_helpers import Served, publish_vitals, record_staff_observations, start_workflow
 from medplat.cli import app as cli
 from medplat.service.audit import balp_event
 from medplat.workloads.audit_log.app import Settings as AuditSettings, build as build_audit
 from medplat.workloads.fleet.app import Settings as FleetSettings, build as build_fleet
 from test_compliance_run import EXPORT, drifted_export, run as run_compliance
-from test_portal_ops import Served
 from typer.testing import CliRunner
 from services import Mosquitto, free_port, wait_for_port
 from test_portal import evidence, observation  # noqa: F401  (module fixture: a real signed bundle)

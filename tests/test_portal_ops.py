@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import datetime
 import re
-import threading
 
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,23 +21,10 @@ from medplat.service.audit import balp_event
 from medplat.workloads.audit_log.app import Settings as AuditSettings, Shipper, build as build_audit
 from medplat.workloads.fleet.app import Settings as FleetSettings, build as build_fleet
 from medplat.workloads.portal.app import Settings, build
-from portal_helpers import sign_in
-from services import free_port, wait_for_port
+from portal_helpers import Served, sign_in
+from services import free_port
 
 pytestmark = pytest.mark.slow
-
-
-class Served:
-    def __init__(self, app, **ssl) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **ssl))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def self_signed(folder, not_after: datetime.datetime):
